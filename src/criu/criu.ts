@@ -1,0 +1,111 @@
+/**
+ * The CRIU adapter: finds the binary, reads its version, runs `criu check`, dump and restore.
+ * CRIU failures become CRIU_FAILED errors that quote the decisive log lines and keep the log.
+ */
+import { execa } from 'execa';
+import { copyFile, chmod, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CedanaError } from '../errors.js';
+import { findOnPath, logDir, utcStamp } from '../util/paths.js';
+import { decisiveLines, hintFor } from './log.js';
+import { compareVersions, MIN_CRIU, parseCriuVersion, type Version } from './version.js';
+
+export interface Criu {
+  path: string;
+  version: Version;
+}
+
+export async function locateCriu(): Promise<Criu> {
+  const wanted = process.env.CEDANA_CRIU ?? 'criu';
+  const path = await findOnPath(wanted);
+  if (!path) {
+    throw new CedanaError('CRIU_MISSING', `criu not found (looked for '${wanted}' on PATH)`, {
+      hint: 'install CRIU >= 4.2: run scripts/setup as root, or set CEDANA_CRIU=/path/to/criu',
+    });
+  }
+  const r = await execa(path, ['--version'], { reject: false, timeout: 10_000 });
+  const version = parseCriuVersion(r.stdout);
+  if (r.exitCode !== 0 || !version) {
+    throw new CedanaError('CRIU_MISSING', `${path} does not run as criu (exit ${r.exitCode}): ${(r.stderr || r.stdout).slice(0, 200)}`, {
+      hint: 'reinstall CRIU >= 4.2 (scripts/setup)',
+    });
+  }
+  if (compareVersions(version, MIN_CRIU) < 0) {
+    throw new CedanaError('CRIU_TOO_OLD', `criu ${version.text} at ${path} is too old: cedana needs ${MIN_CRIU.text} or newer`, {
+      hint: 'CRIU < 4.2 fails on kernels >= 6.16 (vDSO layout, SO_PASSCRED on inet sockets); scripts/setup installs 4.2',
+      details: { criuVersion: version.text, criuPath: path },
+    });
+  }
+  return { path, version };
+}
+
+export interface CheckResult {
+  ok: boolean;
+  output: string;
+}
+
+export async function criuCheck(criu: Criu): Promise<CheckResult> {
+  const r = await execa(criu.path, ['check'], { reject: false, all: true, timeout: 60_000 });
+  return { ok: r.exitCode === 0, output: (r.all ?? '').trim() };
+}
+
+export async function criuFeature(criu: Criu, feature: string): Promise<CheckResult> {
+  const r = await execa(criu.path, ['check', '--feature', feature], { reject: false, all: true, timeout: 60_000 });
+  return { ok: r.exitCode === 0, output: (r.all ?? '').trim() };
+}
+
+export interface RunOptions {
+  /** Absolute path of the log CRIU writes (the -o argument). */
+  logFile: string;
+  env?: Record<string, string>;
+  /** Label used for the kept log's file name, e.g. "dump-1234". */
+  label: string;
+}
+
+/**
+ * Runs CRIU in its own session, so a Ctrl-C at the terminal reaches cedana (which decides how to
+ * cancel safely) and never kills CRIU half-way through with the tasks frozen.
+ */
+export async function runCriu(criu: Criu, args: string[], opts: RunOptions): Promise<void> {
+  const r = await execa(criu.path, args, {
+    reject: false,
+    detached: true,
+    stdin: 'ignore',
+    all: true,
+    env: opts.env,
+  });
+  if (r.exitCode === 0) return;
+  let log = '';
+  try {
+    log = await readFile(opts.logFile, 'utf8');
+  } catch {
+    log = r.all ?? '';
+  }
+  const kept = await keepLog(opts.logFile, opts.label);
+  const lines = decisiveLines(log || (r.all ?? ''));
+  const what = args[0] ?? 'criu';
+  throw new CedanaError('CRIU_FAILED', `criu ${what} failed (exit ${r.exitCode ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
+    hint: [hintFor(lines), kept ? `full log: ${kept}` : undefined].filter(Boolean).join('; ') || undefined,
+    details: { log: kept, criuLines: lines, criuExit: r.exitCode ?? null },
+  });
+}
+
+/** Copies a CRIU log to the persistent log directory (0600); returns its path, or undefined. */
+export async function keepLog(logFile: string, label: string): Promise<string | undefined> {
+  try {
+    const dir = logDir();
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const dest = join(dir, `${label}-${utcStamp()}-${process.pid}.log`);
+    await copyFile(logFile, dest);
+    await chmod(dest, 0o600);
+    return dest;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function networkLockBackend(): Promise<'iptables' | 'nftables' | undefined> {
+  if (await findOnPath('iptables')) return 'iptables';
+  if (await findOnPath('nft')) return 'nftables';
+  return undefined;
+}

@@ -1,0 +1,108 @@
+/**
+ * Decides which CRIU options a tree needs (pure: facts in, decisions out) and builds CRIU's
+ * argument vectors. Kept free of I/O so every rule is unit-tested.
+ */
+import type { TreeFacts } from '../proc/tree.js';
+
+export type TcpMode = 'auto' | 'established' | 'close';
+export type NetworkLock = 'iptables' | 'nftables';
+
+export interface DumpRequest {
+  tcp: TcpMode;
+  fileLocks: boolean;
+  leaveRunning: boolean;
+}
+
+/** What cedana decided to tell CRIU, with the reason for each; recorded in the manifest. */
+export interface CriuDecisions {
+  shellJob: boolean;
+  tcpEstablished: boolean;
+  tcpClose: boolean;
+  fileLocks: boolean;
+  externalUnix: number[];
+  notes: string[];
+}
+
+export function decideDumpOptions(facts: TreeFacts, req: DumpRequest): CriuDecisions {
+  const notes: string[] = [];
+  const pids = new Set(facts.processes.map((p) => p.pid));
+
+  const withTty = facts.processes.filter((p) => p.ttyNr !== 0);
+  const outsideSession = facts.processes.filter((p) => !pids.has(p.session) || !pids.has(p.pgrp));
+  const shellJob = withTty.length > 0 || outsideSession.length > 0;
+  if (withTty.length > 0) {
+    notes.push(`--shell-job: PID ${withTty[0]!.pid} has a controlling terminal (restore needs a terminal too)`);
+  } else if (outsideSession.length > 0) {
+    notes.push(`--shell-job: PID ${outsideSession[0]!.pid}'s session or process group leader is outside the tree`);
+  }
+
+  const established = facts.tcp.filter((s) => s.state === 'ESTABLISHED');
+  let tcpEstablished = false;
+  let tcpClose = false;
+  if (req.tcp === 'established') {
+    tcpEstablished = true;
+    notes.push(`--tcp-established: requested (${established.length} established connection(s))`);
+  } else if (req.tcp === 'close') {
+    tcpClose = true;
+    notes.push(`--tcp-close: requested; ${established.length} established connection(s) will be restored closed`);
+  } else if (established.length > 0) {
+    tcpEstablished = true;
+    notes.push(
+      `--tcp-established: ${established.length} established TCP connection(s), e.g. ${established[0]!.local} ↔ ${established[0]!.remote}`,
+    );
+  }
+
+  const fileLocks = req.fileLocks || facts.fileLocks > 0;
+  if (facts.fileLocks > 0) notes.push(`--file-locks: ${facts.fileLocks} file lock(s) held`);
+  else if (req.fileLocks) notes.push('--file-locks: requested');
+
+  if (facts.externalUnix.length > 0) {
+    notes.push(`--external unix[…]: ${facts.externalUnix.length} unix socket(s) connected to a peer outside the tree`);
+  }
+  if (!facts.unixChecked) notes.push('unix socket peers not examined (`ss` from iproute2 not found)');
+
+  return { shellJob, tcpEstablished, tcpClose, fileLocks, externalUnix: [...facts.externalUnix], notes };
+}
+
+export interface CommonArgs {
+  imagesDir: string;
+  workDir: string;
+  logFile: string;
+  actionScript?: string;
+  networkLock: NetworkLock;
+}
+
+function flagArgs(d: Omit<CriuDecisions, 'notes' | 'externalUnix'>): string[] {
+  const a: string[] = [];
+  if (d.shellJob) a.push('--shell-job');
+  if (d.tcpEstablished) a.push('--tcp-established');
+  if (d.tcpClose) a.push('--tcp-close');
+  if (d.fileLocks) a.push('--file-locks');
+  return a;
+}
+
+function commonArgs(c: CommonArgs): string[] {
+  const a = ['-D', c.imagesDir, '-W', c.workDir, '-o', c.logFile, '-v4', '--network-lock', c.networkLock];
+  if (c.actionScript) a.push('--action-script', c.actionScript);
+  return a;
+}
+
+export function buildDumpArgs(pid: number, d: CriuDecisions, c: CommonArgs & { leaveRunning: boolean }): string[] {
+  const a = ['dump', '-t', String(pid), ...commonArgs(c), ...flagArgs(d)];
+  for (const ino of d.externalUnix) a.push('--external', `unix[${ino}]`);
+  if (c.leaveRunning) a.push('--leave-running');
+  return a;
+}
+
+export interface RestoreFlags {
+  shellJob: boolean;
+  tcpEstablished: boolean;
+  tcpClose: boolean;
+  fileLocks: boolean;
+}
+
+export function buildRestoreArgs(flags: RestoreFlags, c: CommonArgs & { pidFile: string }): string[] {
+  // tcp-close on restore wins over the dump-time tcp-established: the connections come back closed.
+  const f = { ...flags, tcpEstablished: flags.tcpEstablished && !flags.tcpClose };
+  return ['restore', ...commonArgs(c), '--restore-detached', '--pidfile', c.pidFile, ...flagArgs(f)];
+}

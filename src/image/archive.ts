@@ -1,0 +1,184 @@
+/**
+ * Images as tar archives (plain, gzip, zstd), written and read as streams.
+ * Extraction is strict: only regular files and directories at safe relative paths; links, devices,
+ * absolute paths and '..' are refused, so an archive can never write outside its directory.
+ */
+import { spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough, Readable, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip, createGzip } from 'node:zlib';
+import { create as tarCreate, Parser, type ReadEntry } from 'tar';
+import { CedanaError } from '../errors.js';
+import { isSafeRelativePath } from './manifest.js';
+
+export type Compression = 'none' | 'gzip' | 'zstd';
+
+export function compressionForPath(path: string): Compression | undefined {
+  if (/\.tar$/.test(path)) return 'none';
+  if (/\.(tar\.gz|tgz)$/.test(path)) return 'gzip';
+  if (/\.(tar\.zst|tar\.zstd|tzst)$/.test(path)) return 'zstd';
+  return undefined;
+}
+
+export function sniffCompression(head: Buffer): Compression {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+  return 'none';
+}
+
+/** Runs zstd as a stream filter; its failure rejects `done`. */
+function zstdFilter(args: string[]): { stream: PassThrough; input: Writable; done: Promise<void> } {
+  const child = spawn('zstd', [...args, '-q', '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', (e) => reject(new CedanaError('IO_ERROR', `cannot run zstd: ${e.message}`, { hint: 'install zstd (scripts/setup does)' })));
+    child.on('close', (code, sig) => {
+      if (code === 0) resolve();
+      else reject(new CedanaError('IMAGE_INVALID', `zstd failed (${code ?? sig}): ${stderr.trim().slice(0, 300)}`));
+    });
+  });
+  child.stdout.pipe(out);
+  child.stdin.on('error', () => undefined); // reported through `done`
+  return { stream: out, input: child.stdin, done };
+}
+
+/** Copies src into dest without ending dest (stdout must stay open); rejects on either side's error. */
+export async function pump(src: Readable, dest: Writable, endDest: boolean): Promise<void> {
+  if (endDest) return pipeline(src, dest);
+  await new Promise<void>((resolve, reject) => {
+    const fail = (e: Error): void => {
+      src.destroy();
+      reject(e);
+    };
+    dest.once('error', fail);
+    src.once('error', fail);
+    src.on('end', () => {
+      dest.off('error', fail);
+      resolve();
+    });
+    src.pipe(dest, { end: false });
+  });
+}
+
+/** Writes `files` (relative to dir, manifest first) as a tar stream into dest. */
+export async function packImage(dir: string, files: string[], dest: Writable, compression: Compression, endDest = true): Promise<void> {
+  const tarStream = tarCreate({ cwd: dir, portable: true, noDirRecurse: true }, files) as unknown as Readable;
+  if (compression === 'none') return pump(tarStream, dest, endDest);
+  if (compression === 'gzip') {
+    const gz = createGzip({ level: 3 });
+    await Promise.all([pipeline(tarStream, gz), pump(gz, dest, endDest)]);
+    return;
+  }
+  const z = zstdFilter(['-3', '-T0']);
+  await Promise.all([pipeline(tarStream, z.input), pump(z.stream, dest, endDest), z.done]);
+}
+
+function unsafe(entryPath: string, why: string): CedanaError {
+  return new CedanaError('IMAGE_INVALID', `refusing archive entry ${JSON.stringify(entryPath)}: ${why}`, {
+    hint: 'the archive tries to write outside its directory or holds links/devices; it was not made by cedana',
+    details: { entry: entryPath },
+  });
+}
+
+const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
+
+/** Extracts a (possibly compressed) image archive from src into the empty private directory dest. */
+export async function unpackImage(src: Readable, dest: string): Promise<void> {
+  const head = await peek(src, 4);
+  const compression = sniffCompression(head.bytes);
+  let plain: Readable = head.stream;
+  const waits: Promise<void>[] = [];
+  if (compression === 'gzip') {
+    const gunzip = createGunzip();
+    waits.push(pipeline(head.stream, gunzip).catch((e: Error) => Promise.reject(new CedanaError('IMAGE_INVALID', `gzip stream is damaged: ${e.message}`))));
+    plain = gunzip;
+  } else if (compression === 'zstd') {
+    const z = zstdFilter(['-d']);
+    waits.push(pipeline(head.stream, z.input).catch(() => undefined), z.done);
+    plain = z.stream;
+  }
+
+  let failure: Error | undefined;
+  const writes: Promise<void>[] = [];
+  let entries = 0;
+  const parser = new Parser({
+    strict: true,
+    onReadEntry: (entry: ReadEntry) => {
+      const fail = (e: Error): void => {
+        failure ??= e;
+        entry.resume();
+      };
+      if (failure) return fail(failure);
+      entries++;
+      let p = entry.path.replace(/^(\.\/)+/, '');
+      if (entry.type === 'Directory') p = p.replace(/\/+$/, '');
+      if (p === '' && entry.type === 'Directory') return entry.resume();
+      if (entry.path.startsWith('/')) return fail(unsafe(entry.path, 'absolute path'));
+      if (!isSafeRelativePath(p)) return fail(unsafe(entry.path, "path escapes the image directory ('..' or empty component)"));
+      if (entry.type === 'Directory') {
+        writes.push(mkdir(join(dest, p), { recursive: true, mode: 0o700 }).then(() => void entry.resume()));
+        return;
+      }
+      if (!FILE_TYPES.has(entry.type)) {
+        const to = entry.linkpath ? ` → ${entry.linkpath}` : '';
+        return fail(unsafe(`${entry.path}${to}`, `${entry.type} entries are not allowed (only regular files)`));
+      }
+      const target = join(dest, p);
+      const write = (async () => {
+        const parent = p.includes('/') ? join(dest, p.slice(0, p.lastIndexOf('/'))) : dest;
+        await mkdir(parent, { recursive: true, mode: 0o700 });
+        // 'wx': a duplicate entry cannot overwrite a file already extracted (and verified later).
+        await pipeline(entry as unknown as Readable, createWriteStream(target, { flags: 'wx', mode: 0o600 }));
+      })().catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'EEXIST') fail(unsafe(entry.path, 'duplicate entry'));
+        else fail(e);
+      });
+      writes.push(write);
+    },
+  });
+  const parsed = new Promise<void>((resolve, reject) => {
+    parser.on('error', (e: Error) => reject(new CedanaError('IMAGE_INVALID', `archive is damaged: ${e.message}`)));
+    parser.on('warn', (_code: string, msg: string | Error) => {
+      failure ??= new CedanaError('IMAGE_INVALID', `archive is damaged: ${msg instanceof Error ? msg.message : msg}`);
+    });
+    parser.on('end', resolve);
+    parser.on('close', resolve);
+  });
+  try {
+    await Promise.all([pipeline(plain, parser as unknown as Writable), parsed, ...waits]);
+  } catch (e) {
+    throw failure ?? e;
+  }
+  await Promise.all(writes);
+  if (failure) throw failure;
+  if (entries === 0) throw new CedanaError('IMAGE_INVALID', 'archive is empty or not a tar archive', { hint: 'give a cedana image directory or archive' });
+}
+
+/** Reads at least n bytes from src (or all of it, if shorter) without losing them. */
+async function peek(src: Readable, n: number): Promise<{ bytes: Buffer; stream: Readable }> {
+  const chunks: Buffer[] = [];
+  let len = 0;
+  const it = src[Symbol.asyncIterator]();
+  while (len < n) {
+    const r = await it.next();
+    if (r.done) break;
+    const b = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value as string);
+    chunks.push(b);
+    len += b.length;
+  }
+  const first = Buffer.concat(chunks);
+  async function* rest(): AsyncGenerator<Buffer> {
+    if (first.length > 0) yield first;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value as Buffer;
+    }
+  }
+  return { bytes: first, stream: Readable.from(rest(), { objectMode: false }) };
+}

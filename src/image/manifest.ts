@@ -1,0 +1,127 @@
+/**
+ * cedana.json: what an image is, where and how it was made, and a checksum of every file.
+ * validateManifest is strict because an image can come from anywhere (a download, another host).
+ */
+import { posix } from 'node:path';
+import { CedanaError } from '../errors.js';
+
+export const MANIFEST_NAME = 'cedana.json';
+export const FORMAT = 'cedana-image';
+export const FORMAT_VERSION = 1;
+
+export interface FileEntry {
+  size: number;
+  sha256: string;
+}
+
+export interface ManifestProcess {
+  pid: number;
+  ppid: number;
+  comm: string;
+  argv: string[];
+}
+
+export interface ManifestOptions {
+  shellJob: boolean;
+  tcpEstablished: boolean;
+  tcpClose: boolean;
+  fileLocks: boolean;
+  externalUnix: number[];
+  leaveRunning: boolean;
+  networkLock: string;
+}
+
+export interface ManifestSocket {
+  state: string;
+  local: string;
+  remote: string;
+}
+
+export interface Manifest {
+  format: typeof FORMAT;
+  formatVersion: number;
+  createdAt: string;
+  cedanaVersion: string;
+  criuVersion: string;
+  kernel: string;
+  arch: string;
+  cpuFlags: string[];
+  hostname: string;
+  pid: number;
+  processes: ManifestProcess[];
+  memoryBytes: number;
+  options: ManifestOptions;
+  tcp: ManifestSocket[];
+  notes: string[];
+  files: Record<string, FileEntry>;
+}
+
+function invalid(why: string): CedanaError {
+  return new CedanaError('IMAGE_INVALID', `invalid manifest (${MANIFEST_NAME}): ${why}`, {
+    hint: 'the image is damaged or was not made by cedana; make a new dump',
+  });
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isNat = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isStr = (v: unknown): v is string => typeof v === 'string';
+const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
+
+/** An image-relative file name that cannot point outside the image directory. */
+export function isSafeRelativePath(p: string): boolean {
+  if (p === '' || p.length > 4096 || p.includes('\0') || p.includes('\\')) return false;
+  if (p.startsWith('/')) return false;
+  const norm = posix.normalize(p);
+  if (norm !== p) return false;
+  return !norm.split('/').some((c) => c === '..' || c === '.' || c === '');
+}
+
+export function validateManifest(raw: unknown): Manifest {
+  if (!isObj(raw)) throw invalid('not a JSON object');
+  if (raw.format !== FORMAT) throw invalid(`format is ${JSON.stringify(raw.format)}, expected "${FORMAT}"`);
+  if (!isNat(raw.formatVersion)) throw invalid('formatVersion missing');
+  if (raw.formatVersion > FORMAT_VERSION) {
+    throw new CedanaError('IMAGE_INCOMPATIBLE', `image format version ${raw.formatVersion} is newer than this cedana understands (${FORMAT_VERSION})`, {
+      hint: 'upgrade cedana on this host',
+    });
+  }
+  for (const k of ['createdAt', 'cedanaVersion', 'criuVersion', 'kernel', 'arch', 'hostname'] as const) {
+    if (!isStr(raw[k])) throw invalid(`${k} missing or not a string`);
+  }
+  if (!isStrArr(raw.cpuFlags)) throw invalid('cpuFlags must be a list of strings');
+  if (!isNat(raw.pid) || raw.pid === 0) throw invalid('pid missing');
+  if (!isNat(raw.memoryBytes)) throw invalid('memoryBytes missing');
+  if (!Array.isArray(raw.processes) || raw.processes.length === 0) throw invalid('processes must be a non-empty list');
+  for (const p of raw.processes) {
+    if (!isObj(p) || !isNat(p.pid) || !isNat(p.ppid) || !isStr(p.comm) || !isStrArr(p.argv)) throw invalid('malformed process entry');
+  }
+  if (!raw.processes.some((p) => (p as ManifestProcess).pid === raw.pid)) throw invalid('root pid is not among processes');
+  const o = raw.options;
+  if (!isObj(o)) throw invalid('options missing');
+  for (const k of ['shellJob', 'tcpEstablished', 'tcpClose', 'fileLocks', 'leaveRunning'] as const) {
+    if (typeof o[k] !== 'boolean') throw invalid(`options.${k} must be true or false`);
+  }
+  if (!Array.isArray(o.externalUnix) || !o.externalUnix.every(isNat)) throw invalid('options.externalUnix must be a list of inodes');
+  if (!isStr(o.networkLock)) throw invalid('options.networkLock missing');
+  if (!Array.isArray(raw.tcp) || !raw.tcp.every((s) => isObj(s) && isStr(s.state) && isStr(s.local) && isStr(s.remote))) {
+    throw invalid('tcp must be a list of sockets');
+  }
+  if (!isStrArr(raw.notes)) throw invalid('notes must be a list of strings');
+  if (!isObj(raw.files) || Object.keys(raw.files).length === 0) throw invalid('files must list the image files');
+  for (const [name, f] of Object.entries(raw.files)) {
+    if (!isSafeRelativePath(name) || name === MANIFEST_NAME) throw invalid(`unsafe file name ${JSON.stringify(name)}`);
+    if (!isObj(f) || !isNat(f.size) || !isStr(f.sha256) || !/^[0-9a-f]{64}$/.test(f.sha256)) throw invalid(`bad checksum entry for ${name}`);
+  }
+  if (!Object.keys(raw.files).includes('inventory.img')) throw invalid('inventory.img is not listed: not a CRIU image');
+  return raw as unknown as Manifest;
+}
+
+export function parseManifest(text: string): Manifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw invalid(`not valid JSON (${(e as Error).message})`);
+  }
+  return validateManifest(raw);
+}

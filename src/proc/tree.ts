@@ -1,0 +1,109 @@
+/**
+ * Collects the facts about a process tree that decide how CRIU must be called:
+ * its members, terminals and sessions, TCP connections, unix sockets with outside peers, file locks.
+ */
+import { execa } from 'execa';
+import { CedanaError } from '../errors.js';
+import { readChildren, readCmdline, readFdinfo, readFds, readNetFile, readStat, selfAndAncestors, PROC } from './procfs.js';
+import { isKernelThread } from './stat.js';
+import { parseProcNetTcp, parseSsUnix, socketInode, type TcpSocket } from './sockets.js';
+
+export interface TreeProcess {
+  pid: number;
+  ppid: number;
+  comm: string;
+  argv: string[];
+  session: number;
+  pgrp: number;
+  ttyNr: number;
+}
+
+export interface TreeFacts {
+  root: number;
+  processes: TreeProcess[];
+  tcp: TcpSocket[];
+  /** Unix sockets owned by the tree whose peer is outside it (inodes). */
+  externalUnix: number[];
+  fileLocks: number;
+  /** Whether unix-socket peers could be examined (ss from iproute2 was found). */
+  unixChecked: boolean;
+}
+
+export async function validateTarget(pid: number): Promise<void> {
+  if (!Number.isSafeInteger(pid) || pid <= 0) {
+    throw new CedanaError('USAGE', `not a valid PID: ${pid}`, { hint: 'give a positive integer process ID' });
+  }
+  if (pid === 1) {
+    throw new CedanaError('PID_REFUSED', 'refusing to checkpoint PID 1 (init)', {
+      hint: 'checkpoint a process tree below init; whole containers come with --container',
+    });
+  }
+  const st = await readStat(pid);
+  if (!st) {
+    throw new CedanaError('PID_NOT_FOUND', `no process with PID ${pid}`, { hint: 'check the PID with `ps -p <pid>`' });
+  }
+  if (isKernelThread(st)) {
+    throw new CedanaError('PID_REFUSED', `PID ${pid} (${st.comm}) is a kernel thread`, { hint: 'only user-space processes can be checkpointed' });
+  }
+  const mine = await selfAndAncestors();
+  if (mine.has(pid)) {
+    throw new CedanaError('PID_REFUSED', `PID ${pid} (${st.comm}) is cedana itself or one of its ancestors`, {
+      hint: 'a process cannot checkpoint a tree that contains itself; run cedana from outside the tree',
+    });
+  }
+}
+
+export async function collectTree(root: number): Promise<TreeProcess[]> {
+  const out: TreeProcess[] = [];
+  const queue = [root];
+  const seen = new Set<number>();
+  while (queue.length > 0) {
+    const pid = queue.shift()!;
+    if (seen.has(pid)) continue;
+    seen.add(pid);
+    const st = await readStat(pid);
+    if (!st) continue;
+    out.push({ pid, ppid: st.ppid, comm: st.comm, argv: await readCmdline(pid), session: st.session, pgrp: st.pgrp, ttyNr: st.ttyNr });
+    queue.push(...(await readChildren(pid)));
+  }
+  return out;
+}
+
+export async function examineTree(root: number): Promise<TreeFacts> {
+  const processes = await collectTree(root);
+  const mine = await selfAndAncestors();
+  const inside = processes.find((p) => p.pid !== root && mine.has(p.pid));
+  if (inside) {
+    throw new CedanaError('PID_REFUSED', `the tree of PID ${root} contains cedana's own ancestor ${inside.pid} (${inside.comm})`, {
+      hint: 'run cedana from outside the tree you checkpoint',
+    });
+  }
+  const inodes = new Set<number>();
+  let fileLocks = 0;
+  for (const p of processes) {
+    for (const fd of await readFds(p.pid)) {
+      const ino = socketInode(fd.target);
+      if (ino !== undefined) inodes.add(ino);
+      if (!fd.target.startsWith('socket:') && !fd.target.startsWith('pipe:') && !fd.target.startsWith('anon_inode:')) {
+        const info = await readFdinfo(p.pid, fd.fd);
+        if (/^lock:/m.test(info)) fileLocks++;
+      }
+    }
+  }
+  const netText = (await readNetFile(root, 'tcp')) + (await readNetFile(root, 'tcp6')).split('\n').slice(1).map((l) => `\n${l}`).join('');
+  const tcp = parseProcNetTcp(netText).filter((s) => inodes.has(s.inode));
+
+  let externalUnix: number[] = [];
+  let unixChecked = false;
+  try {
+    // ss lists the unix sockets of one network namespace: the tree's.
+    const r = await execa('nsenter', [`--net=${PROC}/${root}/ns/net`, 'ss', '-x', '-a', '-n', '-H'], { timeout: 10_000 });
+    unixChecked = true;
+    externalUnix = parseSsUnix(r.stdout)
+      .filter((s) => inodes.has(s.inode) && s.peerInode !== 0 && !inodes.has(s.peerInode))
+      .map((s) => s.inode);
+  } catch {
+    unixChecked = false;
+  }
+  return { root, processes, tcp, externalUnix, fileLocks, unixChecked };
+}

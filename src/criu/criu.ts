@@ -63,31 +63,40 @@ export interface RunOptions {
 }
 
 /**
- * Runs CRIU in its own session, so a Ctrl-C at the terminal reaches cedana (which decides how to
- * cancel safely) and never kills CRIU half-way through with the tasks frozen.
+ * Starts CRIU in its own session, so a Ctrl-C at the terminal reaches cedana (which decides how to
+ * cancel safely) and never kills CRIU half-way through with the tasks frozen. `done` rejects with
+ * CRIU_FAILED, quoting the decisive lines of CRIU's log and keeping the log.
  */
-export async function runCriu(criu: Criu, args: string[], opts: RunOptions): Promise<void> {
-  const r = await execa(criu.path, args, {
+export function spawnCriu(criu: Criu, args: string[], opts: RunOptions): { done: Promise<void> } {
+  const child = execa(criu.path, args, {
     reject: false,
     detached: true,
     stdin: 'ignore',
     all: true,
     env: opts.env,
   });
-  if (r.exitCode === 0) return;
-  let log = '';
-  try {
-    log = await readFile(opts.logFile, 'utf8');
-  } catch {
-    log = r.all ?? '';
-  }
-  const kept = await keepLog(opts.logFile, opts.label);
-  const lines = decisiveLines(log || (r.all ?? ''));
-  const what = args[0] ?? 'criu';
-  throw new CedanaError('CRIU_FAILED', `criu ${what} failed (exit ${r.exitCode ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
-    hint: [hintFor(lines), kept ? `full log: ${kept}` : undefined].filter(Boolean).join('; ') || undefined,
-    details: { log: kept, criuLines: lines, criuExit: r.exitCode ?? null },
-  });
+  const done = (async () => {
+    const r = await child;
+    if (r.exitCode === 0) return;
+    let log = '';
+    try {
+      log = await readFile(opts.logFile, 'utf8');
+    } catch {
+      log = r.all ?? '';
+    }
+    const kept = await keepLog(opts.logFile, opts.label);
+    const lines = decisiveLines(log || (r.all ?? ''));
+    const what = args[0] ?? 'criu';
+    throw new CedanaError('CRIU_FAILED', `criu ${what} failed (exit ${r.exitCode ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
+      hint: [hintFor(lines), kept ? `full log: ${kept}` : undefined].filter(Boolean).join('; ') || undefined,
+      details: { log: kept, criuLines: lines, criuExit: r.exitCode ?? null },
+    });
+  })();
+  return { done };
+}
+
+export async function runCriu(criu: Criu, args: string[], opts: RunOptions): Promise<void> {
+  await spawnCriu(criu, args, opts).done;
 }
 
 /** Copies a CRIU log to the persistent log directory (0600); returns its path, or undefined. */

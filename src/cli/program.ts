@@ -1,0 +1,103 @@
+/** Commander wiring: parses arguments into handler calls. Handlers return results; main renders. */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { CedanaError } from '../errors.js';
+import { CEDANA_VERSION } from '../version.js';
+import type { CommandResult } from './render.js';
+import type { Reporter } from './reporter.js';
+
+export interface Invocation {
+  command: string;
+  json: boolean;
+  run: (ctx: RunContext) => Promise<CommandResult>;
+}
+
+export interface RunContext {
+  reporter: Reporter;
+  cancelled: () => boolean;
+}
+
+function parsePid(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected a positive integer PID');
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer PID');
+  return n;
+}
+
+function parseMs(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected milliseconds');
+  return Number(value);
+}
+
+/** Builds the program; `onInvoke` receives the chosen command, to run outside commander. */
+export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
+  const program = new Command('cedana')
+    .description('Checkpoint, restore and migrate running Linux processes with CRIU')
+    .version(CEDANA_VERSION, '-V, --version')
+    .showSuggestionAfterError(true)
+    .exitOverride();
+
+  program
+    .command('check')
+    .description('can this host dump and restore? (root, CRIU >= 4.2, criu check, optional features)')
+    .option('--json', 'print one JSON object on stdout')
+    .action((o: { json?: boolean }) => {
+      onInvoke({ command: 'check', json: !!o.json, run: async () => (await import('../commands/check.js')).check() });
+    });
+
+  program
+    .command('dump')
+    .description('checkpoint the process tree rooted at <pid>')
+    .argument('<pid>', 'root of the process tree', parsePid)
+    .option('-o, --output <path>', 'image directory, archive (.tar, .tar.gz, .tar.zst) or - for a tar stream on stdout (default ./cedana-<pid>-<UTC time>)')
+    .option('--leave-running', 'keep the process running after the dump')
+    .addOption(new Option('--tcp-established', 'keep established TCP connections (default when the tree has some)').conflicts('tcpClose'))
+    .addOption(new Option('--tcp-close', 'restore established TCP connections closed').conflicts('tcpEstablished'))
+    .option('--file-locks', 'dump file locks (automatic when the tree holds some)')
+    .option('--force', 'replace an existing output')
+    .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
+    .action((pid: number, o: { output?: string; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; json?: boolean }) => {
+      onInvoke({
+        command: 'dump',
+        json: !!o.json,
+        run: async (ctx) =>
+          (await import('../commands/dump.js')).dump({
+            pid,
+            output: o.output,
+            leaveRunning: !!o.leaveRunning,
+            tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
+            fileLocks: !!o.fileLocks,
+            force: !!o.force,
+            stream: process.stdout,
+            reporter: ctx.reporter,
+            cancelled: ctx.cancelled,
+          }),
+      });
+    });
+
+  program
+    .command('restore')
+    .description('restore an image (directory, archive, or - for stdin); the process runs detached')
+    .argument('<image>', 'image directory, archive, or - to read a tar stream from stdin')
+    .option('--pid-file <file>', 'write the restored root PID to this file')
+    .option('--tcp-close', 'restore established TCP connections closed')
+    .option('--pid-wait <ms>', 'how long to wait for the image\'s PIDs to become free', parseMs, 5000)
+    .option('--json', 'print one JSON object on stdout')
+    .action((image: string, o: { pidFile?: string; tcpClose?: boolean; pidWait: number; json?: boolean }) => {
+      onInvoke({
+        command: 'restore',
+        json: !!o.json,
+        run: async (ctx) => {
+          if (ctx.cancelled()) throw new CedanaError('INTERRUPTED', 'restore interrupted before it began');
+          return (await import('../commands/restore.js')).restore({
+            image,
+            pidFile: o.pidFile,
+            tcpClose: !!o.tcpClose,
+            pidWaitMs: o.pidWait,
+            reporter: ctx.reporter,
+          });
+        },
+      });
+    });
+
+  return program;
+}

@@ -1,0 +1,16 @@
+/**
+ * Colour for human output. chalk ignores NO_COLOR, so it is honoured here: colour only when the
+ * stream is a TTY, NO_COLOR is unset or empty, and TERM is not "dumb".
+ */
+import { Chalk, type ChalkInstance } from 'chalk';
+
+export function colourWanted(stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv = process.env): boolean {
+  if (env.NO_COLOR !== undefined && env.NO_COLOR !== '') return false;
+  if (env.FORCE_COLOR !== undefined && env.FORCE_COLOR !== '0') return true;
+  if (env.TERM === 'dumb') return false;
+  return stream.isTTY === true;
+}
+
+export function styleFor(stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv = process.env): ChalkInstance {
+  return new Chalk({ level: colourWanted(stream, env) ? 1 : 0 });
+}

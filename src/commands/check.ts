@@ -1,0 +1,86 @@
+/**
+ * cedana check: can this host dump and restore, and which optional features does it have?
+ * It never throws for a missing capability: it reports each item, and `ok` says whether dump and
+ * restore can work (root, CRIU >= 4.2, `criu check` passing).
+ */
+import { execa } from 'execa';
+import { readFile } from 'node:fs/promises';
+import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } from '../criu/criu.js';
+import { CedanaError, toCedanaError, type ErrorCode } from '../errors.js';
+import { decisiveLines } from '../criu/log.js';
+import { findOnPath } from '../util/paths.js';
+
+export interface Feature {
+  name: string;
+  available: boolean;
+  enables: string;
+  detail?: string;
+}
+
+export interface CheckResultData {
+  command: 'check';
+  ok: boolean;
+  root: boolean;
+  criu: { found: boolean; path?: string; version?: string; check: 'ok' | 'failed' | 'not run'; detail?: string };
+  features: Feature[];
+  /** The reason dump/restore cannot work, when ok is false. */
+  error?: CedanaError;
+}
+
+export async function check(): Promise<CheckResultData> {
+  const root = typeof process.getuid !== 'function' || process.getuid() === 0;
+  let criu: Criu | undefined;
+  let error: CedanaError | undefined;
+  const out: CheckResultData = { command: 'check', ok: false, root, criu: { found: false, check: 'not run' }, features: [] };
+  try {
+    criu = await locateCriu();
+    out.criu = { found: true, path: criu.path, version: criu.version.text, check: 'not run' };
+  } catch (e) {
+    error = toCedanaError(e);
+    out.criu.detail = error.message;
+  }
+  if (criu && root) {
+    const r = await criuCheck(criu);
+    out.criu.check = r.ok ? 'ok' : 'failed';
+    if (!r.ok) {
+      out.criu.detail = decisiveLines(r.output).join('\n');
+      error ??= new CedanaError('HOST_UNSUPPORTED', `\`criu check\` fails on this host:\n  ${decisiveLines(r.output).join('\n  ')}`, {
+        hint: 'the kernel lacks features CRIU needs; see `criu check --all`',
+      });
+    }
+    out.features.push(await feature(criu, 'mem_dirty_track', 'memory dirty tracking', 'pre-copy migration and pre-dump (needs CONFIG_MEM_SOFT_DIRTY)'));
+    out.features.push(await feature(criu, 'uffd-noncoop', 'userfaultfd (non-cooperative)', 'post-copy migration (lazy pages)'));
+  }
+  if (!root) {
+    error = new CedanaError('NOT_ROOT', 'cedana must run as root to dump and restore', { hint: 'run it with sudo' });
+  }
+  const lock = await networkLockBackend();
+  out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'TCP connections kept across dump/restore (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
+  out.features.push(await cudaFeature());
+  out.ok = error === undefined && out.criu.check === 'ok';
+  if (!out.ok) out.error = error ?? new CedanaError('HOST_UNSUPPORTED', 'criu check could not run');
+  return out;
+}
+
+async function feature(criu: Criu, name: string, label: string, enables: string): Promise<Feature> {
+  const r = await criuFeature(criu, name);
+  return { name, available: r.ok, enables, detail: r.ok ? label : `${label}: ${decisiveLines(r.output, 1)[0] ?? 'not supported'}` };
+}
+
+async function cudaFeature(): Promise<Feature> {
+  const enables = 'checkpointing CUDA processes (GPU memory and contexts)';
+  const path = await findOnPath(process.env.CEDANA_CUDA_CHECKPOINT ?? 'cuda-checkpoint');
+  let driver: string | undefined;
+  try {
+    driver = /Kernel Module\s+([\d.]+)/.exec(await readFile('/proc/driver/nvidia/version', 'utf8'))?.[1];
+  } catch {
+    driver = undefined;
+  }
+  if (!path) return { name: 'cuda-checkpoint', available: false, enables, detail: `cuda-checkpoint not found${driver ? ` (NVIDIA driver ${driver})` : '; no NVIDIA driver'}` };
+  const v = await execa(path, ['--help'], { reject: false, timeout: 10_000 });
+  return { name: 'cuda-checkpoint', available: v.exitCode === 0 && driver !== undefined, enables, detail: `${path}${driver ? `, NVIDIA driver ${driver}` : ', no NVIDIA driver loaded'}` };
+}
+
+export function checkExitCode(r: CheckResultData): ErrorCode | undefined {
+  return r.ok ? undefined : r.error?.code ?? 'HOST_UNSUPPORTED';
+}

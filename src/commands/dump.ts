@@ -1,0 +1,255 @@
+/**
+ * cedana dump: checkpoints the process tree rooted at a PID into a verified image.
+ *
+ * Transaction: CRIU writes the images while the tree is frozen and stops at the post-dump gate;
+ * cedana then writes the manifest and the archive or stream. Only when all of that succeeded is the
+ * gate committed (CRIU ends the tree, or resumes it with --leave-running). Any failure before that
+ * aborts the gate and CRIU resumes the tree: a failed dump never loses the process.
+ */
+import { createWriteStream } from 'node:fs';
+import { chmod, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Transform, type Writable } from 'node:stream';
+import { buildDumpArgs, decideDumpOptions, type TcpMode } from '../criu/options.js';
+import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
+import { CedanaError, toCedanaError } from '../errors.js';
+import { hostFacts, requireRoot } from '../host.js';
+import { packImage, pump } from '../image/archive.js';
+import { checksumDir, listImageFiles } from '../image/checksum.js';
+import { FORMAT, FORMAT_VERSION, MANIFEST_NAME, type Manifest } from '../image/manifest.js';
+import { readDumpStats } from '../image/criu/stats.js';
+import { processExists } from '../proc/procfs.js';
+import { examineTree, validateTarget } from '../proc/tree.js';
+import { silentReporter, type Reporter } from '../cli/reporter.js';
+import { parseOutput, type OutputTarget } from '../dump/output.js';
+import { DumpGate } from '../dump/gate.js';
+import { pathExists, privateTempDir } from '../util/paths.js';
+import { CEDANA_VERSION } from '../version.js';
+
+export interface DumpArgs {
+  pid: number;
+  output?: string;
+  leaveRunning: boolean;
+  tcp: TcpMode;
+  fileLocks: boolean;
+  force: boolean;
+  /** Where `-o -` writes the tar stream (stdout in the CLI). */
+  stream?: Writable;
+  reporter?: Reporter;
+  /** Set when SIGINT/SIGTERM arrives; checked at the commit point. */
+  cancelled?: () => boolean;
+}
+
+export interface DumpResult {
+  command: 'dump';
+  pid: number;
+  /** Absolute path of the image directory or archive; "-" for stdout. */
+  image: string;
+  /** Bytes of the image as stored or streamed. */
+  bytes: number;
+  /** Bytes of process memory dumped (CRIU pages images). */
+  memoryBytes: number;
+  processes: number;
+  frozenMs: number;
+  durationMs: number;
+  leftRunning: boolean;
+  decisions: string[];
+}
+
+export async function dump(args: DumpArgs): Promise<DumpResult> {
+  const started = performance.now();
+  const report = args.reporter ?? silentReporter;
+  requireRoot('dump');
+  await validateTarget(args.pid);
+  const criu = await locateCriu();
+  const target = parseOutput(args.output, args.pid);
+  if (target.kind !== 'stream' && (await pathExists(target.path)) && !args.force) {
+    throw new CedanaError('OUTPUT_EXISTS', `${target.path} already exists`, {
+      hint: 'choose another --output, or add --force to replace it',
+      details: { output: target.path },
+    });
+  }
+
+  report.phase(`examining the tree of PID ${args.pid}`);
+  const facts = await examineTree(args.pid);
+  const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: args.leaveRunning });
+  const networkLock = await networkLockBackend();
+  if (!networkLock) {
+    throw new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed: CRIU cannot lock the network during a dump', {
+      hint: 'install iptables (scripts/setup does)',
+    });
+  }
+
+  const work = await privateTempDir('cedana-work-');
+  // The images go to a private directory on the destination's file system, renamed into place on success.
+  const imagesParent = target.kind === 'stream' ? work : dirname(target.path);
+  await mkdir(imagesParent, { recursive: true });
+  const imagesDir = target.kind === 'stream' ? join(work, 'image') : await privateTempDir(`.${basename(target.path)}.partial-`, imagesParent);
+  if (target.kind === 'stream') await mkdir(imagesDir, { mode: 0o700 });
+  await chmod(imagesDir, 0o700);
+
+  const logFile = join(work, 'dump.log');
+  let committed = false;
+  try {
+    const gate = await DumpGate.create(work);
+    const criuArgs = buildDumpArgs(args.pid, decisions, {
+      imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning,
+    });
+    report.phase(`freezing and dumping ${facts.processes.length} process(es)`);
+    const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}` });
+    const event = await gate.waitReady(run.done);
+    if (event === 'exited') {
+      await run.done; // rejects with CRIU_FAILED (CRIU resumed the tree)
+      throw new CedanaError('CRIU_FAILED', 'criu dump exited before its post-dump step', { hint: `log: ${await keepLog(logFile, `dump-${args.pid}`)}` });
+    }
+
+    let finalized: { bytes: number; memoryBytes: number; image: string };
+    try {
+      report.phase('writing the manifest and checksums (tree frozen)');
+      const host = await hostFacts();
+      const files = await checksumDir(imagesDir);
+      const memoryBytes = Object.entries(files).filter(([n]) => /^pages-\d+\.img$/.test(n)).reduce((a, [, f]) => a + f.size, 0);
+      const manifest: Manifest = {
+        format: FORMAT,
+        formatVersion: FORMAT_VERSION,
+        createdAt: new Date().toISOString(),
+        cedanaVersion: CEDANA_VERSION,
+        criuVersion: criu.version.text,
+        kernel: host.kernel,
+        arch: host.arch,
+        cpuFlags: host.cpuFlags,
+        hostname: host.hostname,
+        pid: args.pid,
+        processes: facts.processes.map((p) => ({ pid: p.pid, ppid: p.ppid, comm: p.comm, argv: p.argv })),
+        memoryBytes,
+        options: {
+          shellJob: decisions.shellJob,
+          tcpEstablished: decisions.tcpEstablished,
+          tcpClose: decisions.tcpClose,
+          fileLocks: decisions.fileLocks,
+          externalUnix: decisions.externalUnix,
+          leaveRunning: args.leaveRunning,
+          networkLock,
+        },
+        tcp: facts.tcp.map((s) => ({ state: s.state, local: s.local, remote: s.remote })),
+        notes: decisions.notes,
+        files,
+      };
+      await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+      await privateFiles(imagesDir);
+      if (args.cancelled?.()) throw interrupted();
+      // With --leave-running the tree survives either way: let it go before packing.
+      if (args.leaveRunning) {
+        await gate.commit();
+        committed = true;
+      }
+      finalized = await storeImage(target, imagesDir, args.stream, report);
+      if (!committed && args.cancelled?.()) throw interrupted();
+      finalized.memoryBytes = memoryBytes;
+    } catch (e) {
+      await gate.abort();
+      await run.done.catch(() => undefined);
+      throw e;
+    }
+    if (!committed) {
+      await gate.commit();
+      committed = true;
+    }
+    report.phase(args.leaveRunning ? 'resuming the tree' : 'ending the dumped tree');
+    await run.done;
+    const stats = await readDumpStats(join(work, 'stats-dump'));
+    if (target.kind === 'dir') await moveIntoPlace(imagesDir, target.path);
+    return {
+      command: 'dump',
+      pid: args.pid,
+      image: finalized.image,
+      bytes: finalized.bytes,
+      memoryBytes: finalized.memoryBytes,
+      processes: facts.processes.length,
+      frozenMs: stats ? Math.round(stats.frozenUs / 1000) : 0,
+      durationMs: Math.round(performance.now() - started),
+      leftRunning: args.leaveRunning,
+      decisions: decisions.notes,
+    };
+  } catch (e) {
+    const err = toCedanaError(e);
+    if (!committed) {
+      err.details.processRunning = await processExists(args.pid);
+      if (target.kind === 'archive') await rm(partialArchive(target.path), { force: true });
+    }
+    throw err;
+  } finally {
+    report.stop();
+    if (target.kind !== 'stream' && (await pathExists(imagesDir))) await rm(imagesDir, { recursive: true, force: true });
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+function interrupted(): CedanaError {
+  return new CedanaError('INTERRUPTED', 'dump interrupted; the process tree was resumed and no image was kept', {
+    hint: 'run the dump again when ready',
+  });
+}
+
+const partialArchive = (path: string): string => join(dirname(path), `.${basename(path)}.partial`);
+
+async function privateFiles(dir: string): Promise<void> {
+  const { files } = await listImageFiles(dir);
+  await Promise.all(files.map((f) => chmod(join(dir, f), 0o600)));
+}
+
+/** Writes the archive or stream; for a directory, nothing moves yet (see moveIntoPlace). */
+async function storeImage(target: OutputTarget, imagesDir: string, stream: Writable | undefined, report: Reporter): Promise<{ bytes: number; memoryBytes: number; image: string }> {
+  const { files } = await listImageFiles(imagesDir);
+  // The manifest goes first, so a reader can validate before it unpacks the pages.
+  const ordered = [MANIFEST_NAME, ...files.filter((f) => f !== MANIFEST_NAME)];
+  if (target.kind === 'dir') {
+    const sizes = await Promise.all(files.map(async (f) => (await stat(join(imagesDir, f))).size));
+    return { bytes: sizes.reduce((a, b) => a + b, 0), memoryBytes: 0, image: target.path };
+  }
+  if (target.kind === 'archive') {
+    report.phase(`writing ${target.path}`);
+    const tmp = partialArchive(target.path);
+    await pack(imagesDir, ordered, createWriteStream(tmp, { mode: 0o600, flags: 'w' }), target.compression, true);
+    await chmod(tmp, 0o600);
+    await rename(tmp, target.path);
+    return { bytes: (await stat(target.path)).size, memoryBytes: 0, image: target.path };
+  }
+  if (!stream) throw new CedanaError('INTERNAL', 'no stream to write the image to');
+  report.phase('streaming the image to stdout');
+  let bytes = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      bytes += chunk.length;
+      cb(null, chunk);
+    },
+  });
+  // stdout is not ended: the JSON result or nothing follows, and the shell owns the descriptor.
+  await Promise.all([pack(imagesDir, ordered, counter, 'none', true), pump(counter, stream, false)]).catch((e: unknown) => {
+    throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
+  });
+  return { bytes, memoryBytes: 0, image: '-' };
+}
+
+async function pack(dir: string, files: string[], dest: Writable, compression: 'none' | 'gzip' | 'zstd', end: boolean): Promise<void> {
+  try {
+    await packImage(dir, files, dest, compression, end);
+  } catch (e) {
+    dest.destroy();
+    const err = toCedanaError(e);
+    if (err.code === 'INTERNAL') throw new CedanaError('IO_ERROR', `writing the image failed: ${err.message}`, { cause: e });
+    throw err;
+  }
+}
+
+/** Renames the finished image directory into place; with --force the old one is removed only after. */
+async function moveIntoPlace(imagesDir: string, path: string): Promise<void> {
+  if (await pathExists(path)) {
+    const old = `${path}.old-${process.pid}`;
+    await rename(path, old);
+    await rename(imagesDir, path);
+    await rm(old, { recursive: true, force: true });
+  } else {
+    await rename(imagesDir, path);
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * cedana restore: verifies an image (manifest, every checksum, host compatibility) and only then
+ * lets CRIU restore it, detached from cedana. A damaged or tampered image is never half-restored.
+ */
+import { createReadStream } from 'node:fs';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { buildRestoreArgs } from '../criu/options.js';
+import { locateCriu, runCriu, type Criu } from '../criu/criu.js';
+import { compareVersions, parseVersionText } from '../criu/version.js';
+import { CedanaError } from '../errors.js';
+import { hostFacts, requireRoot, type HostFacts } from '../host.js';
+import { unpackImage } from '../image/archive.js';
+import { verifyDir } from '../image/checksum.js';
+import { MANIFEST_NAME, parseManifest, type Manifest } from '../image/manifest.js';
+import { readRestoreStats } from '../image/criu/stats.js';
+import { processExists } from '../proc/procfs.js';
+import { silentReporter, type Reporter } from '../cli/reporter.js';
+import { privateTempDir } from '../util/paths.js';
+
+export interface RestoreArgs {
+  image: string;
+  pidFile?: string;
+  tcpClose: boolean;
+  /** How long to wait for the image's PIDs to become free (a just-dumped tree may not be reaped yet). */
+  pidWaitMs: number;
+  stdin?: Readable;
+  reporter?: Reporter;
+}
+
+export interface RestoreResult {
+  command: 'restore';
+  /** The restored root PID. */
+  pid: number;
+  image: string;
+  processes: number;
+  restoreMs: number;
+  durationMs: number;
+}
+
+export async function restore(args: RestoreArgs): Promise<RestoreResult> {
+  const started = performance.now();
+  const report = args.reporter ?? silentReporter;
+  requireRoot('restore');
+  const criu = await locateCriu();
+  const work = await privateTempDir('cedana-restore-');
+  try {
+    const { dir, label } = await openImage(args, work, report);
+    report.phase('verifying the manifest and checksums');
+    const manifest = await readManifest(dir);
+    await verifyDir(dir, manifest);
+    checkCompatible(manifest, await hostFacts(), criu);
+    report.phase('waiting for the image\'s PIDs to be free');
+    await waitPidsFree(manifest.processes.map((p) => p.pid), args.pidWaitMs);
+
+    report.phase(`restoring ${manifest.processes.length} process(es)`);
+    const pidFile = join(work, 'restored.pid');
+    const logFile = join(work, 'restore.log');
+    const o = manifest.options;
+    const criuArgs = buildRestoreArgs(
+      { shellJob: o.shellJob, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose || args.tcpClose, fileLocks: o.fileLocks },
+      { imagesDir: dir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile },
+    );
+    for (const ino of o.externalUnix) criuArgs.push('--external', `unix[${ino}]`);
+    const t = performance.now();
+    await runCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
+    const restoreMs = Math.round(performance.now() - t);
+    const pid = Number((await readFile(pidFile, 'utf8')).trim());
+    if (!Number.isSafeInteger(pid) || pid <= 0) throw new CedanaError('CRIU_FAILED', `criu restore wrote no PID to ${pidFile}`);
+    if (args.pidFile) await writeFile(resolve(args.pidFile), `${pid}\n`);
+    const stats = await readRestoreStats(join(work, 'stats-restore'));
+    return {
+      command: 'restore',
+      pid,
+      image: label,
+      processes: manifest.processes.length,
+      restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs,
+      durationMs: Math.round(performance.now() - started),
+    };
+  } finally {
+    report.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** A directory is used in place; an archive or stdin is unpacked into the private work directory. */
+async function openImage(args: RestoreArgs, work: string, report: Reporter): Promise<{ dir: string; label: string }> {
+  const into = join(work, 'image');
+  if (args.image === '-') {
+    report.phase('reading the image from stdin');
+    await unpackImage(args.stdin ?? process.stdin, into);
+    return { dir: into, label: '-' };
+  }
+  const path = resolve(args.image);
+  let st;
+  try {
+    st = await stat(path);
+  } catch {
+    throw new CedanaError('IMAGE_INVALID', `no image at ${path}`, { hint: 'give an image directory, an archive (.tar, .tar.gz, .tar.zst) or - for stdin' });
+  }
+  if (st.isDirectory()) return { dir: path, label: path };
+  if (!st.isFile()) throw new CedanaError('IMAGE_INVALID', `${path} is neither a directory nor an archive file`);
+  report.phase(`unpacking ${path}`);
+  await unpackImage(createReadStream(path), into);
+  return { dir: into, label: path };
+}
+
+async function readManifest(dir: string): Promise<Manifest> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, MANIFEST_NAME), 'utf8');
+  } catch {
+    throw new CedanaError('IMAGE_INVALID', `${MANIFEST_NAME} not found: not a cedana image`, {
+      hint: 'give a directory or archive made by `cedana dump`',
+    });
+  }
+  return parseManifest(text);
+}
+
+/** Refuses images from another architecture, a newer CRIU, or a CPU with features this one lacks. Pure. */
+export function checkCompatible(m: Manifest, host: HostFacts, criu: Pick<Criu, 'version'>): void {
+  if (m.arch !== host.arch) {
+    throw new CedanaError('IMAGE_INCOMPATIBLE', `image was made on ${m.arch}, this host is ${host.arch}`, {
+      hint: 'restore it on a host of the same architecture',
+    });
+  }
+  const made = parseVersionText(m.criuVersion);
+  if (made && compareVersions(made, criu.version) > 0) {
+    throw new CedanaError('CRIU_TOO_OLD', `image was made by CRIU ${m.criuVersion}; this host has ${criu.version.text}`, {
+      hint: 'install the same or a newer CRIU on this host (scripts/setup)',
+    });
+  }
+  if (host.cpuFlags.length > 0) {
+    const have = new Set(host.cpuFlags);
+    const missing = m.cpuFlags.filter((f) => !have.has(f) && USER_VISIBLE_CPU_FLAG.test(f));
+    if (missing.length > 0) {
+      throw new CedanaError('IMAGE_INCOMPATIBLE', `this CPU lacks features the image's CPU had: ${missing.slice(0, 8).join(' ')}`, {
+        hint: 'a program that uses them would crash here; restore on a host with a compatible CPU',
+        details: { missingCpuFlags: missing },
+      });
+    }
+  }
+}
+
+/** Instruction-set flags a program may use; flags about the hypervisor or errata do not matter. */
+const USER_VISIBLE_CPU_FLAG = /^(sse\d?(_\d)?|ssse3|avx.*|fma|f16c|aes|pclmulqdq|sha_ni|bmi\d|adx|popcnt|movbe|vaes|vpclmulqdq|gfni|lzcnt|abm|rdrand|rdseed|amx.*|xsave.*|fpu|mmx|cx16|cx8)$/;
+
+/** Waits until none of pids is taken; a PID still taken after timeoutMs is a PID_IN_USE error. */
+export async function waitPidsFree(pids: number[], timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const taken: number[] = [];
+    for (const pid of pids) if (await processExists(pid)) taken.push(pid);
+    if (taken.length === 0) return;
+    if (performance.now() >= deadline) {
+      throw new CedanaError('PID_IN_USE', `PID ${taken.join(', ')} needed by the image ${taken.length === 1 ? 'is' : 'are'} in use on this host`, {
+        hint: 'end that process first (is the original still running, e.g. after --leave-running?)',
+        details: { pids: taken },
+      });
+    }
+    await sleep(20);
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * The post-dump gate: a CRIU action script that holds the dumped tree frozen until cedana decides.
+ *
+ * CRIU runs action scripts at fixed points; at `post-dump` every page is written and the tasks are
+ * still frozen. If the script exits non-zero there, CRIU resumes the tasks instead of killing them.
+ * cedana uses that point as the commit point of a transaction: it finishes the image (manifest,
+ * checksums, archive or stream) while the tree is frozen, then writes `commit` (CRIU ends the tree, or
+ * resumes it with --leave-running) or `abort` (CRIU resumes it). If cedana itself dies, the script
+ * sees its PID gone and aborts: the process is never lost.
+ */
+import { access, chmod, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export type GateEvent = 'ready' | 'exited';
+
+export class DumpGate {
+  readonly script: string;
+  private decided = false;
+
+  private constructor(readonly dir: string) {
+    this.script = join(dir, 'post-dump-gate.sh');
+  }
+
+  static async create(dir: string, ownerPid = process.pid): Promise<DumpGate> {
+    if (/['\n]/.test(dir)) throw new Error(`gate directory has an unsafe name: ${dir}`);
+    const gate = new DumpGate(dir);
+    const text = `#!/bin/sh
+# cedana post-dump gate (see src/dump/gate.ts)
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+g='${dir}'
+: > "$g/ready"
+while :; do
+  [ -e "$g/commit" ] && exit 0
+  [ -e "$g/abort" ] && exit 1
+  kill -0 ${ownerPid} 2>/dev/null || exit 1
+  sleep 0.01
+done
+`;
+    await writeFile(gate.script, text, { mode: 0o700 });
+    await chmod(gate.script, 0o700);
+    return gate;
+  }
+
+  /** Resolves 'ready' when CRIU reached post-dump, or 'exited' if `exited` settles first. */
+  async waitReady(exited: Promise<unknown>): Promise<GateEvent> {
+    let over = false;
+    const onExit = exited.then(
+      () => 'exited' as const,
+      () => 'exited' as const,
+    );
+    const poll = (async (): Promise<GateEvent> => {
+      while (!over) {
+        if (await exists(join(this.dir, 'ready'))) return 'ready';
+        await sleep(4);
+      }
+      return 'exited';
+    })();
+    const first = await Promise.race([poll, onExit]);
+    over = true;
+    // CRIU may have exited right after creating `ready` (it cannot: it waits for us), but be exact.
+    if (first === 'exited' && (await exists(join(this.dir, 'ready')))) return 'ready';
+    return first;
+  }
+
+  async commit(): Promise<void> {
+    await this.decide('commit');
+  }
+
+  async abort(): Promise<void> {
+    await this.decide('abort');
+  }
+
+  private async decide(verdict: 'commit' | 'abort'): Promise<void> {
+    if (this.decided) return;
+    this.decided = true;
+    await writeFile(join(this.dir, verdict), '', { mode: 0o600 });
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

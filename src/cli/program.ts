@@ -13,7 +13,8 @@ export interface Invocation {
 
 export interface RunContext {
   reporter: Reporter;
-  cancelled: () => boolean;
+  /** Aborted by SIGINT or SIGTERM. */
+  signal: AbortSignal;
 }
 
 function parsePid(value: string): number {
@@ -69,7 +70,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             force: !!o.force,
             stream: process.stdout,
             reporter: ctx.reporter,
-            cancelled: ctx.cancelled,
+            signal: ctx.signal,
           }),
       });
     });
@@ -87,7 +88,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
         command: 'restore',
         json: !!o.json,
         run: async (ctx) => {
-          if (ctx.cancelled()) throw new CedanaError('INTERRUPTED', 'restore interrupted before it began');
+          if (ctx.signal.aborted) throw new CedanaError('INTERRUPTED', 'restore interrupted before it began');
           return (await import('../commands/restore.js')).restore({
             image,
             pidFile: o.pidFile,

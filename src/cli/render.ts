@@ -40,7 +40,8 @@ export function resultJson(r: CommandResult): Record<string, unknown> {
 }
 
 export function renderError(command: string, err: CedanaError, c: ChalkInstance): string {
-  const lines = [`${c.red('error')} ${c.dim(`[${err.code}]`)} cedana ${command}: ${err.message}`];
+  const who = command === "cedana" ? "cedana" : `cedana ${command}`;
+  const lines = [`${c.red("error")} ${c.dim(`[${err.code}]`)} ${who}: ${err.message}`];
   if (err.hint) lines.push(`  ${c.yellow('hint:')} ${err.hint}`);
   if (err.details.processRunning === true) lines.push(`  the process is still running`);
   if (err.details.processRunning === false) lines.push(`  ${c.red('the process is no longer running')}`);

@@ -36,8 +36,8 @@ export interface DumpArgs {
   /** Where `-o -` writes the tar stream (stdout in the CLI). */
   stream?: Writable;
   reporter?: Reporter;
-  /** Set when SIGINT/SIGTERM arrives; checked at the commit point. */
-  cancelled?: () => boolean;
+  /** Aborted on SIGINT/SIGTERM: before the commit point the tree is resumed and nothing is kept. */
+  signal?: AbortSignal;
 }
 
 export interface DumpResult {
@@ -137,14 +137,14 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       };
       await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
       await privateFiles(imagesDir);
-      if (args.cancelled?.()) throw interrupted();
+      if (args.signal?.aborted) throw interrupted();
       // With --leave-running the tree survives either way: let it go before packing.
       if (args.leaveRunning) {
         await gate.commit();
         committed = true;
       }
-      finalized = await storeImage(target, imagesDir, args.stream, report);
-      if (!committed && args.cancelled?.()) throw interrupted();
+      finalized = await storeImage(target, imagesDir, args.stream, report, committed ? undefined : args.signal);
+      if (!committed && args.signal?.aborted) throw interrupted();
       finalized.memoryBytes = memoryBytes;
     } catch (e) {
       await gate.abort();
@@ -199,7 +199,13 @@ async function privateFiles(dir: string): Promise<void> {
 }
 
 /** Writes the archive or stream; for a directory, nothing moves yet (see moveIntoPlace). */
-async function storeImage(target: OutputTarget, imagesDir: string, stream: Writable | undefined, report: Reporter): Promise<{ bytes: number; memoryBytes: number; image: string }> {
+async function storeImage(
+  target: OutputTarget,
+  imagesDir: string,
+  stream: Writable | undefined,
+  report: Reporter,
+  signal: AbortSignal | undefined,
+): Promise<{ bytes: number; memoryBytes: number; image: string }> {
   const { files } = await listImageFiles(imagesDir);
   // The manifest goes first, so a reader can validate before it unpacks the pages.
   const ordered = [MANIFEST_NAME, ...files.filter((f) => f !== MANIFEST_NAME)];
@@ -210,7 +216,8 @@ async function storeImage(target: OutputTarget, imagesDir: string, stream: Writa
   if (target.kind === 'archive') {
     report.phase(`writing ${target.path}`);
     const tmp = partialArchive(target.path);
-    await pack(imagesDir, ordered, createWriteStream(tmp, { mode: 0o600, flags: 'w' }), target.compression, true);
+    const file = createWriteStream(tmp, { mode: 0o600, flags: 'w' });
+    await abortable(pack(imagesDir, ordered, file, target.compression, true), signal, () => file.destroy());
     await chmod(tmp, 0o600);
     await rename(tmp, target.path);
     return { bytes: (await stat(target.path)).size, memoryBytes: 0, image: target.path };
@@ -225,10 +232,36 @@ async function storeImage(target: OutputTarget, imagesDir: string, stream: Writa
     },
   });
   // stdout is not ended: the JSON result or nothing follows, and the shell owns the descriptor.
-  await Promise.all([pack(imagesDir, ordered, counter, 'none', true), pump(counter, stream, false)]).catch((e: unknown) => {
+  const streamed = Promise.all([pack(imagesDir, ordered, counter, 'none', true), pump(counter, stream, false)]).catch((e: unknown) => {
     throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
   });
+  // A reader that stops reading blocks the stream with the tree frozen: an interrupt must still get through.
+  await abortable(streamed, signal, () => counter.destroy());
   return { bytes, memoryBytes: 0, image: '-' };
+}
+
+/** Rejects with INTERRUPTED as soon as signal aborts, after calling stop() to tear the writer down. */
+async function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined, stop: () => void): Promise<T> {
+  if (!signal) return work;
+  if (signal.aborted) {
+    stop();
+    work.catch(() => undefined);
+    throw interrupted();
+  }
+  let onAbort: () => void = () => undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => {
+      stop();
+      reject(interrupted());
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    work.catch(() => undefined);
+  }
 }
 
 async function pack(dir: string, files: string[], dest: Writable, compression: 'none' | 'gzip' | 'zstd', end: boolean): Promise<void> {

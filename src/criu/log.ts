@@ -1,14 +1,16 @@
 /** Picks the lines of a CRIU log that explain a failure. Pure. */
 
 const ERROR_RE = /\b(Error|BUG)\b[ (]/;
+/** Errors CRIU always logs on some hosts and that never cause a failure. */
+const HARMLESS_RE = /Can't setup RLIMIT_NOFILE for self/;
 
 export function decisiveLines(log: string, max = 8): string[] {
-  const lines = log.split('\n').filter((l) => l.trim() !== '');
+  const lines = log.split('\n').filter((l) => l.trim() !== '' && !HARMLESS_RE.test(l));
   const errors = lines.filter((l) => ERROR_RE.test(l));
   const picked = errors.length > 0 ? errors : lines.slice(-max);
   // The first errors are the cause; later ones ("Dumping FAILED.") are consequences. Keep the first few and the last.
   const out = picked.length <= max ? picked : [...picked.slice(0, max - 1), picked[picked.length - 1]!];
-  return out.map((l) => l.replace(/^\(\s*\d+\.\d+\)\s*/, '').trim());
+  return out.map((l) => l.replace(/^\(\s*\d+\.\d+\)\s*/, '').replace(/^(Warn|Error)\s+\([^)]*\):\s*/, '').trim());
 }
 
 /** Recognises well-known CRIU failures and says what fixes them. */

@@ -35,7 +35,7 @@ export async function validateTarget(pid: number): Promise<void> {
   }
   if (pid === 1) {
     throw new CedanaError('PID_REFUSED', 'refusing to checkpoint PID 1 (init)', {
-      hint: 'checkpoint a process tree below init; whole containers come with --container',
+      hint: 'checkpoint a process tree below init',
     });
   }
   const st = await readStat(pid);

@@ -1,0 +1,77 @@
+/**
+ * The one place that prints and sets the exit status. Handlers return results or throw
+ * CedanaError; everything else thrown is a bug and becomes INTERNAL.
+ */
+import { CommanderError } from 'commander';
+import { CedanaError, toCedanaError } from '../errors.js';
+import { buildProgram, type Invocation } from './program.js';
+import { errorJson, renderError, renderHuman, resultJson } from './render.js';
+import { chooseReporter } from './reporter.js';
+import { styleFor } from './style.js';
+
+function commandName(argv: string[]): string {
+  return argv.find((a) => !a.startsWith('-')) ?? 'cedana';
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const wantsJson = argv.includes('--json');
+  let invocation: Invocation | undefined;
+  const usageErrors: string[] = [];
+  const program = buildProgram((inv) => (invocation = inv));
+  program.configureOutput({
+    writeErr: (s) => {
+      if (!wantsJson) process.stderr.write(s);
+    },
+    outputError: (s) => usageErrors.push(s.replace(/^error: /, '').trim()),
+  });
+  const json = (): boolean => invocation?.json ?? wantsJson;
+  const out = (command: string, obj: Record<string, unknown>): void => {
+    // With `dump -o -`, stdout carries the image: the JSON result goes to stderr.
+    const toStderr = command === 'dump' && (argv.includes('-') || argv.includes('--output=-'));
+    (toStderr ? process.stderr : process.stdout).write(`${JSON.stringify(obj)}\n`);
+  };
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      const err = new CedanaError('USAGE', usageErrors[0] ?? e.message.replace(/^error: /, ''), { hint: 'see `cedana --help` or `cedana <command> --help`' });
+      const cmd = commandName(argv);
+      if (json()) out(cmd, errorJson(cmd, err));
+      else process.stderr.write(`${renderError(cmd, err, styleFor(process.stderr))}\n`);
+      return err.exitCode;
+    }
+    throw e;
+  }
+  if (!invocation) {
+    program.outputHelp({ error: true });
+    return 2;
+  }
+
+  const inv = invocation;
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const reporter = chooseReporter({ json: inv.json });
+  try {
+    const result = await inv.run({ reporter, signal: abort.signal });
+    reporter.stop();
+    if (inv.json) out(inv.command, resultJson(result));
+    else process.stdout.write(`${renderHuman(result, styleFor(process.stdout))}\n`);
+    if (result.command === 'check' && !result.ok) return result.error?.exitCode ?? 7;
+    return 0;
+  } catch (e) {
+    reporter.stop();
+    const err = toCedanaError(e);
+    if (inv.json) out(inv.command, errorJson(inv.command, err));
+    else process.stderr.write(`${renderError(inv.command, err, styleFor(process.stderr))}\n`);
+    if (err.code === 'INTERNAL' && process.env.CEDANA_DEBUG) process.stderr.write(`${(e as Error).stack ?? ''}\n`);
+    return err.exitCode;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+

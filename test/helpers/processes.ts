@@ -1,0 +1,115 @@
+/**
+ * Starts fixture processes and tracks every PID a test owns (started, or restored by cedana) so
+ * that cleanup() ends exactly those, by PID, even when the test failed.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const FIXTURES = fileURLToPath(new URL('../fixtures/', import.meta.url));
+
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^\d+ \(.*\) [ZX] /.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await sleep(20);
+  }
+}
+
+export async function waitGone(pid: number, timeoutMs = 15_000): Promise<void> {
+  // A zombie still holds its PID: wait until /proc/<pid> is gone entirely.
+  await waitFor(`PID ${pid} to be gone`, () => !existsSync(`/proc/${pid}`), timeoutMs);
+}
+
+export function readText(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+export class Owned {
+  private readonly pids = new Set<number>();
+  private readonly dirs: string[] = [];
+  private readonly finalizers: (() => Promise<void> | void)[] = [];
+
+  /** Starts a process in its own session with stdio on /dev/null (as a daemon would be). */
+  start(cmd: string, args: string[], opts: { cwd?: string; wrap?: string[] } = {}): number {
+    const argv = [...(opts.wrap ?? []), cmd, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: 'ignore', cwd: opts.cwd });
+    child.unref();
+    if (!child.pid) throw new Error(`could not start ${argv.join(' ')}`);
+    this.pids.add(child.pid);
+    return child.pid;
+  }
+
+  python(script: string, args: string[], opts: { cwd?: string; wrap?: string[] } = {}): number {
+    return this.start('python3', ['-u', join(FIXTURES, script), ...args], opts);
+  }
+
+  /** Records a PID the test now owns (e.g. one cedana restored). */
+  own(pid: number): number {
+    this.pids.add(pid);
+    return pid;
+  }
+
+  async tempDir(prefix = 'cedana-test-', parent = tmpdir()): Promise<string> {
+    const d = await mkdtemp(join(parent, prefix));
+    this.dirs.push(d);
+    return d;
+  }
+
+  onCleanup(fn: () => Promise<void> | void): void {
+    this.finalizers.push(fn);
+  }
+
+  /** Ends owned processes (their whole trees: children first) by PID, then removes directories. */
+  async cleanup(): Promise<void> {
+    for (const pid of this.pids) {
+      for (const child of descendants(pid)) killPid(child);
+      killPid(pid);
+    }
+    for (const pid of this.pids) await waitGone(pid, 5000).catch(() => undefined);
+    this.pids.clear();
+    for (const fn of this.finalizers.reverse()) await fn();
+    this.finalizers.length = 0;
+    for (const d of this.dirs) await rm(d, { recursive: true, force: true });
+    this.dirs.length = 0;
+  }
+}
+
+function killPid(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+export function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const kids = readText(`/proc/${pid}/task/${pid}/children`)?.trim().split(/\s+/).filter(Boolean).map(Number) ?? [];
+  for (const k of kids) out.push(...descendants(k), k);
+  return out;
+}

@@ -1,0 +1,118 @@
+import { describe, expect, it } from 'vitest';
+import { CedanaError, ERROR_CODES, exitCodeFor, toCedanaError, type ErrorCode } from '../../src/errors.js';
+
+const EXPECTED: Record<ErrorCode, number> = {
+  INTERNAL: 1,
+  USAGE: 2,
+  NOT_ROOT: 3,
+  PID_NOT_FOUND: 4,
+  PID_REFUSED: 5,
+  CRIU_MISSING: 6,
+  CRIU_TOO_OLD: 6,
+  HOST_UNSUPPORTED: 7,
+  CRIU_FAILED: 8,
+  IMAGE_INVALID: 9,
+  IMAGE_INCOMPATIBLE: 10,
+  OUTPUT_EXISTS: 11,
+  PID_IN_USE: 12,
+  IO_ERROR: 13,
+  INTERRUPTED: 130,
+};
+
+describe('ERROR_CODES', () => {
+  it('has exactly the documented codes and exit statuses', () => {
+    const actual = Object.fromEntries(Object.entries(ERROR_CODES).map(([k, v]) => [k, v.exit]));
+    expect(actual).toEqual(EXPECTED);
+  });
+
+  it('every exit status is a valid, non-zero shell status with a description', () => {
+    for (const [code, { exit, what }] of Object.entries(ERROR_CODES)) {
+      expect(Number.isInteger(exit), code).toBe(true);
+      expect(exit, code).toBeGreaterThan(0);
+      expect(exit, code).toBeLessThan(256);
+      expect(what.length, code).toBeGreaterThan(10);
+    }
+  });
+
+  it('codes share an exit status only for the two CRIU-availability failures', () => {
+    const byExit = new Map<number, string[]>();
+    for (const [code, { exit }] of Object.entries(ERROR_CODES)) byExit.set(exit, [...(byExit.get(exit) ?? []), code]);
+    const shared = [...byExit.values()].filter((codes) => codes.length > 1);
+    expect(shared).toEqual([['CRIU_MISSING', 'CRIU_TOO_OLD']]);
+  });
+
+  it('exitCodeFor and CedanaError.exitCode agree with the table', () => {
+    for (const code of Object.keys(EXPECTED) as ErrorCode[]) {
+      expect(exitCodeFor(code)).toBe(EXPECTED[code]);
+      expect(new CedanaError(code, 'x').exitCode).toBe(EXPECTED[code]);
+    }
+  });
+});
+
+describe('CedanaError', () => {
+  it('keeps code, message, hint, details and cause', () => {
+    const cause = new Error('root cause');
+    const e = new CedanaError('PID_IN_USE', 'PID 5 is taken', { hint: 'end it', details: { pids: [5] }, cause });
+    expect(e).toBeInstanceOf(Error);
+    expect(e.name).toBe('CedanaError');
+    expect(e.code).toBe('PID_IN_USE');
+    expect(e.message).toBe('PID 5 is taken');
+    expect(e.hint).toBe('end it');
+    expect(e.details).toEqual({ pids: [5] });
+    expect(e.cause).toBe(cause);
+  });
+
+  it('defaults to no hint, empty details and no cause', () => {
+    const e = new CedanaError('USAGE', 'bad');
+    expect(e.hint).toBeUndefined();
+    expect(e.details).toEqual({});
+    expect('cause' in e).toBe(false);
+  });
+});
+
+function errno(code: string, message = `${code}: something`): NodeJS.ErrnoException {
+  return Object.assign(new Error(message), { code });
+}
+
+describe('toCedanaError', () => {
+  it('returns a CedanaError unchanged', () => {
+    const e = new CedanaError('CRIU_FAILED', 'x');
+    expect(toCedanaError(e)).toBe(e);
+  });
+
+  it.each(['ENOSPC', 'EDQUOT', 'EPIPE', 'EACCES', 'EROFS', 'EIO', 'EEXIST', 'ENOENT', 'EPERM', 'EMFILE'])('maps %s to IO_ERROR', (code) => {
+    const err = errno(code);
+    const e = toCedanaError(err);
+    expect(e.code).toBe('IO_ERROR');
+    expect(e.exitCode).toBe(13);
+    expect(e.message).toBe(`${code}: something`);
+    expect(e.details).toEqual({ errno: code });
+    expect(e.cause).toBe(err);
+  });
+
+  it('gives ENOSPC a hint about space', () => {
+    expect(toCedanaError(errno('ENOSPC')).hint).toMatch(/free some space/);
+    expect(toCedanaError(errno('EACCES')).hint).toBeUndefined();
+  });
+
+  it('maps other errors to INTERNAL', () => {
+    const plain = new TypeError('x is not a function');
+    const e = toCedanaError(plain);
+    expect(e.code).toBe('INTERNAL');
+    expect(e.exitCode).toBe(1);
+    expect(e.message).toBe('x is not a function');
+    expect(e.cause).toBe(plain);
+  });
+
+  it('maps unknown errno codes to INTERNAL', () => {
+    expect(toCedanaError(errno('Z_DATA_ERROR')).code).toBe('INTERNAL');
+    expect(toCedanaError(errno('ECONNRESET')).code).toBe('INTERNAL');
+  });
+
+  it('handles thrown non-errors', () => {
+    expect(toCedanaError('a string').message).toBe('a string');
+    expect(toCedanaError(undefined).code).toBe('INTERNAL');
+    expect(toCedanaError(null).code).toBe('INTERNAL');
+    expect(toCedanaError({ code: 42 }).code).toBe('INTERNAL');
+  });
+});

@@ -1,0 +1,207 @@
+import { describe, expect, it } from 'vitest';
+import { CedanaError } from '../../../src/errors.js';
+import {
+  FORMAT,
+  FORMAT_VERSION,
+  isSafeRelativePath,
+  MANIFEST_NAME,
+  parseManifest,
+  validateManifest,
+} from '../../../src/image/manifest.js';
+
+const SHA = 'a'.repeat(64);
+
+/** A valid manifest as plain JSON data; each test changes one field. */
+function good(): Record<string, any> {
+  return {
+    format: FORMAT,
+    formatVersion: FORMAT_VERSION,
+    createdAt: '2025-01-02T03:04:05.000Z',
+    cedanaVersion: '0.1.0',
+    criuVersion: '4.2',
+    kernel: '6.8.0-45-generic',
+    arch: 'x86_64',
+    cpuFlags: ['avx2', 'sse4_2'],
+    hostname: 'host-a',
+    pid: 4242,
+    processes: [
+      { pid: 4242, ppid: 1, comm: 'python3', argv: ['python3', 'counter.py'] },
+      { pid: 4243, ppid: 4242, comm: 'sleep', argv: ['sleep', '100'] },
+    ],
+    memoryBytes: 1 << 20,
+    options: { shellJob: false, tcpEstablished: false, tcpClose: false, fileLocks: false, externalUnix: [], leaveRunning: false, networkLock: 'iptables' },
+    tcp: [{ state: 'ESTABLISHED', local: '127.0.0.1:8080', remote: '127.0.0.1:40000' }],
+    notes: ['--tcp-established: requested'],
+    files: {
+      'inventory.img': { size: 40, sha256: SHA },
+      'pages-1.img': { size: 4096, sha256: 'b'.repeat(64) },
+    },
+  };
+}
+
+function refusal(m: unknown): CedanaError {
+  try {
+    validateManifest(m);
+  } catch (e) {
+    expect(e).toBeInstanceOf(CedanaError);
+    return e as CedanaError;
+  }
+  throw new Error('validateManifest accepted a bad manifest');
+}
+
+describe('validateManifest', () => {
+  it('accepts a good manifest and returns it', () => {
+    const m = good();
+    const v = validateManifest(m);
+    expect(v).toBe(m);
+    expect(v.pid).toBe(4242);
+  });
+
+  it('accepts an older format version, empty lists and external unix inodes', () => {
+    const m = good();
+    m.formatVersion = 0;
+    m.tcp = [];
+    m.notes = [];
+    m.cpuFlags = [];
+    m.options.externalUnix = [1234, 5678];
+    expect(() => validateManifest(m)).not.toThrow();
+  });
+
+  it('accepts files in subdirectories', () => {
+    const m = good();
+    m.files['sub/dir/x.img'] = { size: 0, sha256: SHA };
+    expect(() => validateManifest(m)).not.toThrow();
+  });
+
+  const cases: [string, (m: Record<string, any>) => unknown, RegExp][] = [
+    ['not an object: null', () => null, /not a JSON object/],
+    ['not an object: array', () => [], /not a JSON object/],
+    ['not an object: string', () => 'cedana', /not a JSON object/],
+    ['wrong format', (m) => ((m.format = 'tarball'), m), /format is "tarball"/],
+    ['missing format', (m) => (delete m.format, m), /format is undefined/],
+    ['formatVersion missing', (m) => (delete m.formatVersion, m), /formatVersion missing/],
+    ['formatVersion a string', (m) => ((m.formatVersion = '1'), m), /formatVersion missing/],
+    ['formatVersion negative', (m) => ((m.formatVersion = -1), m), /formatVersion missing/],
+    ['formatVersion fractional', (m) => ((m.formatVersion = 0.5), m), /formatVersion missing/],
+    ['createdAt missing', (m) => (delete m.createdAt, m), /createdAt missing or not a string/],
+    ['cedanaVersion a number', (m) => ((m.cedanaVersion = 1), m), /cedanaVersion/],
+    ['criuVersion missing', (m) => (delete m.criuVersion, m), /criuVersion/],
+    ['kernel null', (m) => ((m.kernel = null), m), /kernel/],
+    ['arch missing', (m) => (delete m.arch, m), /arch missing/],
+    ['hostname an object', (m) => ((m.hostname = {}), m), /hostname/],
+    ['cpuFlags not a list', (m) => ((m.cpuFlags = 'avx2 sse4_2'), m), /cpuFlags must be a list of strings/],
+    ['cpuFlags with a number', (m) => ((m.cpuFlags = ['avx2', 3]), m), /cpuFlags/],
+    ['pid missing', (m) => (delete m.pid, m), /pid missing/],
+    ['pid zero', (m) => ((m.pid = 0), m), /pid missing/],
+    ['pid negative', (m) => ((m.pid = -4242), m), /pid missing/],
+    ['pid a string', (m) => ((m.pid = '4242'), m), /pid missing/],
+    ['memoryBytes missing', (m) => (delete m.memoryBytes, m), /memoryBytes missing/],
+    ['memoryBytes unsafe integer', (m) => ((m.memoryBytes = 2 ** 60), m), /memoryBytes missing/],
+    ['processes not a list', (m) => ((m.processes = {}), m), /processes must be a non-empty list/],
+    ['processes empty', (m) => ((m.processes = []), m), /processes must be a non-empty list/],
+    ['process entry null', (m) => ((m.processes[1] = null), m), /malformed process entry/],
+    ['process entry without comm', (m) => (delete m.processes[1].comm, m), /malformed process entry/],
+    ['process argv not strings', (m) => ((m.processes[1].argv = [1]), m), /malformed process entry/],
+    ['process ppid negative', (m) => ((m.processes[1].ppid = -1), m), /malformed process entry/],
+    ['root pid not among processes', (m) => ((m.pid = 9999), m), /root pid is not among processes/],
+    ['options missing', (m) => (delete m.options, m), /options missing/],
+    ['options an array', (m) => ((m.options = []), m), /options missing/],
+    ['options.shellJob a string', (m) => ((m.options.shellJob = 'false'), m), /options\.shellJob must be true or false/],
+    ['options.tcpEstablished missing', (m) => (delete m.options.tcpEstablished, m), /options\.tcpEstablished/],
+    ['options.tcpClose a number', (m) => ((m.options.tcpClose = 0), m), /options\.tcpClose/],
+    ['options.fileLocks null', (m) => ((m.options.fileLocks = null), m), /options\.fileLocks/],
+    ['options.leaveRunning missing', (m) => (delete m.options.leaveRunning, m), /options\.leaveRunning/],
+    ['options.externalUnix missing', (m) => (delete m.options.externalUnix, m), /options\.externalUnix must be a list of inodes/],
+    ['options.externalUnix with a string', (m) => ((m.options.externalUnix = ['12']), m), /options\.externalUnix/],
+    ['options.networkLock missing', (m) => (delete m.options.networkLock, m), /options\.networkLock missing/],
+    ['tcp not a list', (m) => ((m.tcp = 'none'), m), /tcp must be a list of sockets/],
+    ['tcp entry without remote', (m) => (delete m.tcp[0].remote, m), /tcp must be a list of sockets/],
+    ['notes with a number', (m) => ((m.notes = [1]), m), /notes must be a list of strings/],
+    ['files missing', (m) => (delete m.files, m), /files must list the image files/],
+    ['files empty', (m) => ((m.files = {}), m), /files must list the image files/],
+    ['files a list', (m) => ((m.files = [{ size: 1, sha256: SHA }]), m), /files must list the image files/],
+    ['file name with ..', (m) => ((m.files['../etc/passwd'] = { size: 1, sha256: SHA }), m), /unsafe file name "..\/etc\/passwd"/],
+    ['file name absolute', (m) => ((m.files['/etc/passwd'] = { size: 1, sha256: SHA }), m), /unsafe file name/],
+    ['file name is the manifest', (m) => ((m.files[MANIFEST_NAME] = { size: 1, sha256: SHA }), m), /unsafe file name "cedana.json"/],
+    ['file entry without size', (m) => ((m.files['inventory.img'] = { sha256: SHA }), m), /bad checksum entry for inventory.img/],
+    ['file entry size negative', (m) => ((m.files['inventory.img'].size = -1), m), /bad checksum entry/],
+    ['sha256 too short', (m) => ((m.files['inventory.img'].sha256 = 'abc'), m), /bad checksum entry/],
+    ['sha256 upper case', (m) => ((m.files['inventory.img'].sha256 = 'A'.repeat(64)), m), /bad checksum entry/],
+    ['sha256 not hex', (m) => ((m.files['inventory.img'].sha256 = 'g'.repeat(64)), m), /bad checksum entry/],
+    ['file entry not an object', (m) => ((m.files['inventory.img'] = SHA), m), /bad checksum entry/],
+    ['inventory.img not listed', (m) => (delete m.files['inventory.img'], m), /inventory\.img is not listed/],
+  ];
+
+  it.each(cases)('refuses: %s', (_name, mutate, why) => {
+    const e = refusal(mutate(good()));
+    expect(e.code).toBe('IMAGE_INVALID');
+    expect(e.message).toMatch(/^invalid manifest \(cedana\.json\): /);
+    expect(e.message).toMatch(why);
+    expect(e.hint).toMatch(/make a new dump/);
+    expect(e.exitCode).toBe(9);
+  });
+
+  it('a newer format version is IMAGE_INCOMPATIBLE, not IMAGE_INVALID', () => {
+    const m = good();
+    m.formatVersion = FORMAT_VERSION + 1;
+    const e = refusal(m);
+    expect(e.code).toBe('IMAGE_INCOMPATIBLE');
+    expect(e.message).toContain(`image format version ${FORMAT_VERSION + 1} is newer`);
+    expect(e.hint).toMatch(/upgrade cedana/);
+  });
+
+  it('checks the format before the version', () => {
+    const m = good();
+    m.format = 'other';
+    m.formatVersion = 99;
+    expect(refusal(m).code).toBe('IMAGE_INVALID');
+  });
+});
+
+describe('parseManifest', () => {
+  it('parses valid JSON text', () => {
+    expect(parseManifest(JSON.stringify(good())).arch).toBe('x86_64');
+  });
+
+  it('refuses text that is not JSON with IMAGE_INVALID', () => {
+    let err: unknown;
+    try {
+      parseManifest('{"format": "cedana-image",');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CedanaError);
+    expect((err as CedanaError).code).toBe('IMAGE_INVALID');
+    expect((err as CedanaError).message).toMatch(/not valid JSON/);
+  });
+});
+
+describe('isSafeRelativePath', () => {
+  it.each(['inventory.img', 'pages-1.img', 'a/b/c.img', 'a.b', '..x', 'x..', '.hidden'])('accepts %s', (p) => {
+    expect(isSafeRelativePath(p)).toBe(true);
+  });
+
+  it.each([
+    '',
+    '/etc/passwd',
+    '..',
+    '.',
+    '../evil',
+    'a/../../evil',
+    'a/../b',
+    './a',
+    'a/./b',
+    'a//b',
+    'a/',
+    'a/..',
+    'a\\..\\b',
+    'a\0b',
+    'x'.repeat(4097),
+  ])('refuses %j', (p) => {
+    expect(isSafeRelativePath(p)).toBe(false);
+  });
+
+  it('accepts a name of exactly 4096 characters', () => {
+    expect(isSafeRelativePath('x'.repeat(4096))).toBe(true);
+  });
+});

@@ -68,7 +68,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
             fileLocks: !!o.fileLocks,
             force: !!o.force,
-            stream: process.stdout,
+            stream: o.output === '-' ? (await import('./stdout.js')).imageStdout() : undefined,
             reporter: ctx.reporter,
             signal: ctx.signal,
           }),

@@ -35,7 +35,9 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return 0;
+      // `cedana` without a command: commander shows help as an error (exitCode 1); that is a usage error.
+      if (e.code === 'commander.help') return e.exitCode === 0 ? 0 : 2;
       const err = new CedanaError('USAGE', usageErrors[0] ?? e.message.replace(/^error: /, ''), { hint: 'see `cedana --help` or `cedana <command> --help`' });
       const cmd = commandName(argv);
       if (json()) out(cmd, errorJson(cmd, err));

@@ -1,0 +1,75 @@
+/**
+ * A dump that fails or is interrupted part-way leaves the process running where it was and keeps
+ * no partial image.
+ */
+import { execa } from 'execa';
+import { spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BIN, cedana, parseJsonLine } from '../helpers/cedana.js';
+import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+
+const owned = new Owned();
+afterEach(() => owned.cleanup());
+
+async function memhog(mib: number): Promise<{ dir: string; pid: number; sha0: string }> {
+  const dir = await owned.tempDir();
+  const pid = owned.python('memhog.py', [String(mib), dir]);
+  const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
+  return { dir, pid, sha0 };
+}
+
+/** Alive, beating again, and its memory still what it was. */
+async function expectResumedIntact(dir: string, pid: number, sha0: string): Promise<void> {
+  expect(alive(pid)).toBe(true);
+  const beat = Number(readText(join(dir, 'beat')));
+  await waitFor('heartbeat to go on', () => Number(readText(join(dir, 'beat'))) > beat + 5);
+  process.kill(pid, 'SIGUSR1');
+  expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')))).toBe(sha0);
+}
+
+describe('failed and interrupted dumps', () => {
+  it('a dump onto a full disk fails, the process resumes, no partial image is left', async () => {
+    const { dir, pid, sha0 } = await memhog(32);
+    const small = join(dir, 'small');
+    await execa('mkdir', [small]);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=700', 'tmpfs', small]);
+    owned.onCleanup(async () => void (await execa('umount', [small], { reject: false })));
+    const r = await cedana(['dump', String(pid), '-o', join(small, 'img'), '--json']);
+    expect(r.exitCode).toBe(8);
+    expect(r.json!.error).toMatchObject({ code: 'CRIU_FAILED', processRunning: true });
+    expect(r.json!.error.message).toMatch(/No space left|ENOSPC|write/i);
+    expect(readdirSync(small)).toEqual([]);
+    await expectResumedIntact(dir, pid, sha0);
+  });
+
+  it('a reader that goes away mid-stream aborts the dump and resumes the process', async () => {
+    const { dir, pid, sha0 } = await memhog(32);
+    const sh = `node ${BIN} dump ${pid} -o - --json 2>${join(dir, 'err.json')} | head -c 100000 >/dev/null`;
+    await execa('sh', ['-c', sh]);
+    const j = parseJsonLine(readText(join(dir, 'err.json'))!)!;
+    expect(j.ok).toBe(false);
+    expect(j.error).toMatchObject({ code: 'IO_ERROR', processRunning: true });
+    await expectResumedIntact(dir, pid, sha0);
+  });
+
+  it('SIGINT while the tree is frozen resumes it (exit 130, INTERRUPTED)', async () => {
+    const { dir, pid, sha0 } = await memhog(32);
+    // Nobody reads the stream: cedana blocks writing it with the tree frozen at the commit point.
+    // (node's own spawn: it does not read a pipe nobody consumes, execa would.)
+    const child = spawn('node', [BIN, 'dump', String(pid), '-o', '-', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    await waitFor('the tree to be frozen', () => /^State:\s+[tT]/m.test(readText(`/proc/${pid}/status`) ?? ''), 30_000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(/^State:\s+[tT]/m.test(readText(`/proc/${pid}/status`) ?? '')).toBe(true); // still frozen: held by cedana
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    const j = parseJsonLine(stderr)!;
+    expect(j.error).toMatchObject({ code: 'INTERRUPTED', processRunning: true });
+    child.stdout!.destroy();
+    await expectResumedIntact(dir, pid, sha0);
+  });
+});

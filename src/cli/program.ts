@@ -8,6 +8,8 @@ import type { Reporter } from './reporter.js';
 export interface Invocation {
   command: string;
   json: boolean;
+  /** Emits progress events as JSON on stderr with --json. */
+  events?: boolean;
   run: (ctx: RunContext) => Promise<CommandResult>;
 }
 
@@ -97,6 +99,36 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             reporter: ctx.reporter,
           });
         },
+      });
+    });
+
+  program
+    .command('migrate')
+    .description('move the process tree rooted at <pid> to another host over SSH; the source is resumed on any failure')
+    .argument('<pid>', 'root of the process tree', parsePid)
+    .requiredOption('--to <destination>', '[user@]host[:port], or a Host alias from ~/.ssh/config')
+    .option('--accept-new-host-key', 'record the key of a host not yet in known_hosts (a changed key is always refused)')
+    .option('--target-dir <dir>', 'where the target keeps the image while it restores', '/var/tmp')
+    .addOption(new Option('--tcp-established', 'keep established TCP connections (default when the tree has some)').conflicts('tcpClose'))
+    .addOption(new Option('--tcp-close', 'restore established TCP connections closed').conflicts('tcpEstablished'))
+    .option('--file-locks', 'migrate file locks (automatic when the tree holds some)')
+    .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
+    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; json?: boolean }) => {
+      onInvoke({
+        command: 'migrate',
+        json: !!o.json,
+        events: true,
+        run: async (ctx) =>
+          (await import('../commands/migrate.js')).migrate({
+            pid,
+            to: o.to,
+            acceptNewHostKey: !!o.acceptNewHostKey,
+            targetDir: o.targetDir,
+            tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
+            fileLocks: !!o.fileLocks,
+            reporter: ctx.reporter,
+            signal: ctx.signal,
+          }),
       });
     });
 

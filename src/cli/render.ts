@@ -4,8 +4,9 @@ import { CedanaError } from '../errors.js';
 import type { CheckResultData } from '../commands/check.js';
 import type { DumpResult } from '../commands/dump.js';
 import type { RestoreResult } from '../commands/restore.js';
+import type { MigrateResult } from '../commands/migrate.js';
 
-export type CommandResult = DumpResult | RestoreResult | CheckResultData;
+export type CommandResult = DumpResult | RestoreResult | CheckResultData | MigrateResult;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -45,6 +46,8 @@ export function renderError(command: string, err: CedanaError, c: ChalkInstance)
   if (err.hint) lines.push(`  ${c.yellow('hint:')} ${err.hint}`);
   if (err.details.processRunning === true) lines.push(`  the process is still running`);
   if (err.details.processRunning === false) lines.push(`  ${c.red('the process is no longer running')}`);
+  if (err.details.sourceResumed === true) lines.push('  the source process was resumed where it was');
+  if (err.details.sourceResumed === false) lines.push(`  ${c.red('the source process is no longer running')}`);
   return lines.join('\n');
 }
 
@@ -64,6 +67,14 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         `${c.green('✔')} restored PID ${r.pid} (${r.processes} process${r.processes === 1 ? '' : 'es'}) from ${r.image === '-' ? 'stdin' : r.image}`,
         `  CRIU restore ${formatMs(r.restoreMs)}, total ${formatMs(r.durationMs)}; it runs detached from cedana`,
       ].join('\n');
+    case 'migrate': {
+      const lines = [
+        `${c.green('✔')} migrated PID ${r.pid} (${r.processes} process${r.processes === 1 ? '' : 'es'}) to ${r.target}: it runs there as PID ${r.targetPid}`,
+        `  downtime ${formatMs(r.downtimeMs)}, total ${formatMs(r.durationMs)}, sent ${formatBytes(r.bytesSent)} (memory ${formatBytes(r.memoryBytes)})`,
+      ];
+      for (const d of r.decisions) lines.push(`  ${c.dim('decided')} ${d}`);
+      return lines.join('\n');
+    }
     case 'check': {
       const mark = (ok: boolean): string => (ok ? c.green('✔') : c.red('✘'));
       const opt = (ok: boolean): string => (ok ? c.green('✔') : c.yellow('–'));

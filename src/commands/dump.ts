@@ -16,7 +16,8 @@ import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
 import { packImage, pump } from '../image/archive.js';
 import { checksumDir, listImageFiles } from '../image/checksum.js';
-import { FORMAT, FORMAT_VERSION, MANIFEST_NAME, type Manifest } from '../image/manifest.js';
+import { MANIFEST_NAME } from '../image/manifest.js';
+import { makeManifest, pagesBytes } from '../dump/manifest.js';
 import { readDumpStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { examineTree, validateTarget } from '../proc/tree.js';
@@ -24,7 +25,6 @@ import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { parseOutput, type OutputTarget } from '../dump/output.js';
 import { DumpGate } from '../dump/gate.js';
 import { pathExists, privateTempDir } from '../util/paths.js';
-import { CEDANA_VERSION } from '../version.js';
 
 export interface DumpArgs {
   pid: number;
@@ -108,33 +108,10 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       report.phase('writing the manifest and checksums (tree frozen)');
       const host = await hostFacts();
       const files = await checksumDir(imagesDir);
-      const memoryBytes = Object.entries(files).filter(([n]) => /^pages-\d+\.img$/.test(n)).reduce((a, [, f]) => a + f.size, 0);
-      const manifest: Manifest = {
-        format: FORMAT,
-        formatVersion: FORMAT_VERSION,
-        createdAt: new Date().toISOString(),
-        cedanaVersion: CEDANA_VERSION,
-        criuVersion: criu.version.text,
-        kernel: host.kernel,
-        arch: host.arch,
-        cpuFlags: host.cpuFlags,
-        hostname: host.hostname,
-        pid: args.pid,
-        processes: facts.processes.map((p) => ({ pid: p.pid, ppid: p.ppid, comm: p.comm, argv: p.argv })),
-        memoryBytes,
-        options: {
-          shellJob: decisions.shellJob,
-          tcpEstablished: decisions.tcpEstablished,
-          tcpClose: decisions.tcpClose,
-          fileLocks: decisions.fileLocks,
-          externalUnix: decisions.externalUnix,
-          leaveRunning: args.leaveRunning,
-          networkLock,
-        },
-        tcp: facts.tcp.map((s) => ({ state: s.state, local: s.local, remote: s.remote })),
-        notes: decisions.notes,
-        files,
-      };
+      const memoryBytes = pagesBytes(files);
+      const manifest = makeManifest({
+        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes,
+      });
       await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
       await privateFiles(imagesDir);
       if (args.signal?.aborted) throw interrupted();

@@ -113,6 +113,12 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
         failure ??= e;
         entry.resume();
       };
+      // A name taken twice (EEXIST), or a file used as a directory (ENOTDIR), is a malformed archive.
+      const failFs = (e: NodeJS.ErrnoException): void => {
+        if (e.code === 'EEXIST') fail(unsafe(entry.path, 'duplicate entry'));
+        else if (e.code === 'ENOTDIR') fail(unsafe(entry.path, 'a file of the archive is used as a directory'));
+        else fail(e);
+      };
       if (failure) return fail(failure);
       entries++;
       let p = entry.path.replace(/^(\.\/)+/, '');
@@ -121,7 +127,7 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
       if (entry.path.startsWith('/')) return fail(unsafe(entry.path, 'absolute path'));
       if (!isSafeRelativePath(p)) return fail(unsafe(entry.path, "path escapes the image directory ('..' or empty component)"));
       if (entry.type === 'Directory') {
-        writes.push(mkdir(join(dest, p), { recursive: true, mode: 0o700 }).then(() => void entry.resume()));
+        writes.push(mkdir(join(dest, p), { recursive: true, mode: 0o700 }).then(() => void entry.resume(), failFs));
         return;
       }
       if (!FILE_TYPES.has(entry.type)) {
@@ -134,10 +140,7 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
         await mkdir(parent, { recursive: true, mode: 0o700 });
         // 'wx': a duplicate entry cannot overwrite a file already extracted (and verified later).
         await pipeline(entry as unknown as Readable, createWriteStream(target, { flags: 'wx', mode: 0o600 }));
-      })().catch((e: NodeJS.ErrnoException) => {
-        if (e.code === 'EEXIST') fail(unsafe(entry.path, 'duplicate entry'));
-        else fail(e);
-      });
+      })().catch(failFs);
       writes.push(write);
     },
   });

@@ -1,0 +1,179 @@
+/**
+ * A second "host" on this machine, for tests, the demo and the benchmarks: its own network namespace
+ * (a veth pair to the main namespace, addresses in 10.231.<n>.0/24), PID, mount and UTS namespaces,
+ * private /tmp, /var/tmp and /run, and a real OpenSSH server with generated keys. Only the
+ * addresses of these namespaces are ever contacted. Everything is torn down by PID and name.
+ */
+import { spawn } from 'node:child_process';
+import { execa } from 'execa';
+import { existsSync, readFileSync } from 'node:fs';
+import { appendFile, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export interface TestHost {
+  index: number;
+  name: string;
+  /** The address of the host's sshd, inside its network namespace. */
+  address: string;
+  /** The main namespace's side of the veth pair. */
+  gateway: string;
+  netns: string;
+  /** PID (in the main PID namespace) of the host's init: its sshd. */
+  initPid: number;
+  /** PID of the `unshare` that holds the PID namespace. */
+  unsharePid: number;
+  stateDir: string;
+  hostKeyLine: string;
+}
+
+export interface SshSetup {
+  /** Directory playing the user's ~/.ssh: config, known_hosts, the identity. */
+  sshDir: string;
+  identity: string;
+}
+
+const STATE_ROOT = '/var/lib/cedana-testbed';
+
+const sh = async (cmd: string, args: string[]): Promise<string> => (await execa(cmd, args)).stdout;
+
+export async function createUserKey(sshDir: string): Promise<SshSetup> {
+  await mkdir(sshDir, { recursive: true, mode: 0o700 });
+  const identity = join(sshDir, 'id_ed25519');
+  if (!existsSync(identity)) await sh('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'cedana-testbed', '-f', identity]);
+  return { sshDir, identity };
+}
+
+/** Brings up host number `index` (1–200); `ssh` gets config and known_hosts entries for it. */
+export async function createHost(index: number, ssh: SshSetup, opts: { writeKnownHosts?: boolean } = {}): Promise<TestHost> {
+  if (!Number.isInteger(index) || index < 1 || index > 200) throw new Error(`test host index out of range: ${index}`);
+  const name = `cedana-h${index}`;
+  const netns = `${name}-${process.pid}`;
+  const address = `10.231.${index}.2`;
+  const gateway = `10.231.${index}.1`;
+  const stateDir = join(STATE_ROOT, netns);
+  const vethOut = `cdn${index}x${process.pid % 10000}`;
+  const vethIn = `cdn${index}y${process.pid % 10000}`;
+  let unsharePid = 0;
+  try {
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    await sh('ip', ['netns', 'add', netns]);
+    await sh('ip', ['link', 'add', vethOut, 'type', 'veth', 'peer', 'name', vethIn]);
+    await sh('ip', ['link', 'set', vethIn, 'netns', netns]);
+    await sh('ip', ['addr', 'add', `${gateway}/24`, 'dev', vethOut]);
+    await sh('ip', ['link', 'set', vethOut, 'up']);
+    await sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+    await sh('ip', ['-n', netns, 'link', 'set', vethIn, 'name', 'eth0']);
+    await sh('ip', ['-n', netns, 'addr', 'add', `${address}/24`, 'dev', 'eth0']);
+    await sh('ip', ['-n', netns, 'link', 'set', 'eth0', 'up']);
+
+    const hostKey = join(stateDir, 'ssh_host_ed25519_key');
+    await sh('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', name, '-f', hostKey]);
+    await writeFile(join(stateDir, 'authorized_keys'), await readFile(`${ssh.identity}.pub`), { mode: 0o600 });
+    await writeFile(join(stateDir, 'sshd_config'), sshdConfig(address, stateDir), { mode: 0o600 });
+    const boot = [
+      `hostname ${name}`,
+      'mount -t tmpfs -o mode=1777,size=4g tmpfs /tmp',
+      'mount -t tmpfs -o mode=1777,size=4g tmpfs /var/tmp',
+      'mount -t tmpfs -o mode=755 tmpfs /run',
+      'mkdir -p /run/sshd',
+      `exec /usr/sbin/sshd -D -f ${stateDir}/sshd_config -E ${stateDir}/sshd.log`,
+    ].join(' && ');
+    const child = spawn('nsenter', [`--net=/run/netns/${netns}`, 'unshare', '--pid', '--fork', '--mount', '--mount-proc', '--uts', '--propagation', 'private', 'sh', '-c', boot], {
+      detached: true,
+      stdio: 'ignore',
+    });
+    child.unref();
+    // nsenter execs unshare in place: this PID is unshare's; its one child is the host's init (sshd).
+    unsharePid = child.pid!;
+    const initPid = await waitForChild(unsharePid);
+    await waitForPort(address, 22, 10_000, stateDir);
+    const hostKeyLine = `${address} ${(await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')}`;
+    await appendFile(join(ssh.sshDir, 'config'), `\nHost ${name}\n  HostName ${address}\n  User root\n  IdentityFile ${ssh.identity}\n`, { mode: 0o600 });
+    if (opts.writeKnownHosts !== false) await appendFile(join(ssh.sshDir, 'known_hosts'), `${hostKeyLine}\n`, { mode: 0o600 });
+    await chmod(join(ssh.sshDir, 'config'), 0o600);
+    return { index, name, address, gateway, netns, initPid, unsharePid, stateDir, hostKeyLine };
+  } catch (e) {
+    await destroyHost({ netns, unsharePid, initPid: 0, stateDir, vethOut });
+    throw e;
+  }
+}
+
+function sshdConfig(address: string, dir: string): string {
+  return [
+    `ListenAddress ${address}`,
+    'Port 22',
+    `HostKey ${dir}/ssh_host_ed25519_key`,
+    `AuthorizedKeysFile ${dir}/authorized_keys`,
+    'PermitRootLogin prohibit-password',
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    'UsePAM no',
+    'PidFile none',
+    'MaxStartups 100',
+    'MaxSessions 100',
+    'AllowTcpForwarding yes',
+    '',
+  ].join('\n');
+}
+
+async function waitForChild(pid: number, timeoutMs = 10_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+      if (kids) return Number(kids.split(/\s+/)[0]);
+    } catch {
+      throw new Error(`the test host's unshare (PID ${pid}) exited at start`);
+    }
+    await sleep(10);
+  }
+  throw new Error(`the test host's init did not start within ${timeoutMs} ms`);
+}
+
+export async function waitForPort(host: string, port: number, timeoutMs: number, stateDir?: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ host, port, timeout: 500 });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+      s.once('timeout', () => {
+        s.destroy();
+        resolve(false);
+      });
+    });
+    if (ok) return;
+    await sleep(25);
+  }
+  const log = stateDir ? await readFile(join(stateDir, 'sshd.log'), 'utf8').catch(() => '') : '';
+  throw new Error(`sshd on ${host}:${port} did not come up within ${timeoutMs} ms${log ? `:\n${log}` : ''}`);
+}
+
+/** Ends the host's init (and with it every process of its PID namespace), its netns and files. */
+export async function destroyHost(h: { netns: string; unsharePid: number; initPid: number; stateDir: string; vethOut?: string }): Promise<void> {
+  for (const pid of [h.initPid, h.unsharePid]) {
+    if (pid > 0) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+  for (const pid of [h.initPid, h.unsharePid]) {
+    for (let i = 0; pid > 0 && i < 250 && existsSync(`/proc/${pid}`); i++) await sleep(20);
+  }
+  await execa('ip', ['netns', 'del', h.netns], { reject: false });
+  if (h.vethOut) await execa('ip', ['link', 'del', h.vethOut], { reject: false });
+  await rm(h.stateDir, { recursive: true, force: true });
+}
+
+/** A path inside the host's private file system view (its /tmp, /var/tmp and /run are its own). */
+export function hostPath(h: TestHost, path: string): string {
+  return `/proc/${h.initPid}/root${path}`;
+}

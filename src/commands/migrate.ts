@@ -1,0 +1,234 @@
+/**
+ * cedana migrate: moves a running process tree to another host over SSH, as a transaction.
+ *
+ * Preflight checks the target before anything is frozen. Then CRIU dumps with its pages sent
+ * straight to a page server on the target (through an SSH channel: nothing of the memory is written
+ * on the source's disk) and stops at the post-dump gate with the tree frozen. The small metadata
+ * images follow as a tar stream, are checked against their sha256 there, and the target restores.
+ * Only when the target confirms a running process is the gate committed and the source ended; any
+ * failure or interrupt before that aborts the gate, CRIU resumes the source, and the target is
+ * cleaned up.
+ */
+import { execa } from 'execa';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { buildDumpArgs, type TcpMode } from '../criu/options.js';
+import { decideDumpOptions } from '../criu/options.js';
+import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
+import { CedanaError, toCedanaError } from '../errors.js';
+import { hostFacts, requireRoot } from '../host.js';
+import { packImage } from '../image/archive.js';
+import { checksumDir, listImageFiles } from '../image/checksum.js';
+import { MANIFEST_NAME } from '../image/manifest.js';
+import { processExists } from '../proc/procfs.js';
+import { examineTree, validateTarget } from '../proc/tree.js';
+import { silentReporter, type Reporter } from '../cli/reporter.js';
+import { DumpGate } from '../dump/gate.js';
+import { makeManifest } from '../dump/manifest.js';
+import { footprint } from '../migrate/footprint.js';
+import { startPageProxy, type PageProxy } from '../migrate/page-proxy.js';
+import { checkCpu, judgePreflight, runPreflight } from '../migrate/preflight.js';
+import { cleanupRemote, makeRemoteDir, restoreRemote, sendImages, startPageServer, type RemoteDir } from '../migrate/remote.js';
+import { SshSession } from '../transport/ssh.js';
+import { privateTempDir } from '../util/paths.js';
+
+export interface MigrateArgs {
+  pid: number;
+  to: string;
+  acceptNewHostKey: boolean;
+  /** Where the target keeps the image while it restores (removed afterwards). */
+  targetDir: string;
+  tcp: TcpMode;
+  fileLocks: boolean;
+  sshDir?: string;
+  reporter?: Reporter;
+  signal?: AbortSignal;
+}
+
+export interface MigrateResult {
+  command: 'migrate';
+  pid: number;
+  target: string;
+  targetPid: number;
+  processes: number;
+  downtimeMs: number;
+  durationMs: number;
+  bytesSent: number;
+  memoryBytes: number;
+  decisions: string[];
+}
+
+const interrupted = (): CedanaError =>
+  new CedanaError('INTERRUPTED', 'migration interrupted; the source process was resumed and the target cleaned up', { hint: 'run the migration again when ready' });
+
+export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
+  const started = performance.now();
+  const report = args.reporter ?? silentReporter;
+  requireRoot('migrate');
+  await validateTarget(args.pid);
+  const criu = await locateCriu();
+  const networkLock = await networkLockBackend();
+  if (!networkLock) throw new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed here', { hint: 'install iptables (scripts/setup does)' });
+
+  report.phase(`connecting to ${args.to}`);
+  const session = await SshSession.connect(args.to, { acceptNewHostKey: args.acceptNewHostKey, sshDir: args.sshDir });
+  const work = await privateTempDir('cedana-migrate-');
+  let remote: RemoteDir | undefined;
+  let proxy: PageProxy | undefined;
+  let committed = false;
+  let restoredPid: number | undefined;
+  let treePids: number[] = [];
+  try {
+    report.phase(`preflight on ${args.to}`);
+    const facts = await examineTree(args.pid);
+    const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: false });
+    const fp = await footprint(facts.processes.map((p) => p.pid));
+    treePids = fp.pids;
+    const host = await hostFacts();
+    const target = await runPreflight(session, fp, args.targetDir);
+    judgePreflight(target, { target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: decisions.tcpEstablished });
+    await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
+    await checkCpu(session, await readFile(join(work, 'cpuinfo.img')), args.to);
+    if (args.signal?.aborted) throw interrupted();
+
+    remote = await makeRemoteDir(session, args.targetDir);
+    const psPort = await startPageServer(session, remote);
+    proxy = await startPageProxy(session, psPort);
+
+    const images = join(work, 'img');
+    await execa('mkdir', ['-m', '700', images]);
+    const gate = await DumpGate.create(work);
+    const logFile = join(work, 'dump.log');
+    const criuArgs = [
+      ...buildDumpArgs(args.pid, decisions, { imagesDir: images, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: false }),
+      '--page-server', '--address', '127.0.0.1', '--port', String(proxy.port),
+    ];
+    const frozenAt = performance.now();
+    report.phase(`freezing ${facts.processes.length} process(es) and sending memory`);
+    const run = spawnCriu(criu, criuArgs, { logFile, label: `migrate-${args.pid}` });
+    const ticker = progressTicker(report, proxy, fp.rssBytes);
+    // An interrupt or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
+    const onAbort = (): void => proxy?.close();
+    args.signal?.addEventListener('abort', onAbort, { once: true });
+    let event: 'ready' | 'exited';
+    try {
+      event = await Promise.race([gate.waitReady(run.done), session.lost(), proxy.failed]);
+    } catch (e) {
+      proxy.close();
+      await gate.abort();
+      await run.done.catch(() => undefined);
+      throw e;
+    } finally {
+      clearInterval(ticker);
+      args.signal?.removeEventListener('abort', onAbort);
+    }
+    if (event === 'exited') {
+      await run.done.catch((e: unknown) => {
+        throw args.signal?.aborted ? interrupted() : e;
+      });
+      throw new CedanaError('CRIU_FAILED', 'criu dump exited before its post-dump step', { hint: `log: ${await keepLog(logFile, `migrate-${args.pid}`)}` });
+    }
+
+    // The tree is frozen here, and stays so until commit or abort.
+    let downtimeMs: number;
+    let memoryBytes: number;
+    try {
+      if (args.signal?.aborted) throw interrupted();
+      report.phase('sending the process metadata');
+      const files = await checksumDir(images);
+      memoryBytes = proxy.bytes();
+      const manifest = makeManifest({ criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: false, networkLock, files, memoryBytes });
+      await writeFile(join(images, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+      const sums = Object.entries(files).map(([name, f]) => `${f.sha256}  ${name}\n`).join('');
+      await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
+      const names = (await listImageFiles(images)).files;
+      const ordered = [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)];
+      await abortable(sendImages(session, remote, (dest) => packImage(images, ordered, dest as never, 'none', true)), args.signal);
+      report.phase(`restoring on ${args.to}`);
+      const flags: string[] = [];
+      if (decisions.shellJob) flags.push('--shell-job');
+      if (decisions.tcpEstablished) flags.push('--tcp-established');
+      if (decisions.tcpClose) flags.push('--tcp-close');
+      if (decisions.fileLocks) flags.push('--file-locks');
+      for (const ino of decisions.externalUnix) flags.push('--external', `unix[${ino}]`);
+      // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
+      const restored = await restoreRemote(session, remote, flags, target.networkLock ?? 'iptables');
+      restoredPid = restored.pid;
+      downtimeMs = Math.round(performance.now() - frozenAt);
+      // An interrupt that came while the target restored still wins: nothing is committed yet.
+      if (args.signal?.aborted) throw interrupted();
+    } catch (e) {
+      await gate.abort();
+      await run.done.catch(() => undefined);
+      throw e;
+    }
+    await gate.commit();
+    committed = true;
+    report.phase('ending the source');
+    await run.done;
+    return {
+      command: 'migrate',
+      pid: args.pid,
+      target: args.to,
+      targetPid: restoredPid,
+      processes: facts.processes.length,
+      downtimeMs,
+      durationMs: Math.round(performance.now() - started),
+      bytesSent: memoryBytes + (await imagesSize(images)),
+      memoryBytes,
+      decisions: decisions.notes,
+    };
+  } catch (e) {
+    const err = toCedanaError(e);
+    if (!committed) {
+      err.details.sourceResumed = await processExists(args.pid);
+      if (remote) await cleanupRemote(session, remote, restoredPid ? treePids : []);
+    }
+    throw err;
+  } finally {
+    report.stop();
+    proxy?.close();
+    if (committed && remote) await cleanupRemote(session, remote);
+    session.close();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function imagesSize(dir: string): Promise<number> {
+  const { stat } = await import('node:fs/promises');
+  let total = 0;
+  for (const f of (await listImageFiles(dir)).files) total += (await stat(join(dir, f))).size;
+  return total;
+}
+
+function progressTicker(report: Reporter, proxy: PageProxy, total: number): NodeJS.Timeout {
+  const t0 = performance.now();
+  return setInterval(() => {
+    const bytes = proxy.bytes();
+    const secs = (performance.now() - t0) / 1000;
+    const rate = secs > 0 ? bytes / secs : 0;
+    report.progress({
+      phase: 'memory',
+      bytes,
+      totalBytes: total,
+      bytesPerSec: Math.round(rate),
+      etaMs: rate > 0 && total > bytes ? Math.round(((total - bytes) / rate) * 1000) : undefined,
+    });
+  }, 250);
+}
+
+async function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return work;
+  let onAbort: () => void = () => undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(interrupted());
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    work.catch(() => undefined);
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * Preflight on the target, before anything is frozen: root, CRIU and `criu check`, CPU, disk,
+ * memory, free PIDs and the paths the tree has open. One shell script over SSH gathers the facts
+ * (nothing to install there); parsing and judging them are pure.
+ */
+import { CedanaError } from '../errors.js';
+import { compareVersions, MIN_CRIU, parseVersionText, type Version } from '../criu/version.js';
+import { shq, type SshSession } from '../transport/ssh.js';
+import type { Footprint } from './footprint.js';
+
+export const REMOTE_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH';
+
+export interface TargetFacts {
+  uid: number;
+  arch: string;
+  criuVersion?: string;
+  criuCheck?: number;
+  criuCheckOutput: string[];
+  networkLock?: 'iptables' | 'nftables';
+  diskAvailBytes: number;
+  memAvailBytes: number;
+  pidsTaken: number[];
+  missingPaths: string[];
+}
+
+export function preflightScript(fp: Footprint, targetDir: string): string {
+  const paths = fp.paths.filter((p) => !p.includes('\n'));
+  return [
+    REMOTE_PATH,
+    'echo "uid=$(id -u)"',
+    'echo "arch=$(uname -m)"',
+    'if command -v criu >/dev/null 2>&1; then',
+    '  echo "criu=$(criu --version 2>/dev/null | sed -n \'s/^Version: *//p\' | head -1)"',
+    '  out=$(criu check 2>&1); echo "criucheck=$?"',
+    '  printf \'%s\\n\' "$out" | grep -v RLIMIT_NOFILE | tail -n 5 | sed \'s/^/criucheckout=/\'',
+    'fi',
+    'if command -v iptables >/dev/null 2>&1; then echo lock=iptables; elif command -v nft >/dev/null 2>&1; then echo lock=nftables; fi',
+    `echo "disk=$(df -P -B1 ${shq(targetDir)} 2>/dev/null | awk 'NR==2 {print $4}')"`,
+    'echo "mem=$(awk \'/^MemAvailable:/ {print $2 * 1024}\' /proc/meminfo)"',
+    `for p in ${fp.pids.join(' ')}; do [ -e /proc/$p ] && echo "pidtaken=$p"; done`,
+    "while IFS= read -r f; do [ -e \"$f\" ] || printf 'missing=%s\\n' \"$f\"; done <<'CEDANA_PATHS'",
+    ...paths,
+    'CEDANA_PATHS',
+    'exit 0',
+  ].join('\n');
+}
+
+export function parsePreflight(out: string): TargetFacts {
+  const f: TargetFacts = { uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [] };
+  for (const line of out.split('\n')) {
+    const i = line.indexOf('=');
+    if (i < 0) continue;
+    const k = line.slice(0, i);
+    const v = line.slice(i + 1);
+    if (k === 'uid') f.uid = Number(v);
+    else if (k === 'arch') f.arch = v;
+    else if (k === 'criu') f.criuVersion = v || undefined;
+    else if (k === 'criucheck') f.criuCheck = Number(v);
+    else if (k === 'criucheckout') f.criuCheckOutput.push(v);
+    else if (k === 'lock' && (v === 'iptables' || v === 'nftables')) f.networkLock = v;
+    else if (k === 'disk') f.diskAvailBytes = Number(v) || 0;
+    else if (k === 'mem') f.memAvailBytes = Number(v) || 0;
+    else if (k === 'pidtaken') f.pidsTaken.push(Number(v));
+    else if (k === 'missing') f.missingPaths.push(v);
+  }
+  return f;
+}
+
+export interface Needs {
+  target: string;
+  arch: string;
+  localCriu: Version;
+  footprint: Footprint;
+  tcpEstablished: boolean;
+}
+
+/** Space for the pages plus the small images and some slack. */
+export const diskNeeded = (rss: number): number => Math.ceil(rss * 1.05) + 64 * 1024 * 1024;
+
+/** Throws the first reason the target cannot take the tree. Pure. */
+export function judgePreflight(t: TargetFacts, n: Needs): void {
+  const at = `on ${n.target}`;
+  if (t.uid !== 0) {
+    throw new CedanaError('TARGET_NOT_ROOT', `the SSH user ${at} is not root (uid ${t.uid})`, { hint: 'connect as root (root@host, or User root in ~/.ssh/config)' });
+  }
+  if (t.arch !== n.arch) throw new CedanaError('CPU_INCOMPATIBLE', `${n.target} is ${t.arch}, this host is ${n.arch}`, { hint: 'migrate to a host of the same architecture' });
+  const v = t.criuVersion ? parseVersionText(t.criuVersion) : undefined;
+  if (!v) throw new CedanaError('TARGET_CRIU_MISSING', `criu is not installed ${at}`, { hint: 'install CRIU >= 4.2 there (cedana needs nothing else on the target)' });
+  if (compareVersions(v, MIN_CRIU) < 0 || compareVersions(v, n.localCriu) < 0) {
+    throw new CedanaError('TARGET_CRIU_MISSING', `criu ${v.text} ${at} is too old: it needs ${MIN_CRIU.text} or newer, and at least this host's ${n.localCriu.text}`, {
+      hint: 'upgrade CRIU on the target',
+      details: { targetCriu: v.text },
+    });
+  }
+  if (t.criuCheck !== 0) {
+    throw new CedanaError('TARGET_UNSUPPORTED', `\`criu check\` fails ${at}: ${t.criuCheckOutput.join(' | ')}`, { hint: "the target's kernel lacks what CRIU needs" });
+  }
+  if (n.tcpEstablished && !t.networkLock) {
+    throw new CedanaError('TARGET_UNSUPPORTED', `${n.target} has neither iptables nor nft, needed to restore established TCP connections`, { hint: 'install iptables there, or migrate with --tcp-close' });
+  }
+  const disk = diskNeeded(n.footprint.rssBytes);
+  if (t.diskAvailBytes < disk) {
+    throw new CedanaError('TARGET_NO_SPACE', `${n.target} has ${mib(t.diskAvailBytes)} free for the image, ${mib(disk)} are needed`, {
+      hint: 'free space there or choose another --target-dir',
+      details: { availableBytes: t.diskAvailBytes, neededBytes: disk },
+    });
+  }
+  if (t.memAvailBytes < n.footprint.rssBytes) {
+    throw new CedanaError('TARGET_NO_MEMORY', `${n.target} has ${mib(t.memAvailBytes)} of memory available, the tree uses ${mib(n.footprint.rssBytes)}`, {
+      hint: 'migrate to a host with more free memory',
+      details: { availableBytes: t.memAvailBytes, neededBytes: n.footprint.rssBytes },
+    });
+  }
+  if (t.pidsTaken.length > 0) {
+    throw new CedanaError('TARGET_PID_IN_USE', `PID ${t.pidsTaken.join(', ')} needed by the tree ${t.pidsTaken.length === 1 ? 'is' : 'are'} taken ${at}`, {
+      hint: 'CRIU restores the original PIDs: end those processes there, or migrate into a fresh PID namespace (a container)',
+      details: { pids: t.pidsTaken },
+    });
+  }
+  if (t.missingPaths.length > 0) {
+    const list = t.missingPaths.slice(0, 10).join(', ');
+    throw new CedanaError('FILES_MISSING_ON_TARGET', `files the process uses do not exist ${at}: ${list}${t.missingPaths.length > 10 ? ` and ${t.missingPaths.length - 10} more` : ''}`, {
+      hint: 'create them there (same path and size), or keep such files on storage both hosts share',
+      details: { missing: t.missingPaths },
+    });
+  }
+}
+
+const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MiB`;
+
+export async function runPreflight(session: SshSession, fp: Footprint, targetDir: string): Promise<TargetFacts> {
+  const r = await session.exec('sh -s', preflightScript(fp, targetDir));
+  return parsePreflight(r.stdout);
+}
+
+/** `criu cpuinfo check` on the target against this host's `criu cpuinfo dump`. */
+export async function checkCpu(session: SshSession, cpuinfo: Buffer, target: string): Promise<void> {
+  const script = `${REMOTE_PATH}; d=$(mktemp -d) || exit 99; cat > "$d/cpuinfo.img"; criu cpuinfo check -D "$d" -o "$d/log" 2>/dev/null; rc=$?; grep -E 'Error|mismatch' "$d/log" | tail -n 3; rm -rf "$d"; exit $rc`;
+  const r = await session.exec(script, cpuinfo);
+  if (r.code !== 0) {
+    throw new CedanaError('CPU_INCOMPATIBLE', `the CPU of ${target} lacks features of this host's (criu cpuinfo check): ${r.stdout.trim().split('\n').join(' | ') || `exit ${r.code}`}`, {
+      hint: 'a process using them would crash there: choose a target with a compatible CPU',
+    });
+  }
+}

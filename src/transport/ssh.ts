@@ -1,0 +1,217 @@
+/**
+ * SSH sessions to a target host with ssh2, honouring what the user already has: ~/.ssh/config
+ * (Host, HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile), ssh-agent and the
+ * default identities. Host keys are always checked against known_hosts: an unknown host is refused
+ * unless acceptNewHostKey (then recorded), a changed key is always refused.
+ */
+import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { Client, type AnyAuthMethod, type ClientChannel, type ConnectConfig } from 'ssh2';
+import { CedanaError } from '../errors.js';
+import { findKnownKeys, hostKeyAlgorithms, judgeHostKey, keyType, readKnownHosts, recordHostKey, type HostKeyVerdict } from './known-hosts.js';
+import { parseDestination, parseSshConfig, resolveHost, type HostConfig } from './ssh-config.js';
+
+export interface SshOptions {
+  acceptNewHostKey?: boolean;
+  /** The directory playing ~/.ssh (default: $HOME/.ssh). */
+  sshDir?: string;
+  connectTimeoutMs?: number;
+}
+
+export interface ExecResult {
+  code: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Fast AEAD ciphers first: they are what bounds the page stream's throughput. */
+const CIPHERS = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr', 'chacha20-poly1305@openssh.com'];
+
+export function shq(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+export class SshSession {
+  private closed = false;
+  private readonly closeWaiters: ((e: CedanaError) => void)[] = [];
+
+  private constructor(
+    private readonly client: Client,
+    readonly target: string,
+    readonly hostName: string,
+    private readonly jump?: SshSession,
+  ) {
+    client.on('close', () => {
+      this.closed = true;
+      const err = new CedanaError('CONNECTION_LOST', `the SSH connection to ${target} was lost`, {
+        hint: 'check that the target is up and reachable, then try again',
+      });
+      for (const w of this.closeWaiters.splice(0)) w(err);
+    });
+    client.on('error', () => undefined); // reported through 'close' and the pending calls
+  }
+
+  static async connect(destination: string, opts: SshOptions = {}): Promise<SshSession> {
+    const sshDir = opts.sshDir ?? join(homedir(), '.ssh');
+    const dest = parseDestination(destination);
+    if (!dest) throw new CedanaError('USAGE', `not a valid destination: ${JSON.stringify(destination)}`, { hint: 'use [user@]host[:port]' });
+    const config = resolveHost(parseSshConfig(await readFile(join(sshDir, 'config'), 'utf8').catch(() => '')), dest.host, join(sshDir, '..'));
+    return SshSession.open(destination, config, dest, sshDir, opts);
+  }
+
+  private static async open(label: string, config: HostConfig, dest: { user?: string; port?: number }, sshDir: string, opts: SshOptions): Promise<SshSession> {
+    const user = dest.user ?? config.user ?? 'root';
+    const port = dest.port ?? config.port ?? 22;
+    const host = config.hostName;
+    let jump: SshSession | undefined;
+    let sock: Readable | undefined;
+    if (config.proxyJump) {
+      jump = await SshSession.connect(config.proxyJump.split(',')[0]!, opts);
+      sock = await jump.forwardOut(host, port);
+    }
+    const knownFiles = config.userKnownHostsFiles.length > 0 ? config.userKnownHostsFiles : [join(sshDir, 'known_hosts')];
+    const known = findKnownKeys(await readKnownHosts(knownFiles), host, port);
+    let verdict: HostKeyVerdict | undefined;
+    let presented: Buffer | undefined;
+    const client = new Client();
+    const cfg: ConnectConfig = {
+      host,
+      port,
+      username: user,
+      sock,
+      readyTimeout: opts.connectTimeoutMs ?? 15_000,
+      keepaliveInterval: 5000,
+      keepaliveCountMax: 3,
+      algorithms: {
+        cipher: CIPHERS as ConnectConfig['algorithms'] extends infer A ? A extends { cipher?: infer C } ? C : never : never,
+        ...(known.length > 0 ? { serverHostKey: hostKeyAlgorithms(known) as never } : {}),
+      },
+      hostVerifier: (key: Buffer) => {
+        presented = key;
+        verdict = judgeHostKey(known, key);
+        return verdict === 'match' || (verdict === 'unknown' && !!opts.acceptNewHostKey);
+      },
+      authHandler: await authMethods(user, config, sshDir),
+    };
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', () => resolve());
+      client.once('error', (e: Error & { level?: string }) => {
+        jump?.close();
+        reject(connectError(e, label, host, port, verdict, presented, knownFiles[0]!));
+      });
+      client.connect(cfg);
+    });
+    if (verdict === 'unknown' && presented) await recordHostKey(knownFiles[0]!, host, port, presented);
+    return new SshSession(client, label, host, jump);
+  }
+
+  /** Runs a command; stdin (if any) is written and closed. Rejects only if the connection fails. */
+  async exec(command: string, stdin?: Buffer | string): Promise<ExecResult> {
+    const ch = await this.channel(command);
+    return new Promise<ExecResult>((resolve, reject) => {
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let code: number | null = null;
+      let signal: string | null = null;
+      const lost = (e: CedanaError): void => reject(e);
+      this.closeWaiters.push(lost);
+      ch.on('data', (d: Buffer) => out.push(d));
+      ch.stderr.on('data', (d: Buffer) => err.push(d));
+      ch.on('exit', (c: number | null, s?: string) => {
+        code = c;
+        signal = s ?? null;
+      });
+      ch.on('close', () => {
+        this.dropWaiter(lost);
+        resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+      });
+      if (stdin !== undefined) ch.end(stdin);
+      else ch.end();
+    });
+  }
+
+  /** Starts a command and returns its channel (stdin/stdout as a duplex stream, .stderr). */
+  async channel(command: string): Promise<ClientChannel> {
+    this.assertOpen();
+    return new Promise<ClientChannel>((resolve, reject) => {
+      this.client.exec(command, (e, ch) => (e ? reject(this.channelError(e)) : resolve(ch)));
+    });
+  }
+
+  /** A direct-tcpip channel to host:port as seen from the target. */
+  async forwardOut(host: string, port: number): Promise<ClientChannel> {
+    this.assertOpen();
+    return new Promise<ClientChannel>((resolve, reject) => {
+      this.client.forwardOut('127.0.0.1', 0, host, port, (e, ch) => (e ? reject(this.channelError(e)) : resolve(ch)));
+    });
+  }
+
+  /** Resolves never; rejects with CONNECTION_LOST when the connection goes. */
+  lost(): Promise<never> {
+    return new Promise<never>((_, reject) => {
+      if (this.closed) reject(new CedanaError('CONNECTION_LOST', `the SSH connection to ${this.target} was lost`));
+      else this.closeWaiters.push(reject);
+    });
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  close(): void {
+    this.client.end();
+    this.jump?.close();
+  }
+
+  private dropWaiter(w: (e: CedanaError) => void): void {
+    const i = this.closeWaiters.indexOf(w);
+    if (i >= 0) this.closeWaiters.splice(i, 1);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new CedanaError('CONNECTION_LOST', `the SSH connection to ${this.target} is closed`);
+  }
+
+  private channelError(e: Error): CedanaError {
+    if (this.closed) return new CedanaError('CONNECTION_LOST', `the SSH connection to ${this.target} was lost`);
+    return new CedanaError('SSH_FAILED', `SSH channel to ${this.target} refused: ${e.message}`, {
+      hint: 'the target sshd must allow sessions and TCP forwarding (AllowTcpForwarding)',
+    });
+  }
+}
+
+async function authMethods(user: string, config: HostConfig, sshDir: string): Promise<AnyAuthMethod[]> {
+  const methods: AnyAuthMethod[] = [];
+  if (process.env.SSH_AUTH_SOCK) methods.push({ type: 'agent', username: user, agent: process.env.SSH_AUTH_SOCK });
+  const files = config.identityFiles.length > 0 ? config.identityFiles : ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((f) => join(sshDir, f));
+  for (const f of files) {
+    const key = await readFile(f).catch(() => undefined);
+    // Keys with a passphrase need the agent: cedana never asks for secrets.
+    if (key && !/ENCRYPTED|bcrypt/.test(key.subarray(0, 2000).toString('latin1'))) methods.push({ type: 'publickey', username: user, key });
+  }
+  return methods;
+}
+
+function connectError(e: Error & { level?: string }, label: string, host: string, port: number, verdict: HostKeyVerdict | undefined, key: Buffer | undefined, knownFile: string): CedanaError {
+  if (verdict === 'mismatch') {
+    return new CedanaError('HOST_KEY_MISMATCH', `the host key of ${label} (${host}:${port}, ${key ? keyType(key) : '?'}) does not match the one in ${knownFile}`, {
+      hint: 'the host was reinstalled, or someone is in the middle: check with its administrator; cedana never accepts a changed key',
+    });
+  }
+  if (verdict === 'unknown') {
+    return new CedanaError('HOST_KEY_UNKNOWN', `${label} (${host}:${port}) is not in ${knownFile}`, {
+      hint: 'check its fingerprint, then add it with ssh-keyscan or run again with --accept-new-host-key to record it',
+    });
+  }
+  if (e.level === 'client-authentication') {
+    return new CedanaError('SSH_AUTH_FAILED', `authentication to ${label} as the configured user failed`, {
+      hint: 'load a key into ssh-agent or set IdentityFile in ~/.ssh/config; the target must accept it for root',
+    });
+  }
+  return new CedanaError('SSH_UNREACHABLE', `cannot connect to ${label} (${host}:${port}): ${e.message}`, {
+    hint: 'check the host name, port and network; `ssh` to it by hand should work',
+  });
+}

@@ -1,0 +1,49 @@
+/**
+ * A second host for a test file (see scripts/testbed/host.ts), with a private HOME whose ~/.ssh
+ * knows it. cedana runs with that HOME, so the user's real ~/.ssh is never read or written.
+ */
+import { execa } from 'execa';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createHost, createUserKey, destroyHost, hostPath, type SshSetup, type TestHost } from '../../scripts/testbed/host.js';
+
+export interface Bed {
+  home: string;
+  ssh: SshSetup;
+  hosts: TestHost[];
+  /** Environment for cedana: HOME points at the private ~/.ssh. */
+  env: Record<string, string>;
+  /** Runs a shell command on a host through OpenSSH (with the same ~/.ssh). */
+  onHost(h: TestHost, command: string): Promise<{ exitCode: number; stdout: string; stderr: string }>;
+  path(h: TestHost, p: string): string;
+  destroy(): Promise<void>;
+}
+
+export async function startBed(indexes: number[], opts: { writeKnownHosts?: boolean } = {}): Promise<Bed> {
+  const home = await mkdtemp(join(tmpdir(), 'cedana-home-'));
+  const ssh = await createUserKey(join(home, '.ssh'));
+  const hosts: TestHost[] = [];
+  const bed: Bed = {
+    home,
+    ssh,
+    hosts,
+    env: { HOME: home },
+    async onHost(h, command) {
+      const r = await execa('ssh', ['-F', join(ssh.sshDir, 'config'), '-o', `UserKnownHostsFile=${join(ssh.sshDir, 'known_hosts')}`, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', h.name, command], { reject: false });
+      return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+    },
+    path: (h, p) => hostPath(h, p),
+    async destroy() {
+      for (const h of hosts.splice(0)) await destroyHost(h);
+      await rm(home, { recursive: true, force: true });
+    },
+  };
+  try {
+    for (const i of indexes) hosts.push(await createHost(i, ssh, opts));
+  } catch (e) {
+    await bed.destroy();
+    throw e;
+  }
+  return bed;
+}

@@ -1,0 +1,94 @@
+/**
+ * cedana migrate between two hosts of the test bed (network, PID and mount namespaces with a real
+ * OpenSSH server), checked by what the processes report on the target. The fixtures keep their
+ * state in a directory both hosts share; each host's /tmp and /var/tmp are its own.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { startBed, type Bed } from '../helpers/testbed.js';
+
+const owned = new Owned();
+let bed: Bed;
+let shared: string;
+
+beforeAll(async () => {
+  bed = await startBed([11]);
+  shared = await mkdtemp('/var/lib/cedana-test-');
+});
+afterAll(async () => {
+  await bed?.destroy();
+  await rm(shared, { recursive: true, force: true });
+});
+afterEach(() => owned.cleanup());
+
+const fields = (path: string): number[] | undefined => readText(path)?.trim().split(/\s+/).map(Number);
+
+describe('migrate', () => {
+  it('moves 256 MiB of random memory intact; the source ends, the copy runs on the target', async () => {
+    const dir = await mkdtemp(join(shared, 'mem-'));
+    const pid = owned.python('memhog.py', ['256', dir]);
+    const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 60_000);
+    const host = bed.hosts[0]!;
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name], { env: bed.env });
+    expect(r).toMatchObject({ ok: true, command: 'migrate', pid, target: host.name, targetPid: pid, processes: 1 });
+    expect(r.bytesSent).toBeGreaterThan(256 * 1024 * 1024);
+    expect(r.downtimeMs).toBeGreaterThan(0);
+    expect(r.durationMs).toBeGreaterThanOrEqual(r.downtimeMs);
+    expect(alive(pid)).toBe(false); // on the source: gone
+    // On the target: running, and its memory is what it was.
+    expect((await bed.onHost(host, `cat /proc/${pid}/comm`)).stdout.trim()).toBe('python3');
+    expect((await bed.onHost(host, `kill -USR1 ${pid}`)).exitCode).toBe(0);
+    expect(await waitFor('checksum on the target', () => readText(join(dir, 'sha-1')), 30_000)).toBe(sha0);
+    // Nothing left behind in the target's work area.
+    expect((await bed.onHost(host, 'ls /var/tmp')).stdout.trim()).toBe('');
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
+  it('moves a parent and child talking through pipes; they carry on there', async () => {
+    const dir = await mkdtemp(join(shared, 'pipes-'));
+    const state = join(dir, 'state');
+    const pid = owned.python('pipetree.py', [state]);
+    await waitFor('talking', () => (fields(state)?.[2] ?? 0) > 5);
+    const host = bed.hosts[0]!;
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name], { env: bed.env });
+    expect(r.processes).toBe(2);
+    const at = fields(state)![2]!;
+    const after = await waitFor('talking on the target', () => {
+      const f = fields(state)!;
+      return f[2]! > at + 10 ? f : undefined;
+    });
+    expect(after[3]).toBe(0);
+    expect((await bed.onHost(host, `cat /proc/${after[1]}/comm`)).stdout.trim()).toBe('python3');
+    await bed.onHost(host, `kill -9 ${after[1]} ${pid}`);
+  });
+
+  it('moves a process appending to a file that exists on both hosts; the offset is kept', async () => {
+    const dir = await mkdtemp(join(shared, 'log-'));
+    const log = join(dir, 'out.log');
+    const pid = owned.python('appender.py', [log]);
+    await waitFor('lines', () => (readText(log)?.split('\n').length ?? 0) > 10);
+    const host = bed.hosts[0]!;
+    await cedanaOk(['migrate', String(pid), '--to', host.name], { env: bed.env });
+    const n = readText(log)!.split('\n').length;
+    await waitFor('lines written on the target', () => readText(log)!.split('\n').length > n + 20);
+    readText(log)!.split('\n').slice(0, -1).forEach((l, i) => expect(l).toBe(`line ${i}`));
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
+  it('refuses a process whose open files do not exist on the target, touching nothing', async () => {
+    // The main host's /tmp is not the target's: a file open there is missing on the target.
+    const dir = await owned.tempDir();
+    const log = join(dir, 'out.log');
+    const pid = owned.python('appender.py', [log]);
+    await waitFor('lines', () => (readText(log)?.split('\n').length ?? 0) > 3);
+    const r = await cedana(['migrate', String(pid), '--to', bed.hosts[0]!.name, '--json'], { env: bed.env });
+    expect(r.exitCode).toBe(33);
+    expect(r.json!.error).toMatchObject({ code: 'FILES_MISSING_ON_TARGET', sourceResumed: true });
+    expect(r.json!.error.missing).toContain(log);
+    const n = readText(log)!.split('\n').length;
+    await waitFor('the source to go on', () => readText(log)!.split('\n').length > n + 3);
+  });
+});

@@ -182,7 +182,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const err = toCedanaError(e);
     if (!committed) {
       err.details.sourceResumed = await processExists(args.pid);
-      if (remote) await cleanupRemote(session, remote, restoredPid ? treePids : []);
+      if (remote) err.details.targetCleanedUp = await cleanUpAfterFailure(session, remote, restoredPid ? treePids : [], args);
     }
     throw err;
   } finally {
@@ -191,6 +191,22 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     if (committed && remote) await cleanupRemote(session, remote);
     session.close();
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Cleans the target after a failure, over a new connection if the first one is gone. */
+async function cleanUpAfterFailure(session: SshSession, remote: RemoteDir, kill: number[], args: MigrateArgs): Promise<boolean> {
+  if (session.isOpen && (await cleanupRemote(session, remote, kill))) return true;
+  let fresh: SshSession;
+  try {
+    fresh = await SshSession.connect(args.to, { acceptNewHostKey: false, sshDir: args.sshDir, connectTimeoutMs: 5000 });
+  } catch {
+    return false;
+  }
+  try {
+    return await cleanupRemote(fresh, remote, kill);
+  } finally {
+    fresh.close();
   }
 }
 

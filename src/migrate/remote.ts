@@ -78,10 +78,11 @@ export async function restoreRemote(s: SshSession, d: RemoteDir, criuFlags: stri
 }
 
 /** Best effort: stops the page server, ends restored PIDs (when asked) and removes the work directory. */
-export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: number[] = []): Promise<void> {
-  if (!s.isOpen) return;
+export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: number[] = []): Promise<boolean> {
+  if (!s.isOpen) return false;
   const kill = killPids.length > 0 ? `kill -9 ${killPids.join(' ')} 2>/dev/null; ` : '';
-  await s
-    .exec(`${kill}p=$(cat ${shq(`${d.dir}/page-server.pid`)} 2>/dev/null) && kill "$p" 2>/dev/null; rm -rf ${shq(d.dir)}`)
+  const r = await s
+    .exec(`${kill}p=$(cat ${shq(`${d.dir}/page-server.pid`)} 2>/dev/null) && kill "$p" 2>/dev/null; rm -rf ${shq(d.dir)} && [ ! -e ${shq(d.dir)} ]`)
     .catch(() => undefined);
+  return r?.code === 0;
 }

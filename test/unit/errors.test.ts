@@ -16,6 +16,21 @@ const EXPECTED: Record<ErrorCode, number> = {
   OUTPUT_EXISTS: 11,
   PID_IN_USE: 12,
   IO_ERROR: 13,
+  SSH_UNREACHABLE: 20,
+  SSH_AUTH_FAILED: 21,
+  HOST_KEY_UNKNOWN: 22,
+  HOST_KEY_MISMATCH: 23,
+  SSH_FAILED: 24,
+  CONNECTION_LOST: 25,
+  TARGET_NOT_ROOT: 26,
+  TARGET_CRIU_MISSING: 27,
+  TARGET_UNSUPPORTED: 28,
+  CPU_INCOMPATIBLE: 29,
+  TARGET_NO_SPACE: 30,
+  TARGET_NO_MEMORY: 31,
+  TARGET_PID_IN_USE: 32,
+  FILES_MISSING_ON_TARGET: 33,
+  TARGET_RESTORE_FAILED: 34,
   INTERRUPTED: 130,
 };
 
@@ -39,6 +54,18 @@ describe('ERROR_CODES', () => {
     for (const [code, { exit }] of Object.entries(ERROR_CODES)) byExit.set(exit, [...(byExit.get(exit) ?? []), code]);
     const shared = [...byExit.values()].filter((codes) => codes.length > 1);
     expect(shared).toEqual([['CRIU_MISSING', 'CRIU_TOO_OLD']]);
+  });
+
+  it('every row of the README exit-code table agrees with ERROR_CODES', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+    const rows = [...readme.matchAll(/^\| (\d+) \| `([A-Z_]+)` \| (.*) \|$/gm)];
+    expect(rows.length).toBeGreaterThanOrEqual(15);
+    for (const [, exit, code, what] of rows) {
+      expect(ERROR_CODES, code).toHaveProperty(code!);
+      expect(ERROR_CODES[code as ErrorCode].exit, code).toBe(Number(exit));
+      expect(ERROR_CODES[code as ErrorCode].what, code).toBe(what);
+    }
   });
 
   it('exitCodeFor and CedanaError.exitCode agree with the table', () => {

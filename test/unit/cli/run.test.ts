@@ -15,7 +15,8 @@ beforeEach(() => {
     return true;
   });
   errSpy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
-    stderr += chunk.toString();
+    // Colour depends on the environment (FORCE_COLOR in CI); the text is what is checked.
+    stderr += chunk.toString().replace(/\x1b\[[0-9;]*m/g, '');
     return true;
   });
 });

@@ -1,0 +1,165 @@
+/**
+ * Whatever fails during a migration, the source ends up running where it was, its memory intact,
+ * and the target is cleaned up: sshd killed mid-transfer, the target's restore failing, SIGINT to
+ * cedana, an unknown or changed host key, a target without CRIU.
+ */
+import { spawn } from 'node:child_process';
+import { execa } from 'execa';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
+import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { startBed, type Bed } from '../helpers/testbed.js';
+import type { TestHost } from '../../scripts/testbed/host.js';
+
+const owned = new Owned();
+let bed: Bed;
+let host: TestHost;
+let shared: string;
+
+beforeAll(async () => {
+  bed = await startBed([12]);
+  host = bed.hosts[0]!;
+  shared = await mkdtemp('/var/lib/cedana-test-');
+});
+afterAll(async () => {
+  await bed?.destroy();
+  await rm(shared, { recursive: true, force: true });
+});
+afterEach(() => owned.cleanup());
+
+async function memhog(mib: number): Promise<{ dir: string; pid: number; sha0: string }> {
+  const dir = await mkdtemp(join(shared, 'mem-'));
+  const pid = owned.python('memhog.py', [String(mib), dir]);
+  const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 60_000);
+  return { dir, pid, sha0 };
+}
+
+/** The source is alive, beating again, its memory unchanged; the target has no trace of it. */
+async function expectSourceIntact(dir: string, pid: number, sha0: string): Promise<void> {
+  expect(alive(pid)).toBe(true);
+  const beat = Number(readText(join(dir, 'beat')));
+  await waitFor('heartbeat on the source', () => Number(readText(join(dir, 'beat'))) > beat + 5);
+  process.kill(pid, 'SIGUSR1');
+  expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')), 30_000)).toBe(sha0);
+  const there = await bed.onHost(host, `ls -A /var/tmp; [ -e /proc/${pid} ] && echo running-there; true`);
+  expect(there.exitCode, there.stderr).toBe(0);
+  expect(there.stdout.trim(), 'left on the target').toBe('');
+}
+
+/** Starts a migration with JSON events and calls onMemory once memory is moving. */
+function migrateWithHook(pid: number, onMemory: (cedanaPid: number) => void): Promise<{ code: number | null; json?: Record<string, any> }> {
+  const child = spawn('node', [BIN, 'migrate', String(pid), '--to', host.name, '--json'], { env: { ...process.env, ...bed.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let fired = false;
+  let buf = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => {
+    buf += d.toString();
+    if (!fired && /"event":"progress","phase":"memory","bytes":[1-9]/.test(buf)) {
+      fired = true;
+      onMemory(child.pid!);
+    }
+  });
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, json: parseJsonLine(stdout) })));
+}
+
+describe('migration faults leave the source running', () => {
+  it('sshd on the target killed mid-transfer', async () => {
+    const { dir, pid, sha0 } = await memhog(384);
+    const r = await migrateWithHook(pid, () => {
+      // The per-connection sshd processes are the children of the host's sshd listener.
+      const kids = readFileSync(`/proc/${host.initPid}/task/${host.initPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+      for (const k of kids) process.kill(Number(k), 'SIGKILL');
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.json!.ok).toBe(false);
+    expect(['CONNECTION_LOST', 'CRIU_FAILED']).toContain(r.json!.error.code);
+    expect(r.json!.error.sourceResumed).toBe(true);
+    await expectSourceIntact(dir, pid, sha0);
+  });
+
+  it('SIGINT to cedana mid-migration', async () => {
+    const { dir, pid, sha0 } = await memhog(384);
+    const r = await migrateWithHook(pid, (cedanaPid) => process.kill(cedanaPid, 'SIGINT'));
+    expect(r.code).toBe(130);
+    expect(r.json!.error).toMatchObject({ code: 'INTERRUPTED', sourceResumed: true });
+    await expectSourceIntact(dir, pid, sha0);
+  });
+
+  it("the target's restore failing", async () => {
+    const { dir, pid, sha0 } = await memhog(16);
+    // The source holds /tmp/<name> open; the target has a file of that path too, of another size:
+    // preflight passes (it exists), the target's CRIU then refuses it.
+    const name = `cedana-mismatch-${process.pid}`;
+    writeFileSync(`/tmp/${name}`, 'on the source\n');
+    owned.onCleanup(() => rm(`/tmp/${name}`, { force: true }));
+    const holder = owned.python('appender.py', [`/tmp/${name}`]);
+    await waitFor('holder writing', () => (readText(`/tmp/${name}`)?.length ?? 0) > 20);
+    writeFileSync(bed.path(host, `/tmp/${name}`), 'x');
+    const r = await cedana(['migrate', String(holder), '--to', host.name, '--json'], { env: bed.env });
+    expect(r.exitCode).toBe(34);
+    expect(r.json!.error).toMatchObject({ code: 'TARGET_RESTORE_FAILED', sourceResumed: true });
+    expect(r.json!.error.message).toMatch(/size|File/i);
+    const n = readText(`/tmp/${name}`)!.length;
+    await waitFor('the source to write on', () => readText(`/tmp/${name}`)!.length > n + 20);
+    await expectSourceIntact(dir, pid, sha0); // an unrelated process on the source: untouched too
+  });
+
+  it('an unknown host key is refused, and recorded only with --accept-new-host-key', async () => {
+    const { dir, pid, sha0 } = await memhog(16);
+    const known = join(bed.ssh.sshDir, 'known_hosts');
+    const original = readFileSync(known, 'utf8');
+    writeFileSync(known, '');
+    try {
+      const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+      expect(r.exitCode).toBe(22);
+      expect(r.json!.error).toMatchObject({ code: 'HOST_KEY_UNKNOWN', hint: expect.stringMatching(/--accept-new-host-key/) });
+      expect(readFileSync(known, 'utf8')).toBe('');
+      await expectSourceIntact(dir, pid, sha0);
+      const ok = await cedanaOk(['migrate', String(pid), '--to', host.name, '--accept-new-host-key'], { env: bed.env });
+      expect(ok.targetPid).toBe(pid);
+      expect(readFileSync(known, 'utf8')).toBe(`${host.hostKeyLine}\n`);
+      await bed.onHost(host, `kill -9 ${pid}`);
+    } finally {
+      writeFileSync(known, original);
+    }
+  });
+
+  it('a changed host key is always refused', async () => {
+    const { dir, pid, sha0 } = await memhog(16);
+    const known = join(bed.ssh.sshDir, 'known_hosts');
+    const original = readFileSync(known, 'utf8');
+    const other = join(bed.home, 'other_key');
+    await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+    writeFileSync(known, `${host.address} ${readFileSync(`${other}.pub`, 'utf8').split(' ').slice(0, 2).join(' ')}\n`);
+    try {
+      for (const extra of [[], ['--accept-new-host-key']]) {
+        const r = await cedana(['migrate', String(pid), '--to', host.name, '--json', ...extra], { env: bed.env });
+        expect(r.exitCode).toBe(23);
+        expect(r.json!.error.code).toBe('HOST_KEY_MISMATCH');
+      }
+      await expectSourceIntact(dir, pid, sha0);
+    } finally {
+      writeFileSync(known, original);
+    }
+  });
+
+  it('a target without CRIU is refused in preflight', async () => {
+    const { dir, pid, sha0 } = await memhog(16);
+    const criu = (await execa('sh', ['-c', 'command -v criu'])).stdout.trim();
+    // Hide criu in the target's own mount namespace only.
+    expect((await bed.onHost(host, `mount --bind /dev/null ${criu}`)).exitCode).toBe(0);
+    try {
+      const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+      expect(r.exitCode).toBe(27);
+      expect(r.json!.error).toMatchObject({ code: 'TARGET_CRIU_MISSING', sourceResumed: true });
+      await expectSourceIntact(dir, pid, sha0);
+    } finally {
+      expect((await bed.onHost(host, `umount ${criu}`)).exitCode).toBe(0);
+    }
+  });
+});
+

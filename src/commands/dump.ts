@@ -213,7 +213,10 @@ async function storeImage(
     throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
   });
   // A reader that stops reading blocks the stream with the tree frozen: an interrupt must still get through.
-  await abortable(streamed, signal, () => counter.destroy());
+  await abortable(streamed, signal, () => {
+    counter.destroy();
+    stream.destroy();
+  });
   return { bytes, memoryBytes: 0, image: '-' };
 }
 

@@ -1,0 +1,407 @@
+/**
+ * npm run bench: how much cedana adds to plain CRIU, measured in one run on one process, printed
+ * as ratios against a baseline taken in the same run (the machine is shared and noisy).
+ *
+ *   CEDANA_BENCH_MIB   memory the fixture holds (default 1024)
+ *   CEDANA_BENCH_REPS  repetitions; medians are reported (default 3)
+ *
+ * Needs root and CRIU. Prints a table on stdout, progress on stderr, and writes everything measured
+ * to .bench/results-<UTC time>.json. Images live in a temporary directory under /var/tmp, removed
+ * at the end, as is the fixture process, also on failure or Ctrl-C.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { cpus, release, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { locateCriu, networkLockBackend } from '../src/criu/criu.js';
+import { checksumDir } from '../src/image/checksum.js';
+import { utcStamp } from '../src/util/paths.js';
+import {
+  cedanaDump, cedanaRestore, cedanaResult, criuDump, criuRestore, dumpArgs, restoreArgs, startCedana, REPO_ROOT,
+  type CedanaDump, type CedanaRestore, type CriuDump, type CriuRestore, type CriuSetup,
+} from './contestants.js';
+import { start, stopActive, watchPeakRss } from './exec.js';
+import { Fixture } from './fixture.js';
+import { evaluate, MB, median, renderTable, type Evaluated, type Row } from './stats.js';
+
+interface Config {
+  mib: number;
+  reps: number;
+}
+
+interface Ctx {
+  cfg: Config;
+  tmp: string;
+  fixture: Fixture;
+  criu: CriuSetup;
+  /** Environment for cedana: TMPDIR puts its work directories next to the baseline's. */
+  env: NodeJS.ProcessEnv;
+}
+
+interface Timed<T> {
+  wallMs: number;
+  result: T;
+}
+
+interface CedanaRound {
+  dump: Timed<CedanaDump>;
+  restore: Timed<CedanaRestore>;
+}
+
+interface DirRep {
+  criu: { dump: CriuDump; restore: CriuRestore };
+  cedana: CedanaRound;
+}
+
+interface RssRep {
+  dumpBytes: number;
+  restoreBytes: number;
+}
+
+interface StreamRep extends RssRep {
+  wallMs: number;
+  dump: CedanaDump;
+  restore: CedanaRestore;
+}
+
+interface Overheads {
+  cliStartMs: number;
+  criuVersionMs: number;
+  sha256Ms: number;
+  sha256Bytes: number;
+}
+
+const GOAL_RATIO = { on: 'ratio', op: '<=', limit: 1.05 } as const;
+const GOAL_RSS = { on: 'value', op: '<', limit: 200 } as const;
+
+const progress = (msg: string): void => void process.stderr.write(`bench: ${msg}\n`);
+
+function readConfig(): Config {
+  return { mib: positiveInt('CEDANA_BENCH_MIB', 1024), reps: positiveInt('CEDANA_BENCH_REPS', 3) };
+}
+
+function positiveInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, not "${raw}"`);
+  return n;
+}
+
+/** Flushes the previous round's dirty pages, so they are not written back during the next timing. */
+async function settle(): Promise<void> {
+  await start('sync', [], { stdio: 'ignore' }).done;
+}
+
+async function expectRestored(ctx: Ctx, pid: number): Promise<void> {
+  if (pid !== ctx.fixture.pid) throw new Error(`restore brought back PID ${pid}, expected ${ctx.fixture.pid}`);
+  await ctx.fixture.expectRunning();
+}
+
+// ---- the rounds: each dumps the running fixture, waits for its PID to be free, restores it ----
+
+async function criuRound(ctx: Ctx, root: string): Promise<DirRep['criu']> {
+  const images = join(root, 'images');
+  await settle();
+  const dump = await criuDump(ctx.criu, ctx.fixture.pid, images, join(root, 'dump-work'));
+  await ctx.fixture.gone();
+  await settle();
+  const restore = await criuRestore(ctx.criu, images, join(root, 'restore-work'));
+  await expectRestored(ctx, restore.pid);
+  return { dump, restore };
+}
+
+/** cedana dump to `output` (a directory or an archive), then cedana restore from it. */
+async function cedanaRound(ctx: Ctx, output: string): Promise<CedanaRound> {
+  await settle();
+  const dump = await cedanaDump(ctx.fixture.pid, output, ctx.env);
+  await ctx.fixture.gone();
+  await settle();
+  const restore = await cedanaRestore(output, ctx.env);
+  await expectRestored(ctx, restore.result.pid);
+  return { dump, restore };
+}
+
+/**
+ * The first dump of the fixture is slower than every later one (fresh memory, cold page cache):
+ * one unmeasured criu round makes every measured dump start from a restored process.
+ */
+async function warmUp(ctx: Ctx): Promise<void> {
+  progress('warm-up: criu dump/restore (not measured)');
+  const root = join(ctx.tmp, 'warm-up');
+  await criuRound(ctx, root);
+  await rm(root, { recursive: true, force: true });
+}
+
+/** Baseline and cedana alternate (A B A B …) on the same process; the last images feed the sha256 probe. */
+async function dirRounds(ctx: Ctx, probe: (images: string) => Promise<void>): Promise<DirRep[]> {
+  await warmUp(ctx);
+  return repeat(ctx, 'directory: criu dump/restore, then cedana dump/restore', async (i) => {
+    const criuRoot = join(ctx.tmp, `criu-${i}`);
+    const cedanaDir = join(ctx.tmp, `cedana-${i}`);
+    const criu = await criuRound(ctx, criuRoot);
+    const cedana = await cedanaRound(ctx, cedanaDir);
+    if (i === ctx.cfg.reps - 1) await probe(join(criuRoot, 'images'));
+    await rm(criuRoot, { recursive: true, force: true });
+    await rm(cedanaDir, { recursive: true, force: true });
+    return { criu, cedana };
+  });
+}
+
+async function archiveRounds(ctx: Ctx, ext: 'tar.zst' | 'tar'): Promise<CedanaRound[]> {
+  return repeat(ctx, `cedana dump -o x.${ext}, restore from it`, async (i) => {
+    const archive = join(ctx.tmp, `cedana-${i}.${ext}`);
+    const round = await cedanaRound(ctx, archive);
+    await rm(archive, { force: true });
+    return round;
+  });
+}
+
+/** cedana's own peak RSS (VmHWM) while it dumps to a directory, and while it restores from it. */
+async function rssDirRound(ctx: Ctx, output: string): Promise<RssRep> {
+  await settle();
+  const dump = startCedana(dumpArgs(ctx.fixture.pid, output), ctx.env);
+  const dumpPeak = watchPeakRss(dump);
+  cedanaResult<CedanaDump>(await dump.done, 'dump', 'stdout');
+  await ctx.fixture.gone();
+  await settle();
+  const restore = startCedana(restoreArgs(output), ctx.env);
+  const restorePeak = watchPeakRss(restore);
+  const r = cedanaResult<CedanaRestore>(await restore.done, 'restore', 'stdout');
+  await expectRestored(ctx, r.pid);
+  await rm(output, { recursive: true, force: true });
+  return { dumpBytes: await dumpPeak, restoreBytes: await restorePeak };
+}
+
+/** `cedana dump -o - | cedana restore -`: the pipe runs between the two processes, not through us. */
+async function streamRound(ctx: Ctx): Promise<StreamRep> {
+  await settle();
+  const t0 = performance.now();
+  const restore = startCedana(restoreArgs('-'), ctx.env, ['pipe', 'pipe', 'pipe']);
+  const pipeIn = restore.child.stdin;
+  if (!pipeIn) throw new Error('cedana restore - has no stdin pipe');
+  const dump = startCedana(dumpArgs(ctx.fixture.pid, '-'), ctx.env, ['ignore', pipeIn, 'pipe']);
+  pipeIn.destroy(); // the dump holds its own copy of the write end; the restore sees EOF when it exits
+  const peaks = Promise.all([watchPeakRss(dump), watchPeakRss(restore)]);
+  const [d, r] = await Promise.all([dump.done, restore.done]);
+  const wallMs = performance.now() - t0;
+  const dumped = cedanaResult<CedanaDump>(d, 'dump -o -', 'stderr');
+  const restored = cedanaResult<CedanaRestore>(r, 'restore -', 'stdout');
+  await expectRestored(ctx, restored.pid);
+  const [dumpBytes, restoreBytes] = await peaks;
+  return { wallMs, dump: dumped, restore: restored, dumpBytes, restoreBytes };
+}
+
+async function repeat<T>(ctx: Ctx, what: string, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < ctx.cfg.reps; i++) {
+    progress(`${i + 1}/${ctx.cfg.reps} ${what}`);
+    out.push(await fn(i));
+  }
+  return out;
+}
+
+/** Fixed costs cedana pays on every run: starting Node and the CLI, asking CRIU its version. */
+async function fixedCosts(ctx: Ctx): Promise<Pick<Overheads, 'cliStartMs' | 'criuVersionMs'>> {
+  const cli: number[] = [];
+  const criu: number[] = [];
+  for (let i = 0; i < Math.max(3, ctx.cfg.reps); i++) {
+    cli.push((await startCedana(['--version'], ctx.env).done).ms);
+    criu.push((await start(ctx.criu.path, ['--version']).done).ms);
+  }
+  return { cliStartMs: median(cli), criuVersionMs: median(criu) };
+}
+
+/** sha256 of every file of an image, as cedana's dump (frozen) and restore (before CRIU) do it. */
+async function sha256Cost(images: string): Promise<Pick<Overheads, 'sha256Ms' | 'sha256Bytes'>> {
+  const t0 = performance.now();
+  const files = await checksumDir(images);
+  const sha256Ms = performance.now() - t0;
+  return { sha256Ms, sha256Bytes: Object.values(files).reduce((a, f) => a + f.size, 0) };
+}
+
+// ---- results ----
+
+interface Samples {
+  dir: DirRep[];
+  zst: CedanaRound[];
+  tar: CedanaRound[];
+  rssDir: RssRep[];
+  stream: StreamRep[];
+  overheads: Overheads;
+}
+
+const med = <T>(xs: T[], f: (x: T) => number): number => median(xs.map(f));
+const criuFrozenMs = (r: DirRep): number => (r.criu.dump.stats?.frozenUs ?? Number.NaN) / 1000;
+
+function buildRows(s: Samples): Row[] {
+  const criuDumpMs = med(s.dir, (r) => r.criu.dump.wallMs);
+  const criuRestoreMs = med(s.dir, (r) => r.criu.restore.wallMs);
+  const criuSumMs = med(s.dir, (r) => r.criu.dump.wallMs + r.criu.restore.wallMs);
+  const memoryMB = med(s.dir, (r) => r.cedana.dump.result.memoryBytes) / MB;
+  const criuMBps = memoryMB / (criuDumpMs / 1000);
+  const archiveRows = (ext: string, reps: CedanaRound[]): Row[] => [
+    { name: `dump → .${ext}: throughput`, unit: 'MB/s', value: med(reps, (r) => r.dump.result.memoryBytes / MB / (r.dump.result.durationMs / 1000)), baseline: criuMBps, baselineLabel: 'criu dump → dir' },
+    { name: `dump → .${ext}: archive size`, unit: 'MB', value: med(reps, (r) => r.dump.result.bytes) / MB, baseline: memoryMB, baselineLabel: 'memory dumped' },
+    { name: `dump → .${ext} (wall)`, unit: 'ms', value: med(reps, (r) => r.dump.wallMs), baseline: criuDumpMs, baselineLabel: 'criu dump → dir' },
+    { name: `restore ← .${ext} (wall)`, unit: 'ms', value: med(reps, (r) => r.restore.wallMs), baseline: criuRestoreMs, baselineLabel: 'criu restore ← dir' },
+  ];
+  return [
+    { name: 'dump → dir (wall)', unit: 'ms', value: med(s.dir, (r) => r.cedana.dump.wallMs), baseline: criuDumpMs, baselineLabel: 'criu dump', goal: GOAL_RATIO },
+    { name: 'restore ← dir (wall)', unit: 'ms', value: med(s.dir, (r) => r.cedana.restore.wallMs), baseline: criuRestoreMs, baselineLabel: 'criu restore', goal: GOAL_RATIO },
+    { name: 'dump + restore, dir (wall)', unit: 'ms', value: med(s.dir, (r) => r.cedana.dump.wallMs + r.cedana.restore.wallMs), baseline: criuSumMs, baselineLabel: 'criu', goal: GOAL_RATIO },
+    { name: 'dump → dir: frozen', unit: 'ms', value: med(s.dir, (r) => r.cedana.dump.result.frozenMs), baseline: median(s.dir.map(criuFrozenMs)), baselineLabel: 'criu frozen' },
+    ...archiveRows('tar.zst', s.zst),
+    ...archiveRows('tar', s.tar),
+    { name: 'peak RSS: dump → dir', unit: 'MB', value: med(s.rssDir, (r) => r.dumpBytes) / MB, goal: GOAL_RSS },
+    { name: 'peak RSS: restore ← dir', unit: 'MB', value: med(s.rssDir, (r) => r.restoreBytes) / MB, goal: GOAL_RSS },
+    { name: 'peak RSS: dump -o - (| restore -)', unit: 'MB', value: med(s.stream, (r) => r.dumpBytes) / MB, goal: GOAL_RSS },
+    { name: 'peak RSS: restore - (dump -o - |)', unit: 'MB', value: med(s.stream, (r) => r.restoreBytes) / MB, goal: GOAL_RSS },
+    { name: 'dump -o - | restore - (wall, incl. PID reap)', unit: 'ms', value: med(s.stream, (r) => r.wallMs), baseline: criuSumMs, baselineLabel: 'criu dump + restore' },
+  ];
+}
+
+/** Where cedana's extra time goes, from its own JSON (durationMs, frozenMs, restoreMs) and the probes. */
+function breakdown(s: Samples): Record<string, number> {
+  const o = s.overheads;
+  return {
+    dumpExtraMs: med(s.dir, (r) => r.cedana.dump.wallMs - r.criu.dump.wallMs),
+    dumpOutsideDurationMs: med(s.dir, (r) => r.cedana.dump.wallMs - r.cedana.dump.result.durationMs),
+    dumpExtraFrozenMs: med(s.dir, (r) => r.cedana.dump.result.frozenMs - criuFrozenMs(r)),
+    restoreExtraMs: med(s.dir, (r) => r.cedana.restore.wallMs - r.criu.restore.wallMs),
+    restoreOutsideDurationMs: med(s.dir, (r) => r.cedana.restore.wallMs - r.cedana.restore.result.durationMs),
+    restoreBeforeAndAfterCriuMs: med(s.dir, (r) => r.cedana.restore.result.durationMs - r.cedana.restore.result.restoreMs),
+    restoreCriuStatCedanaMs: med(s.dir, (r) => r.cedana.restore.result.restoreMs),
+    restoreCriuStatBaselineMs: med(s.dir, (r) => (r.criu.restore.stats?.restoreUs ?? Number.NaN) / 1000),
+    cliStartMs: o.cliStartMs,
+    criuVersionMs: o.criuVersionMs,
+    sha256Ms: o.sha256Ms,
+    sha256MBps: o.sha256Bytes / MB / (o.sha256Ms / 1000),
+  };
+}
+
+function renderBreakdown(b: Record<string, number>): string {
+  const ms = (v: number | undefined): string => (v === undefined || Number.isNaN(v) ? '—' : `${Math.round(v)} ms`);
+  return [
+    'where cedana\'s extra time goes (directory output, medians):',
+    `  dump:    +${ms(b.dumpExtraMs)} over criu; ${ms(b.dumpOutsideDurationMs)} outside cedana's own timer (Node start, module load, exit);`,
+    `           frozen ${ms(b.dumpExtraFrozenMs)} longer than criu's (post-dump gate: manifest, sha256 of every file, commit)`,
+    `  restore: +${ms(b.restoreExtraMs)} over criu; ${ms(b.restoreOutsideDurationMs)} outside cedana's own timer;`,
+    `           ${ms(b.restoreBeforeAndAfterCriuMs)} in cedana around CRIU (checksum verification, host checks);`,
+    `           CRIU restore stat ${ms(b.restoreCriuStatCedanaMs)} under cedana vs ${ms(b.restoreCriuStatBaselineMs)} plain`,
+    `  probes:  \`cedana --version\` ${ms(b.cliStartMs)}; \`criu --version\` ${ms(b.criuVersionMs)} (cedana runs it each time);`,
+    `           sha256 of one image ${ms(b.sha256Ms)} (${(b.sha256MBps ?? 0).toFixed(0)} MB/s, page cache hot)`,
+  ].join('\n');
+}
+
+/** Extra CRIU flags cedana chose (its decisions) would make the baseline unfair: say so. */
+function fairnessWarnings(s: Samples): string[] {
+  const flags = new Set(s.dir.flatMap((r) => r.cedana.dump.result.decisions).filter((d) => d.startsWith('--')));
+  return [...flags].map((d) => `warning: cedana passed a CRIU flag the baseline does not: ${d}`);
+}
+
+function hostInfo(ctx: Ctx): Record<string, unknown> {
+  const criuVersion = /Version:\s*(\S+)/.exec(execFileSync(ctx.criu.path, ['--version'], { encoding: 'utf8' }))?.[1] ?? 'unknown';
+  return {
+    kernel: release(), cpus: cpus().length, cpuModel: cpus()[0]?.model, memTotalBytes: totalmem(),
+    node: process.version, criu: ctx.criu.path, criuVersion, networkLock: ctx.criu.networkLock,
+  };
+}
+
+async function writeResults(doc: Record<string, unknown>): Promise<string> {
+  const dir = join(REPO_ROOT, '.bench');
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, `results-${utcStamp()}.json`);
+  await writeFile(path, `${JSON.stringify(doc, null, 2)}\n`);
+  return path;
+}
+
+// ---- main ----
+
+async function measure(ctx: Ctx): Promise<Samples> {
+  let sha: Pick<Overheads, 'sha256Ms' | 'sha256Bytes'> = { sha256Ms: Number.NaN, sha256Bytes: 0 };
+  const dir = await dirRounds(ctx, async (images) => void (sha = await sha256Cost(images)));
+  const zst = await archiveRounds(ctx, 'tar.zst');
+  const tar = await archiveRounds(ctx, 'tar');
+  const rssDir = await repeat(ctx, 'peak RSS: cedana dump -o dir, restore from it', (i) => rssDirRound(ctx, join(ctx.tmp, `rss-${i}`)));
+  const stream = await repeat(ctx, 'peak RSS: cedana dump -o - | cedana restore -', () => streamRound(ctx));
+  progress('fixed costs');
+  const overheads = { ...(await fixedCosts(ctx)), ...sha };
+  return { dir, zst, tar, rssDir, stream, overheads };
+}
+
+async function criuSetup(): Promise<CriuSetup> {
+  const criu = await locateCriu();
+  const networkLock = await networkLockBackend();
+  if (!networkLock) throw new Error('neither iptables nor nft is installed');
+  return { path: criu.path, networkLock };
+}
+
+async function bench(cfg: Config, criu: CriuSetup, tmp: string, fixture: Fixture): Promise<void> {
+  const ctx: Ctx = { cfg, tmp, fixture, criu, env: { ...process.env, TMPDIR: tmp } };
+  progress(`fixture: PID ${fixture.pid}, filling ${cfg.mib} MiB`);
+  await fixture.ready();
+  const startedAt = new Date().toISOString();
+  const samples = await measure(ctx);
+  const rows = buildRows(samples).map(evaluate);
+  const b = breakdown(samples);
+  const host = hostInfo(ctx);
+  const warnings = fairnessWarnings(samples);
+  const path = await writeResults({
+    startedAt, finishedAt: new Date().toISOString(), config: cfg, host, rows, breakdown: b, warnings, samples,
+  });
+  printReport(cfg, host, rows, b, warnings, path);
+}
+
+function printReport(cfg: Config, host: Record<string, unknown>, rows: Evaluated[], b: Record<string, number>, warnings: string[], path: string): void {
+  const out = [
+    `cedana bench: ${cfg.mib} MiB of random memory, ${cfg.reps} repetition(s), medians; criu ${host.criuVersion}, kernel ${host.kernel}, ${host.cpus} CPU(s)`,
+    'baseline: plain criu with the options cedana passes, measured in the same run; MB = 10^6 bytes',
+    '',
+    renderTable(rows),
+    '',
+    renderBreakdown(b),
+    ...(warnings.length ? ['', ...warnings] : []),
+    '',
+    `results: ${path}`,
+  ];
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+async function main(): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('bench: must run as root (CRIU needs it)\n');
+    return 1;
+  }
+  const cfg = readConfig();
+  const criu = await criuSetup();
+  await mkdir('/var/tmp', { recursive: true });
+  const tmp = await mkdtemp('/var/tmp/cedana-bench-');
+  let fixture: Fixture | undefined;
+  let cleaned: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaned ??= (async () => {
+      await stopActive();
+      if (fixture && (await fixture.kill())) await fixture.gone().catch(() => undefined);
+      await rm(tmp, { recursive: true, force: true });
+    })());
+  const onSignal = (signal: NodeJS.Signals): void => {
+    progress(`${signal}: cleaning up`);
+    void cleanup().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    fixture = Fixture.spawn(cfg.mib);
+    await bench(cfg, criu, tmp, fixture);
+    return 0;
+  } finally {
+    await cleanup();
+    if (await stat(tmp).catch(() => undefined)) progress(`could not remove ${tmp}`);
+  }
+}
+
+process.exitCode = await main().catch((e: unknown) => {
+  process.stderr.write(`bench: failed: ${(e as Error).message}\n`);
+  return 1;
+});

@@ -90,13 +90,33 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
     const initPid = await waitForChild(unsharePid);
     await waitForPort(address, 22, 10_000, stateDir);
     const hostKeyLine = `${address} ${(await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')}`;
-    await appendFile(join(ssh.sshDir, 'config'), `\nHost ${name}\n  HostName ${address}\n  User root\n  IdentityFile ${ssh.identity}\n`, { mode: 0o600 });
-    if (opts.writeKnownHosts !== false) await appendFile(join(ssh.sshDir, 'known_hosts'), `${hostKeyLine}\n`, { mode: 0o600 });
+    await appendFile(
+      join(ssh.sshDir, 'config'),
+      `\n# ${marker(netns)} begin\nHost ${name}\n  HostName ${address}\n  User root\n  IdentityFile ${ssh.identity}\n# ${marker(netns)} end\n`,
+      { mode: 0o600 },
+    );
+    if (opts.writeKnownHosts !== false) await appendFile(join(ssh.sshDir, 'known_hosts'), `${hostKeyLine} ${marker(netns)}\n`, { mode: 0o600 });
     await chmod(join(ssh.sshDir, 'config'), 0o600);
     return { index, name, address, gateway, netns, initPid, unsharePid, stateDir, hostKeyLine };
   } catch (e) {
     await destroyHost({ netns, unsharePid, initPid: 0, stateDir, vethOut });
     throw e;
+  }
+}
+
+const marker = (netns: string): string => `cedana-testbed:${netns}`;
+
+/** Removes what createHost added to ~/.ssh/config and known_hosts for this host. */
+export async function forgetHost(h: { netns: string }, sshDir: string): Promise<void> {
+  const m = marker(h.netns);
+  const config = await readFile(join(sshDir, 'config'), 'utf8').catch(() => undefined);
+  if (config !== undefined) {
+    const re = new RegExp(`\\n?# ${m} begin\\n[\\s\\S]*?# ${m} end\\n`, 'g');
+    await writeFile(join(sshDir, 'config'), config.replace(re, ''), { mode: 0o600 });
+  }
+  const known = await readFile(join(sshDir, 'known_hosts'), 'utf8').catch(() => undefined);
+  if (known !== undefined) {
+    await writeFile(join(sshDir, 'known_hosts'), known.split('\n').filter((l) => !l.endsWith(` ${m}`)).join('\n'), { mode: 0o600 });
   }
 }
 

@@ -3,7 +3,7 @@
  * and the output is not JSON or CI; JSON events (one object per line on stderr) for commands that
  * emit them with --json (migrate); silence everywhere else, so stdout stays clean for scripts.
  */
-import ora, { type Ora } from 'ora';
+import type { Ora } from 'ora';
 
 export interface Progress {
   phase: string;
@@ -32,7 +32,8 @@ export function describeProgress(p: Progress): string {
   return parts.join(', ');
 }
 
-export function chooseReporter(opts: { json: boolean; events?: boolean; env?: NodeJS.ProcessEnv; stream?: NodeJS.WriteStream }): Reporter {
+/** Async because the spinner library is loaded only for a TTY (it costs ~85 ms of start-up). */
+export async function chooseReporter(opts: { json: boolean; events?: boolean; env?: NodeJS.ProcessEnv; stream?: NodeJS.WriteStream }): Promise<Reporter> {
   const env = opts.env ?? process.env;
   const stream = opts.stream ?? process.stderr;
   if (opts.json && opts.events) {
@@ -45,6 +46,7 @@ export function chooseReporter(opts: { json: boolean; events?: boolean; env?: No
   }
   const ci = env.CI !== undefined && env.CI !== '' && env.CI !== 'false' && env.CI !== '0';
   if (opts.json || ci || !stream.isTTY) return silentReporter;
+  const { default: ora } = await import('ora');
   let spinner: Ora | undefined;
   const show = (text: string): void => {
     if (!spinner) spinner = ora({ text, stream, discardStdin: false }).start();

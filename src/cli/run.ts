@@ -56,7 +56,7 @@ export async function main(argv: string[]): Promise<number> {
   const onSignal = (): void => abort.abort();
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const reporter = chooseReporter({ json: inv.json, events: inv.events });
+  const reporter = await chooseReporter({ json: inv.json, events: inv.events });
   try {
     const result = await inv.run({ reporter, signal: abort.signal });
     reporter.stop();

@@ -26,9 +26,9 @@ import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { DumpGate } from '../dump/gate.js';
 import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
-import { startPageProxy, type PageProxy } from '../migrate/page-proxy.js';
+import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { checkCpu, judgePreflight, runPreflight } from '../migrate/preflight.js';
-import { cleanupRemote, makeRemoteDir, restoreRemote, sendImages, startPageServer, type RemoteDir } from '../migrate/remote.js';
+import { cleanupRemote, makeRemoteDir, sendAndRestore, startPageServer, type RemoteDir } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { privateTempDir } from '../util/paths.js';
 
@@ -74,7 +74,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const session = await SshSession.connect(args.to, { acceptNewHostKey: args.acceptNewHostKey, sshDir: args.sshDir });
   const work = await privateTempDir('cedana-migrate-');
   let remote: RemoteDir | undefined;
-  let proxy: PageProxy | undefined;
+  let proxy: PageBridge | undefined;
   let committed = false;
   let restoredPid: number | undefined;
   let treePids: number[] = [];
@@ -93,7 +93,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
 
     remote = await makeRemoteDir(session, args.targetDir);
     const psPort = await startPageServer(session, remote);
-    proxy = await startPageProxy(session, psPort);
+    const bridge = await openPageChannel(session, psPort);
 
     const images = join(work, 'img');
     await execa('mkdir', ['-m', '700', images]);
@@ -101,11 +101,12 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const logFile = join(work, 'dump.log');
     const criuArgs = [
       ...buildDumpArgs(args.pid, decisions, { imagesDir: images, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: false }),
-      '--page-server', '--address', '127.0.0.1', '--port', String(proxy.port),
+      '--page-server', '--ps-socket', '3',
     ];
     const frozenAt = performance.now();
     report.phase(`freezing ${facts.processes.length} process(es) and sending memory`);
-    const run = spawnCriu(criu, criuArgs, { logFile, label: `migrate-${args.pid}` });
+    const run = spawnCriu(criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
+    proxy = bridge(run.psSocket!);
     const ticker = progressTicker(report, proxy, fp.rssBytes);
     // An interrupt or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
     const onAbort = (): void => proxy?.close();
@@ -134,7 +135,6 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     let memoryBytes: number;
     try {
       if (args.signal?.aborted) throw interrupted();
-      report.phase('sending the process metadata');
       const files = await checksumDir(images);
       memoryBytes = proxy.bytes();
       const manifest = makeManifest({ criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: false, networkLock, files, memoryBytes });
@@ -143,16 +143,15 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
       const names = (await listImageFiles(images)).files;
       const ordered = [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)];
-      await abortable(sendImages(session, remote, (dest) => packImage(images, ordered, dest as never, 'none', true)), args.signal);
-      report.phase(`restoring on ${args.to}`);
       const flags: string[] = [];
       if (decisions.shellJob) flags.push('--shell-job');
       if (decisions.tcpEstablished) flags.push('--tcp-established');
       if (decisions.tcpClose) flags.push('--tcp-close');
       if (decisions.fileLocks) flags.push('--file-locks');
       for (const ino of decisions.externalUnix) flags.push('--external', `unix[${ino}]`);
+      report.phase(`sending the metadata and restoring on ${args.to}`);
       // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
-      const restored = await restoreRemote(session, remote, flags, target.networkLock ?? 'iptables');
+      const restored = await sendAndRestore(session, remote, (dest) => packImage(images, ordered, dest as never, 'none', true), flags, target.networkLock ?? 'iptables');
       restoredPid = restored.pid;
       downtimeMs = Math.round(performance.now() - frozenAt);
       // An interrupt that came while the target restored still wins: nothing is committed yet.
@@ -166,6 +165,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     committed = true;
     report.phase('ending the source');
     await run.done;
+    if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
     return {
       command: 'migrate',
       pid: args.pid,
@@ -217,7 +217,7 @@ async function imagesSize(dir: string): Promise<number> {
   return total;
 }
 
-function progressTicker(report: Reporter, proxy: PageProxy, total: number): NodeJS.Timeout {
+function progressTicker(report: Reporter, proxy: PageBridge, total: number): NodeJS.Timeout {
   const t0 = performance.now();
   return setInterval(() => {
     const bytes = proxy.bytes();
@@ -231,20 +231,4 @@ function progressTicker(report: Reporter, proxy: PageProxy, total: number): Node
       etaMs: rate > 0 && total > bytes ? Math.round(((total - bytes) / rate) * 1000) : undefined,
     });
   }, 250);
-}
-
-async function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return work;
-  let onAbort: () => void = () => undefined;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(interrupted());
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-  try {
-    return await Promise.race([work, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-    work.catch(() => undefined);
-  }
 }

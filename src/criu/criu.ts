@@ -3,6 +3,8 @@
  * CRIU failures become CRIU_FAILED errors that quote the decisive log lines and keep the log.
  */
 import { execa } from 'execa';
+import { spawn } from 'node:child_process';
+import type { Duplex } from 'node:stream';
 import { copyFile, chmod, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CedanaError } from '../errors.js';
@@ -66,33 +68,45 @@ export interface RunOptions {
  * Starts CRIU in its own session, so a Ctrl-C at the terminal reaches cedana (which decides how to
  * cancel safely) and never kills CRIU half-way through with the tasks frozen. `done` rejects with
  * CRIU_FAILED, quoting the decisive lines of CRIU's log and keeping the log.
+ *
+ * With `pageServerSocket`, CRIU gets a unix socket as fd 3 (pass `--ps-socket 3`): cedana carries
+ * the page stream itself. A unix socket, not TCP: over loopback TCP, CRIU's last small write before
+ * it waits for the page server's answer meets Nagle and delayed ACK, a stall of ~200 ms.
  */
-export function spawnCriu(criu: Criu, args: string[], opts: RunOptions): { done: Promise<void> } {
-  const child = execa(criu.path, args, {
-    reject: false,
+export function spawnCriu(criu: Criu, args: string[], opts: RunOptions & { pageServerSocket?: boolean }): { done: Promise<void>; psSocket?: Duplex } {
+  const child = spawn(criu.path, args, {
     detached: true,
-    stdin: 'ignore',
-    all: true,
-    env: opts.env,
+    stdio: opts.pageServerSocket ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+  });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('error', (e) => {
+      output += e.message;
+      resolve({ code: 127, signal: null });
+    });
+    child.once('close', (code, signal) => resolve({ code, signal }));
   });
   const done = (async () => {
-    const r = await child;
-    if (r.exitCode === 0) return;
+    const r = await exit;
+    if (r.code === 0) return;
     let log = '';
     try {
       log = await readFile(opts.logFile, 'utf8');
     } catch {
-      log = r.all ?? '';
+      log = output;
     }
     const kept = await keepLog(opts.logFile, opts.label);
-    const lines = decisiveLines(log || (r.all ?? ''));
+    const lines = decisiveLines(log || output);
     const what = args[0] ?? 'criu';
-    throw new CedanaError('CRIU_FAILED', `criu ${what} failed (exit ${r.exitCode ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
+    throw new CedanaError('CRIU_FAILED', `criu ${what} failed (exit ${r.code ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
       hint: [hintFor(lines), kept ? `full log: ${kept}` : undefined].filter(Boolean).join('; ') || undefined,
-      details: { log: kept, criuLines: lines, criuExit: r.exitCode ?? null },
+      details: { log: kept, criuLines: lines, criuExit: r.code ?? null },
     });
   })();
-  return { done };
+  return { done, psSocket: opts.pageServerSocket ? (child.stdio[3] as Duplex) : undefined };
 }
 
 export async function runCriu(criu: Criu, args: string[], opts: RunOptions): Promise<void> {

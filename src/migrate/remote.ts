@@ -36,43 +36,56 @@ export async function startPageServer(s: SshSession, d: RemoteDir): Promise<numb
   throw new CedanaError('TARGET_UNSUPPORTED', `criu page-server does not start on ${s.target}: ${last}`, { hint: `see ${d.dir}/page-server.log there` });
 }
 
-/** Unpacks the metadata images (a tar stream) and checks them against cedana.sha256 there. */
-export async function sendImages(s: SshSession, d: RemoteDir, tar: (dest: NodeJS.WritableStream & { end(): void }) => Promise<void>): Promise<void> {
-  const ch = await s.channel(`${REMOTE_PATH}; cd ${shq(d.images)} && tar -xf - && sha256sum -c --quiet --strict cedana.sha256`);
-  let stderr = '';
-  ch.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const exited = new Promise<number | null>((resolve) => ch.on('exit', (code: number | null) => resolve(code)));
-  const closed = new Promise<void>((resolve) => ch.on('close', () => resolve()));
-  ch.on('data', () => undefined);
-  await Promise.race([tar(ch as unknown as NodeJS.WritableStream & { end(): void }), s.lost()]);
-  const code = await Promise.race([exited, s.lost()]);
-  await closed;
-  if (code !== 0) {
-    throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ') || `exit ${code}`}`, {
-      hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
-    });
-  }
-}
-
 export interface RemoteRestore {
   pid: number;
 }
 
-export async function restoreRemote(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string): Promise<RemoteRestore> {
+/** Exit status of the remote script when the images do not match cedana.sha256. */
+const CHECKSUM_FAILED = 98;
+
+/**
+ * One round trip while the source is frozen: the metadata images arrive as a tar stream on stdin,
+ * are checked against cedana.sha256 there, and CRIU restores at once.
+ */
+export async function sendAndRestore(
+  s: SshSession,
+  d: RemoteDir,
+  tar: (dest: NodeJS.WritableStream) => Promise<void>,
+  criuFlags: string[],
+  networkLock: string,
+): Promise<RemoteRestore> {
+  const log = `${d.dir}/restore.log`;
+  const pidFile = `${d.dir}/restored.pid`;
   const script = [
     REMOTE_PATH,
-    `cd ${shq(d.dir)} || exit 99`,
-    `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(`${d.dir}/restore.log`)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(`${d.dir}/restored.pid`)} ${criuFlags.map(shq).join(' ')}`,
+    `cd ${shq(d.images)} || exit 99`,
+    `tar -xf - || exit ${CHECKSUM_FAILED}`,
+    `sha256sum -c --quiet --strict cedana.sha256 >&2 || exit ${CHECKSUM_FAILED}`,
+    `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(log)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(pidFile)} ${criuFlags.map(shq).join(' ')}`,
     'rc=$?',
-    `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(`${d.dir}/restored.pid`)})"; else grep -E '(Error|BUG) ' ${shq(`${d.dir}/restore.log`)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; fi`,
+    `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(pidFile)})"; else grep -E '(Error|BUG) ' ${shq(log)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; fi`,
     'exit $rc',
-  ].join('\n');
-  const r = await s.exec('sh -s', script);
-  const pid = Number(/^pid=(\d+)$/m.exec(r.stdout)?.[1]);
-  if (r.code === 0 && pid > 0) return { pid };
-  const lines = r.stdout.split('\n').filter((l) => l.startsWith('criu=')).map((l) => l.slice(5).replace(/^\(\s*\d+\.\d+\)\s*/, ''));
-  throw new CedanaError('TARGET_RESTORE_FAILED', `criu restore failed on ${s.target} (exit ${r.code ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
-    hint: `the source was resumed; the target's log was ${d.dir}/restore.log (removed with the work directory)`,
+  ].join('; ');
+  const ch = await s.channel(`sh -c ${shq(script)}`);
+  let stdout = '';
+  let stderr = '';
+  ch.on('data', (b: Buffer) => (stdout += b.toString()));
+  ch.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => ch.on('exit', (code: number | null) => resolve(code)));
+  const closed = new Promise<void>((resolve) => ch.on('close', () => resolve()));
+  await Promise.race([tar(ch), s.lost()]);
+  const code = await Promise.race([exited, s.lost()]);
+  await Promise.race([closed, s.lost()]);
+  const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
+  if (code === 0 && pid > 0) return { pid };
+  if (code === CHECKSUM_FAILED) {
+    throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ')}`, {
+      hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
+    });
+  }
+  const lines = stdout.split('\n').filter((l) => l.startsWith('criu=')).map((l) => l.slice(5).replace(/^\(\s*\d+\.\d+\)\s*/, ''));
+  throw new CedanaError('TARGET_RESTORE_FAILED', `criu restore failed on ${s.target} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
+    hint: 'the source was resumed; the target was cleaned up',
     details: { criuLines: lines },
   });
 }

@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   TARGET_PID_IN_USE: { exit: 32, what: 'a PID the tree needs is taken on the target' },
   FILES_MISSING_ON_TARGET: { exit: 33, what: 'files the process has open do not exist on the target' },
   TARGET_RESTORE_FAILED: { exit: 34, what: "the target's CRIU failed to restore; the source was resumed" },
+  HOOK_FAILED: { exit: 35, what: 'the --hook command failed (pre-restore or post-restore); the source was resumed' },
   INTERRUPTED: { exit: 130, what: 'interrupted by SIGINT or SIGTERM; the process was left running' },
 } as const;
 

@@ -112,8 +112,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .addOption(new Option('--tcp-established', 'keep established TCP connections (default when the tree has some)').conflicts('tcpClose'))
     .addOption(new Option('--tcp-close', 'restore established TCP connections closed').conflicts('tcpEstablished'))
     .option('--file-locks', 'migrate file locks (automatic when the tree holds some)')
+    .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; json?: boolean }) => {
+    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; hook?: string; json?: boolean }) => {
       onInvoke({
         command: 'migrate',
         json: !!o.json,
@@ -126,6 +127,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             targetDir: o.targetDir,
             tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
             fileLocks: !!o.fileLocks,
+            hook: o.hook,
             reporter: ctx.reporter,
             signal: ctx.signal,
           }),

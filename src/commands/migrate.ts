@@ -26,6 +26,7 @@ import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { DumpGate } from '../dump/gate.js';
 import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
+import { releaseSourceLocks } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { checkCpu, judgePreflight, runPreflight } from '../migrate/preflight.js';
 import { cleanupRemote, makeRemoteDir, sendAndRestore, startPageServer, type RemoteDir } from '../migrate/remote.js';
@@ -41,6 +42,8 @@ export interface MigrateArgs {
   tcp: TcpMode;
   fileLocks: boolean;
   sshDir?: string;
+  /** Run with sh -c here at `pre-restore`, `post-restore` and, after a failure past pre-restore, `rollback` (CEDANA_HOOK). */
+  hook?: string;
   reporter?: Reporter;
   signal?: AbortSignal;
 }
@@ -133,8 +136,14 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     // The tree is frozen here, and stays so until commit or abort.
     let downtimeMs: number;
     let memoryBytes: number;
+    let hookRan = false;
     try {
       if (args.signal?.aborted) throw interrupted();
+      if (args.hook) {
+        report.phase('running the pre-restore hook');
+        hookRan = true;
+        await runHook(args, 'pre-restore');
+      }
       const files = await checksumDir(images);
       memoryBytes = proxy.bytes();
       const manifest = makeManifest({ criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: false, networkLock, files, memoryBytes });
@@ -153,10 +162,16 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
       const restored = await sendAndRestore(session, remote, (dest) => packImage(images, ordered, dest as never, 'none', true), flags, target.networkLock ?? 'iptables');
       restoredPid = restored.pid;
+      if (args.hook) {
+        report.phase('running the post-restore hook');
+        await runHook(args, 'post-restore');
+      }
       downtimeMs = Math.round(performance.now() - frozenAt);
       // An interrupt that came while the target restored still wins: nothing is committed yet.
       if (args.signal?.aborted) throw interrupted();
     } catch (e) {
+      // The rollback hook runs before the source resumes: what pre-restore moved must be back first.
+      if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
       await gate.abort();
       await run.done.catch(() => undefined);
       throw e;
@@ -165,6 +180,8 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     committed = true;
     report.phase('ending the source');
     await run.done;
+    // The connections live on the target now: lift the lock CRIU left on them here.
+    if (decisions.tcpEstablished) await releaseSourceLocks(facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
     if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
     return {
       command: 'migrate',
@@ -191,6 +208,22 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     if (committed && remote) await cleanupRemote(session, remote);
     session.close();
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Runs the user's hook; a failure at pre-restore aborts the migration (HOOK_FAILED). */
+async function runHook(args: MigrateArgs, phase: 'pre-restore' | 'post-restore' | 'rollback'): Promise<void> {
+  const r = await execa('sh', ['-c', args.hook!], {
+    reject: false,
+    all: true,
+    timeout: 120_000,
+    env: { CEDANA_HOOK: phase, CEDANA_PID: String(args.pid), CEDANA_TARGET: args.to },
+  });
+  if (r.exitCode !== 0) {
+    const tail = (r.all ?? '').trim().split('\n').slice(-5).join(' | ');
+    throw new CedanaError('HOOK_FAILED', `the ${phase} hook failed (exit ${r.exitCode ?? r.signal})${tail ? `: ${tail}` : ''}`, {
+      hint: 'fix the --hook command; it runs with CEDANA_HOOK=pre-restore, post-restore or rollback',
+    });
   }
 }
 

@@ -1,0 +1,50 @@
+/**
+ * After a migration with --tcp-established, CRIU leaves its network-lock rules on the source (it
+ * expects a restore on the same host to lift them): DROP rules for each connection's 4-tuple,
+ * marked `! --mark 0xc114`. The connections live on the target now, so cedana removes exactly those.
+ */
+import { execa } from 'execa';
+import type { ManifestSocket } from '../image/manifest.js';
+
+const CRIU_MARK = '0xc114';
+
+function split(endpoint: string): { addr: string; port: string } | undefined {
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(endpoint);
+  return m ? { addr: m[1]!, port: m[2]! } : undefined;
+}
+
+/** The `iptables -S` lines that are CRIU's lock of one of `conns`. Pure. */
+export function criuLockRules(listing: string, conns: ManifestSocket[]): string[] {
+  const out: string[] = [];
+  for (const line of listing.split('\n')) {
+    if (!line.startsWith('-A ') || !line.includes(CRIU_MARK) || !line.includes('-j DROP')) continue;
+    for (const c of conns) {
+      const l = split(c.local);
+      const r = split(c.remote);
+      if (!l || !r) continue;
+      const has = (flag: string, v: string): boolean => new RegExp(`${flag} ${v.replace(/[.:]/g, '\\$&')}(/\\d+)?( |$)`).test(line);
+      const inbound = has('-s', r.addr) && has('-d', l.addr) && has('--sport', r.port) && has('--dport', l.port);
+      const outbound = has('-s', l.addr) && has('-d', r.addr) && has('--sport', l.port) && has('--dport', r.port);
+      if (inbound || outbound) {
+        out.push(line);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+/** Deletes CRIU's lock rules for `conns` from iptables and ip6tables; returns how many. */
+export async function releaseSourceLocks(conns: ManifestSocket[]): Promise<number> {
+  if (conns.length === 0) return 0;
+  let removed = 0;
+  for (const tool of ['iptables', 'ip6tables']) {
+    const listing = await execa(tool, ['-w', '-S'], { reject: false });
+    if (listing.exitCode !== 0) continue;
+    for (const rule of criuLockRules(String(listing.stdout), conns)) {
+      const r = await execa(tool, ['-w', '-D', ...rule.slice(3).split(' ')], { reject: false });
+      if (r.exitCode === 0) removed++;
+    }
+  }
+  return removed;
+}

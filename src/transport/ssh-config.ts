@@ -67,8 +67,9 @@ export function resolveHost(blocks: Block[], alias: string, home = homedir()): H
     if (!blockMatches(b, alias)) continue;
     for (const [k, v] of b.options) {
       if (k === 'identityfile') identityFiles.push(expandTilde(v.replace(/%d/g, home).replace(/%h/g, alias), home));
-      else if (k === 'userknownhostsfile') knownHosts.push(...v.split(/\s+/).map((p) => expandTilde(p, home)));
-      else if (!first.has(k)) first.set(k, v);
+      else if (k === 'userknownhostsfile') {
+        if (knownHosts.length === 0) knownHosts.push(...v.split(/\s+/).map((p) => expandTilde(p, home))); // first line wins, as in OpenSSH
+      } else if (!first.has(k)) first.set(k, v);
     }
   }
   const port = first.get('port');

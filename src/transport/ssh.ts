@@ -70,7 +70,14 @@ export class SshSession {
     let sock: Readable | undefined;
     if (config.proxyJump) {
       jump = await SshSession.connect(config.proxyJump.split(',')[0]!, opts);
-      sock = await jump.forwardOut(host, port);
+      try {
+        sock = await jump.forwardOut(host, port);
+      } catch (e) {
+        jump.close();
+        throw new CedanaError('SSH_UNREACHABLE', `the jump host ${config.proxyJump} cannot reach ${host}:${port}: ${(e as Error).message}`, {
+          hint: 'check ProxyJump in ~/.ssh/config: the jump host must reach the target and allow TCP forwarding',
+        });
+      }
     }
     const knownFiles = config.userKnownHostsFiles.length > 0 ? config.userKnownHostsFiles : [join(sshDir, 'known_hosts')];
     const known = findKnownKeys(await readKnownHosts(knownFiles), host, port);

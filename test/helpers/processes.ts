@@ -49,6 +49,9 @@ export function readText(path: string): string | undefined {
   }
 }
 
+/** The count counter.py last wrote to its state file (0 before the first). */
+export const count = (state: string): number => Number(readText(state)?.trim().split(' ')[1] ?? 0);
+
 export class Owned {
   private readonly pids = new Set<number>();
   private readonly dirs: string[] = [];
@@ -66,6 +69,23 @@ export class Owned {
 
   python(script: string, args: string[], opts: { cwd?: string; wrap?: string[] } = {}): number {
     return this.start('python3', ['-u', join(FIXTURES, script), ...args], opts);
+  }
+
+  /** counter.py in `dir` (a new temp dir by default), once it has counted past 2. */
+  async counter(dir?: string): Promise<{ dir: string; state: string; pid: number }> {
+    const d = dir ?? (await this.tempDir());
+    const state = join(d, 'state');
+    const pid = this.python('counter.py', [state]);
+    await waitFor('counting', () => count(state) > 2);
+    return { dir: d, state, pid };
+  }
+
+  /** memhog.py holding `mib` MiB of random memory, reporting in `dir`, once its checksum is written. */
+  async memhog(mib: number, dir?: string): Promise<{ dir: string; pid: number; sha0: string }> {
+    const d = dir ?? (await this.tempDir());
+    const pid = this.python('memhog.py', [String(mib), d]);
+    const sha0 = await waitFor('memory filled', () => readText(join(d, 'sha0')), 60_000);
+    return { dir: d, pid, sha0 };
   }
 
   /** Records a PID the test now owns (e.g. one cedana restored). */

@@ -4,20 +4,12 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BIN, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
-import { Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { Owned, count, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
 afterEach(() => owned.cleanup());
 
-const count = (state: string): number => Number(readText(state)?.trim().split(' ')[1] ?? 0);
-
-async function startCounter(): Promise<{ dir: string; state: string; pid: number }> {
-  const dir = await owned.tempDir();
-  const state = join(dir, 'state');
-  const pid = owned.python('counter.py', [state]);
-  await waitFor('counting', () => count(state) > 3);
-  return { dir, state, pid };
-}
+const startCounter = () => owned.counter();
 
 async function expectCarriesOn(state: string, from: number): Promise<void> {
   await waitFor('restored process to count on', () => count(state) > from + 10);

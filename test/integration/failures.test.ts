@@ -13,12 +13,7 @@ import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
 const owned = new Owned();
 afterEach(() => owned.cleanup());
 
-async function memhog(mib: number): Promise<{ dir: string; pid: number; sha0: string }> {
-  const dir = await owned.tempDir();
-  const pid = owned.python('memhog.py', [String(mib), dir]);
-  const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
-  return { dir, pid, sha0 };
-}
+const memhog = (mib: number) => owned.memhog(mib);
 
 /** Alive, beating again, and its memory still what it was. */
 async function expectResumedIntact(dir: string, pid: number, sha0: string): Promise<void> {

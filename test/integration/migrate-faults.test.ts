@@ -30,12 +30,7 @@ afterAll(async () => {
 });
 afterEach(() => owned.cleanup());
 
-async function memhog(mib: number): Promise<{ dir: string; pid: number; sha0: string }> {
-  const dir = await mkdtemp(join(shared, 'mem-'));
-  const pid = owned.python('memhog.py', [String(mib), dir]);
-  const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 60_000);
-  return { dir, pid, sha0 };
-}
+const memhog = async (mib: number) => owned.memhog(mib, await mkdtemp(join(shared, 'mem-')));
 
 /** The source is alive, beating again, its memory unchanged; the target has no trace of it. */
 async function expectSourceIntact(dir: string, pid: number, sha0: string): Promise<void> {

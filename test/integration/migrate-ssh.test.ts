@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
-import { Owned, readText, waitFor } from '../helpers/processes.js';
+import { Owned, count, waitFor } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 
 const owned = new Owned();
@@ -25,15 +25,7 @@ afterAll(async () => {
 });
 afterEach(() => owned.cleanup());
 
-async function counter(): Promise<{ state: string; pid: number }> {
-  const dir = await mkdtemp(join(shared, 'c-'));
-  const state = join(dir, 'state');
-  const pid = owned.python('counter.py', [state]);
-  await waitFor('counting', () => readText(state));
-  return { state, pid };
-}
-
-const count = (state: string): number => Number(readText(state)?.trim().split(' ')[1] ?? 0);
+const counter = async () => owned.counter(await mkdtemp(join(shared, 'c-')));
 
 describe('SSH as the user has it', () => {
   it('authenticates with a key that only ssh-agent holds', async () => {

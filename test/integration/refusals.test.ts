@@ -7,21 +7,13 @@ import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync, symlin
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { Owned, alive, count, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
 afterEach(() => owned.cleanup());
 
 const OLD_CRIU = '/var/cache/cedana-test/criu-4.1.1/usr/sbin/criu';
-const count = (state: string): number => Number(readText(state)?.trim().split(' ')[1] ?? 0);
-
-async function counter(): Promise<{ dir: string; state: string; pid: number }> {
-  const dir = await owned.tempDir();
-  const state = join(dir, 'state');
-  const pid = owned.python('counter.py', [state]);
-  await waitFor('counting', () => count(state) > 2);
-  return { dir, state, pid };
-}
+const counter = () => owned.counter();
 
 /** The process was not touched: still alive and still counting. */
 async function expectUntouched(state: string, pid: number): Promise<void> {
@@ -116,7 +108,8 @@ describe('restore refusals', () => {
     const { img, pid } = await dumped();
     const pages = readdirSync(img).find((f) => f.startsWith('pages-'))!;
     const body = readFileSync(join(img, pages));
-    body[body.length >> 1] ^= 0xff;
+    const mid = body.length >> 1;
+    body.writeUInt8(body.readUInt8(mid) ^ 0xff, mid);
     writeFileSync(join(img, pages), body);
     const j = await expectRefused(['restore', img], 'IMAGE_INVALID', 9);
     expect(j.error.message).toMatch(/checksum mismatch/);

@@ -6,7 +6,8 @@
 import protobuf from 'protobufjs';
 import { readFile } from 'node:fs/promises';
 
-const SCHEMA = `
+/** CRIU's images/stats.proto. */
+export const STATS_SCHEMA = `
 syntax = "proto2";
 message dump_stats_entry {
   required uint32 freezing_time = 1;
@@ -38,7 +39,7 @@ message stats_entry {
 
 const STATS_MAGIC = 0x57093306;
 const SERVICE_MAGIC = 0x55105940;
-const StatsEntry = protobuf.parse(SCHEMA, { keepCase: true }).root.lookupType('stats_entry');
+const StatsEntry = protobuf.parse(STATS_SCHEMA, { keepCase: true }).root.lookupType('stats_entry');
 
 export interface DumpStats {
   freezingUs: number;

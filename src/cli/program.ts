@@ -97,6 +97,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             tcpClose: !!o.tcpClose,
             pidWaitMs: o.pidWait,
             reporter: ctx.reporter,
+            signal: ctx.signal,
           });
         },
       });

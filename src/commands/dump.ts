@@ -15,7 +15,7 @@ import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
 import { packImage, pump } from '../image/archive.js';
-import { checksumDir, listImageFiles } from '../image/checksum.js';
+import { checksumDir, listImageFiles, PagesFollower } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
 import { readDumpStats } from '../image/criu/stats.js';
@@ -23,7 +23,7 @@ import { processExists } from '../proc/procfs.js';
 import { examineTree, validateTarget } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { parseOutput, type OutputTarget } from '../dump/output.js';
-import { DumpGate } from '../dump/gate.js';
+import { ActionGate } from '../criu/gate.js';
 import { pathExists, privateTempDir } from '../util/paths.js';
 
 export interface DumpArgs {
@@ -90,13 +90,16 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
 
   const logFile = join(work, 'dump.log');
   let committed = false;
+  let follower: PagesFollower | undefined;
   try {
-    const gate = await DumpGate.create(work);
+    const gate = await ActionGate.create(work, 'post-dump');
     const criuArgs = buildDumpArgs(args.pid, decisions, {
       imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning,
     });
     report.phase(`freezing and dumping ${facts.processes.length} process(es)`);
     const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}` });
+    // Hash the memory while CRIU writes it, not after with the tree frozen.
+    follower = new PagesFollower(imagesDir);
     const event = await gate.waitReady(run.done);
     if (event === 'exited') {
       await run.done; // rejects with CRIU_FAILED (CRIU resumed the tree)
@@ -107,7 +110,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     try {
       report.phase('writing the manifest and checksums (tree frozen)');
       const host = await hostFacts();
-      const files = await checksumDir(imagesDir);
+      const files = await checksumDir(imagesDir, await follower.finish());
       const memoryBytes = pagesBytes(files);
       const manifest = makeManifest({
         criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes,
@@ -157,6 +160,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     throw err;
   } finally {
     report.stop();
+    await follower?.finish().catch(() => undefined);
     if (target.kind !== 'stream' && (await pathExists(imagesDir))) await rm(imagesDir, { recursive: true, force: true });
     await rm(work, { recursive: true, force: true });
   }

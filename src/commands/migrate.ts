@@ -23,7 +23,7 @@ import { MANIFEST_NAME } from '../image/manifest.js';
 import { processExists } from '../proc/procfs.js';
 import { examineTree, validateTarget } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
-import { DumpGate } from '../dump/gate.js';
+import { ActionGate } from '../criu/gate.js';
 import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
@@ -100,7 +100,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
 
     const images = join(work, 'img');
     await execa('mkdir', ['-m', '700', images]);
-    const gate = await DumpGate.create(work);
+    const gate = await ActionGate.create(work, 'post-dump');
     const logFile = join(work, 'dump.log');
     const criuArgs = [
       ...buildDumpArgs(args.pid, decisions, { imagesDir: images, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: false }),

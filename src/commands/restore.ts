@@ -1,6 +1,11 @@
 /**
- * cedana restore: verifies an image (manifest, every checksum, host compatibility) and only then
- * lets CRIU restore it, detached from cedana. A damaged or tampered image is never half-restored.
+ * cedana restore: verifies an image and lets CRIU restore it, detached from cedana. Before CRIU
+ * runs: the manifest, the set of files, every file's size and every metadata image's sha256 (CRIU
+ * parses those, and a short pages image makes it spin). The contents of the pages images — the
+ * process memory, nearly all of the bytes, raw data CRIU only copies — are hashed while CRIU
+ * restores, and the restored tree is held at CRIU's post-restore point (restored, not one
+ * instruction run) until they check out; if they do not, CRIU kills it. A damaged or tampered image
+ * never runs.
  */
 import { createReadStream } from 'node:fs';
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -8,12 +13,13 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildRestoreArgs } from '../criu/options.js';
-import { locateCriu, runCriu, type Criu } from '../criu/criu.js';
+import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
+import { ActionGate } from '../criu/gate.js';
 import { compareVersions, parseVersionText } from '../criu/version.js';
 import { CedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { unpackImage } from '../image/archive.js';
-import { verifyDir } from '../image/checksum.js';
+import { isPagesImage, sha256File, verifyDir } from '../image/checksum.js';
 import { MANIFEST_NAME, parseManifest, type Manifest } from '../image/manifest.js';
 import { readRestoreStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
@@ -28,6 +34,7 @@ export interface RestoreArgs {
   pidWaitMs: number;
   stdin?: Readable;
   reporter?: Reporter;
+  signal?: AbortSignal;
 }
 
 export interface RestoreResult {
@@ -48,24 +55,49 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   const work = await privateTempDir('cedana-restore-');
   try {
     const { dir, label } = await openImage(args, work, report);
-    report.phase('verifying the manifest and checksums');
+    report.phase('verifying the manifest, the file sizes and the metadata images');
     const manifest = await readManifest(dir);
-    await verifyDir(dir, manifest);
+    await verifyDir(dir, manifest, (name) => !isPagesImage(name));
     checkCompatible(manifest, await hostFacts(), criu);
     report.phase('waiting for the image\'s PIDs to be free');
     await waitPidsFree(manifest.processes.map((p) => p.pid), args.pidWaitMs);
 
-    report.phase(`restoring ${manifest.processes.length} process(es)`);
+    report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
     const pidFile = join(work, 'restored.pid');
     const logFile = join(work, 'restore.log');
+    const gate = await ActionGate.create(work, 'post-restore');
     const o = manifest.options;
     const criuArgs = buildRestoreArgs(
       { shellJob: o.shellJob, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose || args.tcpClose, fileLocks: o.fileLocks },
-      { imagesDir: dir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile },
+      { imagesDir: dir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile, actionScript: gate.script },
     );
     for (const ino of o.externalUnix) criuArgs.push('--external', `unix[${ino}]`);
     const t = performance.now();
-    await runCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
+    const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
+    const pagesBad = verifyPages(dir, manifest).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    // An interrupt before the tree runs: CRIU kills it at the gate and nothing is restored.
+    const interrupted = new Promise<CedanaError>((resolve) => {
+      const fire = (): void => resolve(new CedanaError('INTERRUPTED', 'restore interrupted; the restored tree was ended before it ran'));
+      if (args.signal?.aborted) fire();
+      else args.signal?.addEventListener('abort', fire, { once: true });
+    });
+    const event = await gate.waitReady(run.done);
+    const bad = await Promise.race([pagesBad, interrupted]);
+    if (bad) {
+      // The tree was restored but never ran: CRIU kills it when the gate aborts.
+      await gate.abort();
+      await run.done.catch(() => undefined);
+      throw bad;
+    }
+    if (event === 'exited') {
+      await run.done;
+      throw new CedanaError('CRIU_FAILED', 'criu restore exited before its post-restore step', { hint: `log: ${await keepLog(logFile, `restore-${manifest.pid}`)}` });
+    }
+    await gate.commit();
+    await run.done;
     const restoreMs = Math.round(performance.now() - t);
     const pid = Number((await readFile(pidFile, 'utf8')).trim());
     if (!Number.isSafeInteger(pid) || pid <= 0) throw new CedanaError('CRIU_FAILED', `criu restore wrote no PID to ${pidFile}`);
@@ -82,6 +114,20 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   } finally {
     report.stop();
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** The contents of the pages images (their sizes were checked with the rest). */
+async function verifyPages(dir: string, manifest: Manifest): Promise<void> {
+  const bad: string[] = [];
+  for (const name of Object.keys(manifest.files).filter(isPagesImage)) {
+    if ((await sha256File(join(dir, name))) !== manifest.files[name]!.sha256) bad.push(`${name} (checksum mismatch)`);
+  }
+  if (bad.length > 0) {
+    throw new CedanaError('IMAGE_INVALID', `image is corrupt or tampered with: ${bad.join(', ')}`, {
+      hint: 'do not restore it; make a new dump from the original process',
+      details: { corrupt: bad },
+    });
   }
 }
 

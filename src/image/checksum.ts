@@ -1,7 +1,8 @@
 /** sha256 of every file in an image directory, and verification against a manifest. */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { CedanaError } from '../errors.js';
 import { MANIFEST_NAME, type FileEntry, type Manifest } from './manifest.js';
@@ -43,10 +44,83 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R
   return out;
 }
 
-export async function checksumDir(dir: string): Promise<Record<string, FileEntry>> {
+/** The images that hold process memory: by far the largest, and written by CRIU front to back. */
+export const isPagesImage = (name: string): boolean => /^pages-\d+\.img$/.test(name);
+
+/**
+ * sha256 of a file another process is still appending to: each catchUp() hashes what was added
+ * since the last one. CRIU writes pages images front to back, so cedana hashes them while CRIU dumps
+ * instead of after, with the tree frozen.
+ */
+export class GrowingFileHash {
+  private readonly hash = createHash('sha256');
+  private offset = 0;
+  private fh: FileHandle | undefined;
+  private readonly buf = Buffer.allocUnsafe(4 << 20);
+
+  constructor(readonly path: string) {}
+
+  async catchUp(): Promise<void> {
+    this.fh ??= await open(this.path, 'r');
+    for (;;) {
+      const { bytesRead } = await this.fh.read(this.buf, 0, this.buf.length, this.offset);
+      if (bytesRead === 0) return;
+      this.hash.update(this.buf.subarray(0, bytesRead));
+      this.offset += bytesRead;
+    }
+  }
+
+  async finish(): Promise<FileEntry> {
+    await this.catchUp();
+    await this.fh?.close();
+    const size = (await stat(this.path)).size;
+    // Only appends were expected: a file that shrank or was rewritten is hashed again from scratch.
+    if (size !== this.offset) return { size, sha256: await sha256File(this.path) };
+    return { size, sha256: this.hash.digest('hex') };
+  }
+}
+
+/** Follows the pages images appearing in dir (CRIU dumping into it) and hashes them as they grow. */
+export class PagesFollower {
+  private readonly hashes = new Map<string, GrowingFileHash>();
+  private stopped = false;
+  private readonly loop: Promise<void>;
+
+  constructor(private readonly dir: string) {
+    this.loop = this.follow();
+  }
+
+  private async follow(): Promise<void> {
+    while (!this.stopped) {
+      for (const name of await readdir(this.dir).catch(() => [] as string[])) {
+        if (isPagesImage(name) && !this.hashes.has(name)) this.hashes.set(name, new GrowingFileHash(join(this.dir, name)));
+      }
+      for (const h of this.hashes.values()) await h.catchUp().catch(() => undefined);
+      await sleep(10);
+    }
+  }
+
+  private finished: Promise<Record<string, FileEntry>> | undefined;
+
+  /** Call once the writer is done: the entries of every pages image, hashed to the end. Idempotent. */
+  finish(): Promise<Record<string, FileEntry>> {
+    this.finished ??= (async () => {
+      this.stopped = true;
+      await this.loop;
+      const out: Record<string, FileEntry> = {};
+      for (const [name, h] of this.hashes) out[name] = await h.finish();
+      return out;
+    })();
+    return this.finished;
+  }
+}
+
+/** size and sha256 of every file but the manifest; `known` entries (already hashed) are taken as they are. */
+export async function checksumDir(dir: string, known: Record<string, FileEntry> = {}): Promise<Record<string, FileEntry>> {
   const { files } = await listImageFiles(dir);
   const names = files.filter((f) => f !== MANIFEST_NAME);
   const entries = await mapLimit(names, 4, async (name) => {
+    if (known[name]) return [name, known[name]] as const;
     const p = join(dir, name);
     const [st, sha256] = await Promise.all([stat(p), sha256File(p)]);
     return [name, { size: st.size, sha256 }] as const;
@@ -54,8 +128,11 @@ export async function checksumDir(dir: string): Promise<Record<string, FileEntry
   return Object.fromEntries(entries);
 }
 
-/** Refuses an image whose files differ in any way from what the manifest lists. */
-export async function verifyDir(dir: string, manifest: Manifest): Promise<void> {
+/**
+ * Refuses an image whose files differ in any way from what the manifest lists. The set of files and
+ * every size are always checked; `hash` picks the files whose contents are (all by default).
+ */
+export async function verifyDir(dir: string, manifest: Manifest, hash: (name: string) => boolean = () => true): Promise<void> {
   const { files, others } = await listImageFiles(dir);
   if (others.length > 0) {
     throw new CedanaError('IMAGE_INVALID', `image contains entries that are not regular files: ${others.slice(0, 5).join(', ')}`, {
@@ -87,7 +164,7 @@ export async function verifyDir(dir: string, manifest: Manifest): Promise<void> 
       bad.push(`${name} (size ${st.size}, expected ${want.size})`);
       return;
     }
-    if ((await sha256File(p)) !== want.sha256) bad.push(`${name} (checksum mismatch)`);
+    if (hash(name) && (await sha256File(p)) !== want.sha256) bad.push(`${name} (checksum mismatch)`);
   });
   if (bad.length > 0) {
     throw new CedanaError('IMAGE_INVALID', `image is corrupt or tampered with: ${bad.sort().slice(0, 5).join(', ')}`, {

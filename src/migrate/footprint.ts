@@ -18,7 +18,7 @@ export function pathsToCheck(raw: string[]): string[] {
   const out = new Set<string>();
   for (const p of raw) {
     if (!p.startsWith('/') || p.endsWith(' (deleted)')) continue;
-    if (/^\/(proc|sys|dev\/pts|memfd:)/.test(p)) continue;
+    if (/^\/(proc|sys|dev\/pts)(\/|$)|^\/memfd:/.test(p)) continue; // not /procedures, /system, …
     out.add(p);
   }
   return [...out].sort();

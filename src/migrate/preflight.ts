@@ -24,7 +24,8 @@ export interface TargetFacts {
 }
 
 export function preflightScript(fp: Footprint, targetDir: string): string {
-  const paths = fp.paths.filter((p) => !p.includes('\n'));
+  // Absolute paths only: no line of the heredoc can then equal its terminator (and end it early).
+  const paths = fp.paths.filter((p) => p.startsWith('/') && !p.includes('\n'));
   return [
     REMOTE_PATH,
     'echo "uid=$(id -u)"',
@@ -36,7 +37,7 @@ export function preflightScript(fp: Footprint, targetDir: string): string {
     'fi',
     'if command -v iptables >/dev/null 2>&1; then echo lock=iptables; elif command -v nft >/dev/null 2>&1; then echo lock=nftables; fi',
     `echo "disk=$(df -P -B1 ${shq(targetDir)} 2>/dev/null | awk 'NR==2 {print $4}')"`,
-    'echo "mem=$(awk \'/^MemAvailable:/ {print $2 * 1024}\' /proc/meminfo)"',
+    'echo "mem=$(awk \'/^MemAvailable:/ {printf "%.0f", $2 * 1024}\' /proc/meminfo)"', // print would give mawk's %.6g
     `for p in ${fp.pids.join(' ')}; do [ -e /proc/$p ] && echo "pidtaken=$p"; done`,
     "while IFS= read -r f; do [ -e \"$f\" ] || printf 'missing=%s\\n' \"$f\"; done <<'CEDANA_PATHS'",
     ...paths,

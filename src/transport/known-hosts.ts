@@ -76,7 +76,10 @@ export function keyType(blob: Buffer): string {
   return blob.subarray(4, 4 + n).toString('latin1');
 }
 
-/** ssh2's serverHostKey algorithm names for the key types already recorded for a host. */
+/** The host key algorithms ssh2 can verify (others, e.g. sk-* or ed448, make it throw when asked for). */
+const SSH2_HOST_KEY_ALGORITHMS = new Set(['ssh-ed25519', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa', 'ssh-dss']);
+
+/** ssh2's serverHostKey algorithm names for the key types already recorded for a host (those ssh2 supports). */
 export function hostKeyAlgorithms(known: KnownKey[]): string[] {
   const algs: string[] = [];
   for (const k of known) {
@@ -84,7 +87,7 @@ export function hostKeyAlgorithms(known: KnownKey[]): string[] {
     if (k.type === 'ssh-rsa') algs.push('rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa');
     else algs.push(k.type);
   }
-  return [...new Set(algs)];
+  return [...new Set(algs)].filter((a) => SSH2_HOST_KEY_ALGORITHMS.has(a));
 }
 
 export async function readKnownHosts(files: string[]): Promise<string> {

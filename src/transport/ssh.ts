@@ -94,7 +94,9 @@ export class SshSession {
       keepaliveCountMax: 3,
       algorithms: {
         cipher: CIPHERS as ConnectConfig['algorithms'] extends infer A ? A extends { cipher?: infer C } ? C : never : never,
-        ...(known.length > 0 ? { serverHostKey: hostKeyAlgorithms(known) as never } : {}),
+        // The recorded key types first, as OpenSSH orders them; the others stay allowed, so that a key of a
+        // type not recorded is judged (a mismatch) instead of failing the handshake as "unreachable".
+        ...(known.length > 0 ? { serverHostKey: { remove: hostKeyAlgorithms(known), prepend: hostKeyAlgorithms(known) } as never } : {}),
       },
       hostVerifier: (key: Buffer) => {
         presented = key;

@@ -238,6 +238,11 @@ describe('hostKeyAlgorithms', () => {
     ]);
   });
 
+  it('leaves out key types ssh2 cannot verify (it would throw on them)', () => {
+    expect(hostKeyAlgorithms([k('sk-ssh-ed25519@openssh.com'), k('ssh-ed448'), k('ecdsa-sha2-nistp384')])).toEqual(['ecdsa-sha2-nistp384']);
+    expect(hostKeyAlgorithms([k('sk-ecdsa-sha2-nistp256@openssh.com')])).toEqual([]);
+  });
+
   it('leaves revoked keys out', () => {
     expect(hostKeyAlgorithms([k('ssh-rsa', true), k('ssh-ed25519')])).toEqual(['ssh-ed25519']);
     expect(hostKeyAlgorithms([])).toEqual([]);

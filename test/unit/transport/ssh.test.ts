@@ -56,19 +56,27 @@ function runExec(conn: Connection, command: string, ch: ServerChannel): void {
 interface TestServer {
   port: number;
   connections: Connection[];
+  /** Resolves when the server side of each connection has closed. */
+  closed: Promise<void>[];
   execs: string[];
   forwards: { destIP: string; destPort: number }[];
+  /** The host key algorithm each connection negotiated. */
+  hostKeyAlgos: string[];
   close(): Promise<void>;
 }
 
-async function startServer(opts: { hostKey?: string; authorized?: string; refuseForward?: boolean } = {}): Promise<TestServer> {
+async function startServer(opts: { hostKeys?: string[]; authorized?: string; refuseForward?: boolean } = {}): Promise<TestServer> {
   const authorized = parsed(opts.authorized ?? CLIENT_KEY.public);
   const connections: Connection[] = [];
+  const closed: Promise<void>[] = [];
   const execs: string[] = [];
   const forwards: { destIP: string; destPort: number }[] = [];
+  const hostKeyAlgos: string[] = [];
   const sockets: Socket[] = [];
-  const server = new Server({ hostKeys: [opts.hostKey ?? HOST_KEY.private] }, (conn) => {
+  const server = new Server({ hostKeys: opts.hostKeys ?? [HOST_KEY.private] }, (conn) => {
     connections.push(conn);
+    closed.push(new Promise<void>((resolve) => conn.on('close', () => resolve())));
+    conn.on('handshake', (n) => hostKeyAlgos.push(n.serverHostKey));
     conn.on('error', () => undefined);
     conn.on('authentication', (ctx) => {
       if (ctx.method !== 'publickey' || ctx.username !== 'root') return ctx.reject(['publickey']);
@@ -103,8 +111,10 @@ async function startServer(opts: { hostKey?: string; authorized?: string; refuse
   return {
     port,
     connections,
+    closed,
     execs,
     forwards,
+    hostKeyAlgos,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -132,7 +142,6 @@ async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
     await p;
   } catch (e) {
-    if (process.env.DBG) console.log((e as Error).message);
     expect(e).toBeInstanceOf(CedanaError);
     return (e as CedanaError).code;
   }
@@ -263,6 +272,35 @@ describe('SshSession', () => {
     expect(await readFile(knownHosts, 'utf8')).toBe(line);
   });
 
+  it('a host also recorded under a key type ssh2 cannot verify (sk-ssh-ed25519) still connects by its ed25519 key', async () => {
+    await writeFile(knownHosts, `[127.0.0.1]:${srv!.port} sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA==\n${knownLine(srv!.port, HOST_KEY.public)}`);
+    session = await SshSession.connect('target', { sshDir });
+    expect(session.isOpen).toBe(true);
+  });
+
+  it('a host recorded only under a key type ssh2 cannot verify is a HOST_KEY_MISMATCH', async () => {
+    await writeFile(knownHosts, `[127.0.0.1]:${srv!.port} sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA==\n`);
+    expect(await codeOf(SshSession.connect('target', { sshDir, acceptNewHostKey: true }))).toBe('HOST_KEY_MISMATCH');
+  });
+
+  it('prefers the recorded key type when the server has several host keys', async () => {
+    await srv!.close();
+    srv = await startServer({ hostKeys: [HOST_KEY.private, ECDSA_KEY.private] });
+    await writeConfig(srv.port);
+    await writeFile(knownHosts, knownLine(srv.port, ECDSA_KEY.public));
+    session = await SshSession.connect('target', { sshDir });
+    expect(session.isOpen).toBe(true);
+    expect(srv.hostKeyAlgos).toEqual(['ecdsa-sha2-nistp256']);
+  });
+
+  it('without a recorded key, records the key of the type negotiated by default (ed25519 first)', async () => {
+    await srv!.close();
+    srv = await startServer({ hostKeys: [ECDSA_KEY.private, HOST_KEY.private] });
+    await writeConfig(srv.port);
+    session = await SshSession.connect('target', { sshDir, acceptNewHostKey: true });
+    expect(await readFile(knownHosts, 'utf8')).toBe(knownLine(srv.port, HOST_KEY.public));
+  });
+
   it('SSH_AUTH_FAILED when the server rejects the key', async () => {
     await writeFile(knownHosts, knownLine(srv!.port, HOST_KEY.public));
     await writeConfig(srv!.port, join(sshDir, 'id_stranger'));
@@ -371,7 +409,7 @@ describe('SshSession', () => {
 
     it('an exec in flight rejects with CONNECTION_LOST when the connection drops', async () => {
       const pending = session!.exec('hang');
-      await new Promise((r) => setTimeout(r, 50));
+      while (srv!.execs.length === 0) await new Promise((r) => setTimeout(r, 5));
       expect(srv!.execs).toEqual(['hang']);
       srv!.connections[0]!.end();
       expect(await codeOf(pending)).toBe('CONNECTION_LOST');
@@ -382,9 +420,8 @@ describe('SshSession', () => {
     });
 
     it('close() ends the connection on the server side too', async () => {
-      const ended = new Promise<void>((resolve) => srv!.connections[0]!.on('close', () => resolve()));
       session!.close();
-      await ended;
+      await srv!.closed[0];
       expect(await codeOf(session!.lost())).toBe('CONNECTION_LOST');
     });
   });
@@ -398,12 +435,18 @@ describe('SshSession', () => {
     expect(await session.exec('echo 7', 'via jump')).toMatchObject({ code: 7, stdout: 'via jump' });
   });
 
-  it('ProxyJump: a refused forward is SSH_FAILED', async () => {
+  it('ProxyJump: a jump host that refuses the forward is SSH_UNREACHABLE, and its connection is closed', async () => {
     await srv!.close();
     srv = await startServer({ refuseForward: true });
     await writeConfig(srv.port);
     await writeFile(knownHosts, knownLine(srv.port, HOST_KEY.public));
-    expect(await codeOf(SshSession.connect('jumped', { sshDir }))).toBe('SSH_FAILED');
+    const err = await SshSession.connect('jumped', { sshDir }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CedanaError);
+    expect((err as CedanaError).code).toBe('SSH_UNREACHABLE');
+    expect((err as CedanaError).message).toContain(`the jump host target cannot reach 127.0.0.1:${srv.port}`);
+    expect(srv.forwards).toHaveLength(1);
+    expect(srv.connections).toHaveLength(1);
+    await srv.closed[0]; // the jump session was closed, not left behind
   });
 });
 

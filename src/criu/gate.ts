@@ -1,12 +1,16 @@
 /**
- * The post-dump gate: a CRIU action script that holds the dumped tree frozen until cedana decides.
+ * A gate: a CRIU action script that holds CRIU at one of its action points until cedana decides.
  *
- * CRIU runs action scripts at fixed points; at `post-dump` every page is written and the tasks are
- * still frozen. If the script exits non-zero there, CRIU resumes the tasks instead of killing them.
- * cedana uses that point as the commit point of a transaction: it finishes the image (manifest,
- * checksums, archive or stream) while the tree is frozen, then writes `commit` (CRIU ends the tree, or
- * resumes it with --leave-running) or `abort` (CRIU resumes it). If cedana itself dies, the script
- * sees its PID gone and aborts: the process is never lost.
+ * `post-dump`: every page is written and the tasks are still frozen. If the script exits non-zero
+ * there, CRIU resumes the tasks instead of killing them. cedana uses that point as the commit point
+ * of a transaction: it finishes the image (manifest, checksums, archive or stream, or the restore on
+ * a target) while the tree is frozen, then writes `commit` (CRIU ends the tree, or resumes it with
+ * --leave-running) or `abort` (CRIU resumes it). If cedana itself dies, the script sees its PID gone
+ * and aborts: the process is never lost.
+ *
+ * `post-restore`: the tree is restored but has not run a single instruction yet; a non-zero exit
+ * makes CRIU kill it. cedana verifies the large pages images while CRIU restores and lets the tree
+ * run only if they check out.
  */
 import { access, chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,20 +18,22 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 export type GateEvent = 'ready' | 'exited';
 
-export class DumpGate {
+export type GateAction = 'post-dump' | 'post-restore';
+
+export class ActionGate {
   readonly script: string;
   private decided = false;
 
-  private constructor(readonly dir: string) {
-    this.script = join(dir, 'post-dump-gate.sh');
+  private constructor(readonly dir: string, action: GateAction) {
+    this.script = join(dir, `${action}-gate.sh`);
   }
 
-  static async create(dir: string, ownerPid = process.pid): Promise<DumpGate> {
+  static async create(dir: string, action: GateAction, ownerPid = process.pid): Promise<ActionGate> {
     if (/['\n]/.test(dir)) throw new Error(`gate directory has an unsafe name: ${dir}`);
-    const gate = new DumpGate(dir);
+    const gate = new ActionGate(dir, action);
     const text = `#!/bin/sh
-# cedana post-dump gate (see src/dump/gate.ts)
-[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+# cedana ${action} gate (see src/criu/gate.ts)
+[ "$CRTOOLS_SCRIPT_ACTION" = ${action} ] || exit 0
 g='${dir}'
 : > "$g/ready"
 while :; do
@@ -42,7 +48,7 @@ done
     return gate;
   }
 
-  /** Resolves 'ready' when CRIU reached post-dump, or 'exited' if `exited` settles first. */
+  /** Resolves 'ready' when CRIU reached the action, or 'exited' if `exited` settles first. */
   async waitReady(exited: Promise<unknown>): Promise<GateEvent> {
     let over = false;
     const onExit = exited.then(

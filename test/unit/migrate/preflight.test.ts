@@ -1,0 +1,395 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { arch as osArch, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CedanaError } from '../../../src/errors.js';
+import { parseVersionText, type Version } from '../../../src/criu/version.js';
+import type { Footprint } from '../../../src/migrate/footprint.js';
+import { diskNeeded, judgePreflight, parsePreflight, preflightScript, REMOTE_PATH, type Needs, type TargetFacts } from '../../../src/migrate/preflight.js';
+
+const MiB = 1024 * 1024;
+const v = (text: string): Version => parseVersionText(text)!;
+
+/** Runs a script the way the target does: `sh -s` with the script on stdin. */
+function runSh(script: string): { stdout: string; stderr: string; status: number | null } {
+  const r = spawnSync('sh', ['-s'], { input: script, encoding: 'utf8', timeout: 20_000 });
+  return { stdout: r.stdout, stderr: r.stderr, status: r.status };
+}
+
+describe('preflightScript', () => {
+  const fp: Footprint = { pids: [4242, 17], rssBytes: 10 * MiB, paths: ['/srv/app/data.db', '/usr/bin/python3'] };
+
+  it('starts with the PATH line and ends with exit 0', () => {
+    const s = preflightScript(fp, '/var/tmp');
+    const lines = s.split('\n');
+    expect(lines[0]).toBe(REMOTE_PATH);
+    expect(lines.at(-1)).toBe('exit 0');
+  });
+
+  it('contains every pid and every path, one path per line inside the heredoc', () => {
+    const s = preflightScript(fp, '/var/tmp');
+    expect(s).toContain('for p in 4242 17; do');
+    const lines = s.split('\n');
+    const start = lines.findIndex((l) => l.endsWith("<<'CEDANA_PATHS'"));
+    const end = lines.lastIndexOf('CEDANA_PATHS');
+    expect(start).toBeGreaterThan(0);
+    expect(lines.slice(start + 1, end)).toEqual(['/srv/app/data.db', '/usr/bin/python3']);
+  });
+
+  it('quotes the target directory for the shell', () => {
+    expect(preflightScript(fp, "/tmp/it's here")).toContain(`df -P -B1 '/tmp/it'\\''s here'`);
+  });
+
+  it('leaves out a path with a newline (it would split into two lines)', () => {
+    const s = preflightScript({ ...fp, paths: ['/ok', '/bad\nname', '/also-ok'] }, '/tmp');
+    expect(s).toContain('\n/ok\n/also-ok\nCEDANA_PATHS\n');
+    expect(s).not.toContain('/bad');
+  });
+
+  it('a path equal to the heredoc terminator cannot end the heredoc early', () => {
+    const s = preflightScript({ ...fp, paths: ['CEDANA_PATHS', '/ok', '/CEDANA_PATHS'] }, '/tmp');
+    const lines = s.split('\n');
+    expect(lines.filter((l) => l === 'CEDANA_PATHS')).toHaveLength(1);
+    expect(lines.at(-2)).toBe('CEDANA_PATHS');
+    expect(lines).toContain('/CEDANA_PATHS');
+  });
+
+  it('leaves out relative paths (footprint paths are absolute)', () => {
+    const s = preflightScript({ ...fp, paths: ['relative/file', 'socket:[123]', '/abs'] }, '/tmp');
+    expect(s).not.toContain('relative/file');
+    expect(s).not.toContain('socket:');
+    expect(s).toContain('\n/abs\nCEDANA_PATHS\n');
+  });
+
+  it('no path can inject a command after the heredoc (run with sh)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cedana-pf-'));
+    try {
+      const marker = join(dir, 'pwned');
+      const evil = ['CEDANA_PATHS', `touch ${marker}`, `/x\`touch ${marker}\``, `/$(touch ${marker})`, "/'quoted'", '/back\\slash'];
+      const r = runSh(preflightScript({ pids: [], rssBytes: 0, paths: evil }, dir));
+      expect(r.status).toBe(0);
+      const facts = parsePreflight(r.stdout);
+      // Only absolute paths are checked, literally: none of them exists, nothing was run.
+      expect(facts.missingPaths).toEqual([`/x\`touch ${marker}\``, `/$(touch ${marker})`, "/'quoted'", '/back\\slash']);
+      expect(spawnSync('test', ['-e', marker]).status).not.toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('with no pids and no paths it is still valid sh', () => {
+    const r = runSh(preflightScript({ pids: [], rssBytes: 0, paths: [] }, tmpdir()));
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe('');
+    const facts = parsePreflight(r.stdout);
+    expect(facts.pidsTaken).toEqual([]);
+    expect(facts.missingPaths).toEqual([]);
+  });
+});
+
+describe('preflightScript run locally with sh -s (what the target runs)', () => {
+  let dir: string;
+  let facts: TargetFacts;
+  let raw: string;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cedana-pf-'));
+    await writeFile(join(dir, 'exists with space.txt'), 'x');
+    const fp: Footprint = {
+      pids: [process.pid, 2 ** 22 + 1], // the second is above any pid_max: free
+      rssBytes: 1,
+      paths: [join(dir, 'exists with space.txt'), join(dir, 'absent'), '/proc/self'],
+    };
+    const r = runSh(preflightScript(fp, dir));
+    expect(r.status).toBe(0);
+    raw = r.stdout;
+    facts = parsePreflight(raw);
+  });
+
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports uid 0 (these tests run as root) and this machine', () => {
+    expect(facts.uid).toBe(process.getuid!());
+    expect(facts.uid).toBe(0);
+    expect(facts.arch).toBe(spawnSync('uname', ['-m'], { encoding: 'utf8' }).stdout.trim());
+    expect(facts.arch).toBe(osArch() === 'x64' ? 'x86_64' : facts.arch);
+  });
+
+  it('lists only the absent path as missing', () => {
+    expect(facts.missingPaths).toEqual([join(dir, 'absent')]);
+  });
+
+  it('finds this process’s pid taken, and not the free one', () => {
+    expect(facts.pidsTaken).toEqual([process.pid]);
+  });
+
+  it('measures free disk and available memory', () => {
+    expect(facts.diskAvailBytes).toBeGreaterThan(0);
+    expect(facts.memAvailBytes).toBeGreaterThan(0);
+    // Exact bytes, not awk's %.6g ("2.41625e+10"): a whole number of KiB, close to MemAvailable now.
+    expect(facts.memAvailBytes % 1024).toBe(0);
+    const now = Number(/^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024;
+    expect(Math.abs(facts.memAvailBytes - now) / now).toBeLessThan(0.2);
+  });
+
+  it('reports CRIU as this host sees it', () => {
+    const criu = spawnSync('sh', ['-c', 'command -v criu'], { encoding: 'utf8' });
+    if (criu.status !== 0) {
+      expect(facts.criuVersion).toBeUndefined();
+      expect(facts.criuCheck).toBeUndefined();
+      return;
+    }
+    const out = spawnSync('criu', ['--version'], { encoding: 'utf8' }).stdout;
+    expect(facts.criuVersion).toBe(/^Version: *(.*)$/m.exec(out)?.[1]);
+    expect(typeof facts.criuCheck).toBe('number');
+    expect(facts.criuCheckOutput.length).toBeGreaterThan(0);
+    expect(facts.criuCheckOutput.length).toBeLessThanOrEqual(5);
+  });
+
+  it('reports a network lock backend when iptables or nft is there', () => {
+    const has = (tool: string): boolean => spawnSync('sh', ['-c', `${REMOTE_PATH}; command -v ${tool}`]).status === 0;
+    expect(facts.networkLock).toBe(has('iptables') ? 'iptables' : has('nft') ? 'nftables' : undefined);
+  });
+
+  it('prints nothing but key=value lines', () => {
+    for (const line of raw.split('\n').filter(Boolean)) expect(line).toMatch(/^[a-z]+=/);
+  });
+});
+
+describe('parsePreflight', () => {
+  it('reads every key', () => {
+    const out = [
+      'uid=0',
+      'arch=x86_64',
+      'criu=4.2.1',
+      'criucheck=0',
+      'criucheckout=Looks good.',
+      'lock=nftables',
+      'disk=1073741824',
+      'mem=2147483648',
+      'pidtaken=100',
+      'missing=/srv/a',
+    ].join('\n');
+    expect(parsePreflight(out)).toEqual({
+      uid: 0,
+      arch: 'x86_64',
+      criuVersion: '4.2.1',
+      criuCheck: 0,
+      criuCheckOutput: ['Looks good.'],
+      networkLock: 'nftables',
+      diskAvailBytes: 1073741824,
+      memAvailBytes: 2147483648,
+      pidsTaken: [100],
+      missingPaths: ['/srv/a'],
+    });
+  });
+
+  it('has safe defaults for empty output (not root, nothing known)', () => {
+    expect(parsePreflight('')).toEqual({ uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [] });
+  });
+
+  it('collects repeated pidtaken, missing and criucheckout lines in order', () => {
+    const f = parsePreflight('pidtaken=7\nmissing=/a\npidtaken=9\nmissing=/b c\ncriucheckout=one\ncriucheckout=two\n');
+    expect(f.pidsTaken).toEqual([7, 9]);
+    expect(f.missingPaths).toEqual(['/a', '/b c']);
+    expect(f.criuCheckOutput).toEqual(['one', 'two']);
+  });
+
+  it('keeps everything after the first = in a value', () => {
+    const f = parsePreflight('missing=/odd=name\ncriucheckout=Error (a=b): x\n');
+    expect(f.missingPaths).toEqual(['/odd=name']);
+    expect(f.criuCheckOutput).toEqual(['Error (a=b): x']);
+  });
+
+  it('ignores garbage, unknown keys, banners and unknown lock names', () => {
+    const f = parsePreflight('Welcome to host!\n*** motd ***\nfoo=bar\nuid=0\nlock=pf\n=x\n\n');
+    expect(f.uid).toBe(0);
+    expect(f.networkLock).toBeUndefined();
+    expect(f).toMatchObject({ arch: '', pidsTaken: [], missingPaths: [] });
+  });
+
+  it('an empty criu= (criu present, version unreadable) leaves the version unset', () => {
+    expect(parsePreflight('criu=\n').criuVersion).toBeUndefined();
+  });
+
+  it('empty or non-numeric disk and mem read as 0', () => {
+    const f = parsePreflight('disk=\nmem=abc\n');
+    expect(f.diskAvailBytes).toBe(0);
+    expect(f.memAvailBytes).toBe(0);
+  });
+
+  it('the last value of a single-valued key wins', () => {
+    expect(parsePreflight('uid=1000\nuid=0\n').uid).toBe(0);
+  });
+});
+
+describe('diskNeeded', () => {
+  it('is the RSS plus 5 % plus 64 MiB, rounded up', () => {
+    expect(diskNeeded(0)).toBe(64 * MiB);
+    expect(diskNeeded(100 * MiB)).toBe(105 * MiB + 64 * MiB);
+    expect(diskNeeded(1)).toBe(2 + 64 * MiB);
+    expect(Number.isInteger(diskNeeded(12345))).toBe(true);
+  });
+});
+
+describe('judgePreflight', () => {
+  const good: TargetFacts = {
+    uid: 0,
+    arch: 'x86_64',
+    criuVersion: '4.2.1',
+    criuCheck: 0,
+    criuCheckOutput: ['Looks good.'],
+    networkLock: 'iptables',
+    diskAvailBytes: 10 * 1024 * MiB,
+    memAvailBytes: 8 * 1024 * MiB,
+    pidsTaken: [],
+    missingPaths: [],
+  };
+  const needs: Needs = {
+    target: 'root@b',
+    arch: 'x86_64',
+    localCriu: v('4.2'),
+    footprint: { pids: [100, 101], rssBytes: 512 * MiB, paths: ['/srv/x'] },
+    tcpEstablished: false,
+  };
+
+  function fail(t: Partial<TargetFacts>, n: Partial<Needs> = {}): CedanaError {
+    try {
+      judgePreflight({ ...good, ...t }, { ...needs, ...n });
+    } catch (e) {
+      expect(e).toBeInstanceOf(CedanaError);
+      return e as CedanaError;
+    }
+    throw new Error('judgePreflight accepted');
+  }
+
+  it('accepts a target that has everything', () => {
+    expect(() => judgePreflight(good, needs)).not.toThrow();
+    expect(() => judgePreflight({ ...good, criuVersion: '4.3' }, { ...needs, localCriu: v('4.2.1') })).not.toThrow();
+    expect(() => judgePreflight({ ...good, networkLock: 'nftables' }, { ...needs, tcpEstablished: true })).not.toThrow();
+  });
+
+  it('TARGET_NOT_ROOT', () => {
+    const e = fail({ uid: 1000 });
+    expect(e.code).toBe('TARGET_NOT_ROOT');
+    expect(e.message).toContain('uid 1000');
+    expect(e.message).toContain('root@b');
+    expect(fail({ uid: -1 }).code).toBe('TARGET_NOT_ROOT'); // nothing reported at all
+  });
+
+  it('CPU_INCOMPATIBLE for another architecture', () => {
+    const e = fail({ arch: 'aarch64' });
+    expect(e.code).toBe('CPU_INCOMPATIBLE');
+    expect(e.message).toBe('root@b is aarch64, this host is x86_64');
+  });
+
+  it('TARGET_CRIU_MISSING when criu is absent', () => {
+    expect(fail({ criuVersion: undefined, criuCheck: undefined }).code).toBe('TARGET_CRIU_MISSING');
+    expect(fail({ criuVersion: 'garbage' }).code).toBe('TARGET_CRIU_MISSING');
+  });
+
+  it('TARGET_CRIU_MISSING when criu is older than 4.2', () => {
+    const e = fail({ criuVersion: '4.1.1' });
+    expect(e.code).toBe('TARGET_CRIU_MISSING');
+    expect(e.message).toContain('criu 4.1.1 on root@b is too old');
+    expect(e.details).toEqual({ targetCriu: '4.1.1' });
+    expect(fail({ criuVersion: '3.19' }).code).toBe('TARGET_CRIU_MISSING');
+  });
+
+  it('TARGET_CRIU_MISSING when criu is older than this host’s', () => {
+    const e = fail({ criuVersion: '4.2' }, { localCriu: v('4.2.1') });
+    expect(e.code).toBe('TARGET_CRIU_MISSING');
+    expect(e.message).toContain("this host's 4.2.1");
+    expect(() => judgePreflight({ ...good, criuVersion: '4.2.1' }, { ...needs, localCriu: v('4.2.1') })).not.toThrow();
+  });
+
+  it('TARGET_UNSUPPORTED when criu check fails, quoting its output', () => {
+    const e = fail({ criuCheck: 1, criuCheckOutput: ['Error (cr-check.c:1): no userfaultfd', 'Looks bad.'] });
+    expect(e.code).toBe('TARGET_UNSUPPORTED');
+    expect(e.message).toContain('no userfaultfd | Looks bad.');
+    expect(fail({ criuCheck: undefined }).code).toBe('TARGET_UNSUPPORTED');
+  });
+
+  it('TARGET_UNSUPPORTED when established TCP needs a lock backend and there is none', () => {
+    const e = fail({ networkLock: undefined }, { tcpEstablished: true });
+    expect(e.code).toBe('TARGET_UNSUPPORTED');
+    expect(e.message).toContain('neither iptables nor nft');
+    expect(() => judgePreflight({ ...good, networkLock: undefined }, needs)).not.toThrow();
+  });
+
+  it('TARGET_NO_SPACE below diskNeeded, with the numbers', () => {
+    const need = diskNeeded(needs.footprint.rssBytes);
+    const e = fail({ diskAvailBytes: need - 1 });
+    expect(e.code).toBe('TARGET_NO_SPACE');
+    expect(e.details).toEqual({ availableBytes: need - 1, neededBytes: need });
+    expect(() => judgePreflight({ ...good, diskAvailBytes: need }, needs)).not.toThrow();
+  });
+
+  it('TARGET_NO_MEMORY below the RSS, with the numbers', () => {
+    const e = fail({ memAvailBytes: 100 * MiB });
+    expect(e.code).toBe('TARGET_NO_MEMORY');
+    expect(e.message).toContain('100 MiB of memory available, the tree uses 512 MiB');
+    expect(e.details).toEqual({ availableBytes: 100 * MiB, neededBytes: 512 * MiB });
+    expect(() => judgePreflight({ ...good, memAvailBytes: 512 * MiB }, needs)).not.toThrow();
+  });
+
+  it('TARGET_PID_IN_USE with the pids', () => {
+    const one = fail({ pidsTaken: [101] });
+    expect(one.code).toBe('TARGET_PID_IN_USE');
+    expect(one.message).toContain('PID 101 needed by the tree is taken');
+    expect(one.details).toEqual({ pids: [101] });
+    const two = fail({ pidsTaken: [100, 101] });
+    expect(two.message).toContain('PID 100, 101 needed by the tree are taken');
+  });
+
+  it('FILES_MISSING_ON_TARGET with all the paths in details and 10 in the message', () => {
+    const missing = Array.from({ length: 12 }, (_, i) => `/srv/f${i}`);
+    const e = fail({ missingPaths: missing });
+    expect(e.code).toBe('FILES_MISSING_ON_TARGET');
+    expect(e.details).toEqual({ missing });
+    expect(e.message).toContain('/srv/f9 and 2 more');
+    expect(e.message).not.toContain('/srv/f10');
+    expect(fail({ missingPaths: ['/a'] }).message).toMatch(/: \/a$/);
+  });
+
+  it('reports the first failure, in a fixed order', () => {
+    const all: Partial<TargetFacts> = {
+      uid: 1000,
+      arch: 'aarch64',
+      criuVersion: '4.0',
+      criuCheck: 1,
+      networkLock: undefined,
+      diskAvailBytes: 0,
+      memAvailBytes: 0,
+      pidsTaken: [100],
+      missingPaths: ['/x'],
+    };
+    const order: [string, Partial<TargetFacts>][] = [
+      ['TARGET_NOT_ROOT', { uid: 0 }],
+      ['CPU_INCOMPATIBLE', { arch: 'x86_64' }],
+      ['TARGET_CRIU_MISSING', { criuVersion: '4.2' }],
+      ['TARGET_UNSUPPORTED', { criuCheck: 0 }],
+      ['TARGET_UNSUPPORTED', { networkLock: 'iptables' }],
+      ['TARGET_NO_SPACE', { diskAvailBytes: 1e12 }],
+      ['TARGET_NO_MEMORY', { memAvailBytes: 1e12 }],
+      ['TARGET_PID_IN_USE', { pidsTaken: [] }],
+      ['FILES_MISSING_ON_TARGET', { missingPaths: [] }],
+    ];
+    let facts: Partial<TargetFacts> = all;
+    for (const [code, fix] of order) {
+      expect(fail(facts, { tcpEstablished: true }).code).toBe(code);
+      facts = { ...facts, ...fix };
+    }
+    expect(() => judgePreflight({ ...good, ...facts }, { ...needs, tcpEstablished: true })).not.toThrow();
+  });
+
+  it('every failure has a hint', () => {
+    for (const t of [{ uid: 1 }, { arch: 'x' }, { criuVersion: undefined }, { criuCheck: 2 }, { diskAvailBytes: 0 }, { memAvailBytes: 0 }, { pidsTaken: [1] }, { missingPaths: ['/'] }]) {
+      expect(fail(t).hint).toBeTruthy();
+    }
+  });
+});

@@ -4,6 +4,7 @@
  * emit them with --json (migrate); silence everywhere else, so stdout stays clean for scripts.
  */
 import type { Ora } from 'ora';
+import { colourWanted } from './style.js';
 
 export interface Progress {
   phase: string;
@@ -46,10 +47,24 @@ export async function chooseReporter(opts: { json: boolean; events?: boolean; en
   }
   const ci = env.CI !== undefined && env.CI !== '' && env.CI !== 'false' && env.CI !== '0';
   if (opts.json || ci || !stream.isTTY) return silentReporter;
+  if (!stream.columns) {
+    // A terminal that reports no width (a bare pty) breaks a live display: print phases as lines.
+    let last = 0;
+    const line = (text: string): void => void stream.write(`${text}\n`);
+    return {
+      phase: line,
+      progress: (p) => {
+        if (Date.now() - last < 1000) return;
+        last = Date.now();
+        line(describeProgress(p));
+      },
+      stop: () => undefined,
+    };
+  }
   const { default: ora } = await import('ora');
   let spinner: Ora | undefined;
   const show = (text: string): void => {
-    if (!spinner) spinner = ora({ text, stream, discardStdin: false }).start();
+    if (!spinner) spinner = ora({ text, stream, discardStdin: false, color: colourWanted(stream, env) ? 'cyan' : false }).start();
     else spinner.text = text;
   };
   return {

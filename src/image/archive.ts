@@ -105,6 +105,19 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
 
   let failure: Error | undefined;
   const writes: Promise<void>[] = [];
+  const fileNames = new Set<string>();
+  const dirNames = new Set<string>();
+  /** Records p as a file or directory of the archive; says why it cannot be, if it cannot. */
+  const claim = (p: string, isDir: boolean): string | undefined => {
+    const parts = p.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      if (fileNames.has(parts.slice(0, i).join('/'))) return 'a file of the archive is used as a directory';
+    }
+    if (fileNames.has(p) || (!isDir && dirNames.has(p))) return 'duplicate entry';
+    for (let i = 1; i < parts.length; i++) dirNames.add(parts.slice(0, i).join('/'));
+    (isDir ? dirNames : fileNames).add(p);
+    return undefined;
+  };
   let entries = 0;
   const parser = new Parser({
     strict: true,
@@ -126,13 +139,17 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
       if (p === '' && entry.type === 'Directory') return entry.resume();
       if (entry.path.startsWith('/')) return fail(unsafe(entry.path, 'absolute path'));
       if (!isSafeRelativePath(p)) return fail(unsafe(entry.path, "path escapes the image directory ('..' or empty component)"));
+      if (entry.type !== 'Directory' && !FILE_TYPES.has(entry.type)) {
+        const to = entry.linkpath ? ` → ${entry.linkpath}` : '';
+        return fail(unsafe(`${entry.path}${to}`, `${entry.type} entries are not allowed (only regular files)`));
+      }
+      // Names are claimed here, in archive order, before any file system call: a conflict is found
+      // the same way whatever order the asynchronous writes would have happened in.
+      const conflict = claim(p, entry.type === 'Directory');
+      if (conflict) return fail(unsafe(entry.path, conflict));
       if (entry.type === 'Directory') {
         writes.push(mkdir(join(dest, p), { recursive: true, mode: 0o700 }).then(() => void entry.resume(), failFs));
         return;
-      }
-      if (!FILE_TYPES.has(entry.type)) {
-        const to = entry.linkpath ? ` → ${entry.linkpath}` : '';
-        return fail(unsafe(`${entry.path}${to}`, `${entry.type} entries are not allowed (only regular files)`));
       }
       const target = join(dest, p);
       const write = (async () => {

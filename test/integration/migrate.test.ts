@@ -6,7 +6,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { execa } from 'execa';
+import { BIN, cedana, cedanaOk } from '../helpers/cedana.js';
 import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 
@@ -44,6 +45,23 @@ describe('migrate', () => {
     expect(await waitFor('checksum on the target', () => readText(join(dir, 'sha-1')), 30_000)).toBe(sha0);
     // Nothing left behind in the target's work area.
     expect((await bed.onHost(host, 'ls /var/tmp')).stdout.trim()).toBe('');
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
+  it('shows its progress on a terminal: phase, bytes, MB/s, ETA', async () => {
+    const dir = await mkdtemp(join(shared, 'tty-'));
+    const pid = owned.python('memhog.py', ['256', dir]);
+    await waitFor('memory filled', () => readText(join(dir, 'sha0')), 60_000);
+    const host = bed.hosts[0]!;
+    // script(1) gives cedana a pseudo-terminal (given a size, as a terminal has); CI must be absent.
+    const { CI: _ci, ...env }: Record<string, string | undefined> = { ...process.env, ...bed.env, NO_COLOR: '1' };
+    const cmd = `stty cols 120 rows 40; node ${BIN} migrate ${pid} --to ${host.name}`;
+    const r = await execa('script', ['-qfec', cmd, '/dev/null'], { env, extendEnv: false, reject: false, timeout: 60_000 });
+    const screen = String(r.stdout);
+    expect(r.exitCode, screen).toBe(0);
+    expect(screen).toMatch(/memory: \d+ MiB of ~\d+ MiB, \d+ MB\/s(, ETA \d+\.\d s)?/);
+    expect(screen).toMatch(/preflight on cedana-h11/);
+    expect(screen).toMatch(new RegExp(`migrated PID ${pid} \\(1 process\\) to ${host.name}`));
     await bed.onHost(host, `kill -9 ${pid}`);
   });
 

@@ -12,7 +12,7 @@
 import { execa } from 'execa';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildDumpArgs, type TcpMode } from '../criu/options.js';
+import { buildDumpArgs, restoreFlagArgs, type TcpMode } from '../criu/options.js';
 import { decideDumpOptions } from '../criu/options.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
@@ -152,12 +152,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
       const names = (await listImageFiles(images)).files;
       const ordered = [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)];
-      const flags: string[] = [];
-      if (decisions.shellJob) flags.push('--shell-job');
-      if (decisions.tcpEstablished) flags.push('--tcp-established');
-      if (decisions.tcpClose) flags.push('--tcp-close');
-      if (decisions.fileLocks) flags.push('--file-locks');
-      for (const ino of decisions.externalUnix) flags.push('--external', `unix[${ino}]`);
+      const flags = restoreFlagArgs({ ...decisions, externalUnix: decisions.externalUnix.length > 0 });
       report.phase(`sending the metadata and restoring on ${args.to}`);
       // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
       const restored = await sendAndRestore(session, remote, (dest) => packImage(images, ordered, dest as never, 'none', true), flags, target.networkLock ?? 'iptables');

@@ -68,10 +68,9 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     const gate = await ActionGate.create(work, 'post-restore');
     const o = manifest.options;
     const criuArgs = buildRestoreArgs(
-      { shellJob: o.shellJob, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose || args.tcpClose, fileLocks: o.fileLocks },
+      { shellJob: o.shellJob, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose || args.tcpClose, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 },
       { imagesDir: dir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile, actionScript: gate.script },
     );
-    for (const ino of o.externalUnix) criuArgs.push('--external', `unix[${ino}]`);
     const t = performance.now();
     const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
     const pagesBad = verifyPages(dir, manifest).then(

@@ -99,10 +99,18 @@ export interface RestoreFlags {
   tcpEstablished: boolean;
   tcpClose: boolean;
   fileLocks: boolean;
+  /** The tree had unix sockets connected outside it: CRIU reconnects them by path (--ext-unix-sk). */
+  externalUnix: boolean;
+}
+
+/** The CRIU restore flags an image needs, here or on a migration target. */
+export function restoreFlagArgs(flags: RestoreFlags): string[] {
+  // tcp-close on restore wins over the dump-time tcp-established: the connections come back closed.
+  const a = flagArgs({ ...flags, tcpEstablished: flags.tcpEstablished && !flags.tcpClose });
+  if (flags.externalUnix) a.push('--ext-unix-sk');
+  return a;
 }
 
 export function buildRestoreArgs(flags: RestoreFlags, c: CommonArgs & { pidFile: string }): string[] {
-  // tcp-close on restore wins over the dump-time tcp-established: the connections come back closed.
-  const f = { ...flags, tcpEstablished: flags.tcpEstablished && !flags.tcpClose };
-  return ['restore', ...commonArgs(c), '--restore-detached', '--pidfile', c.pidFile, ...flagArgs(f)];
+  return ['restore', ...commonArgs(c), '--restore-detached', '--pidfile', c.pidFile, ...restoreFlagArgs(flags)];
 }

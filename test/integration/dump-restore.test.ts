@@ -2,9 +2,10 @@
  * dump → restore on one host with the real CRIU, each process checked by what it reports itself
  * after the restore.
  */
-import { readFileSync, statSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cedanaOk } from '../helpers/cedana.js';
 import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
@@ -100,6 +101,45 @@ describe('dump and restore', () => {
     expect(first).toBeLessThan(later);
     expect(first).toBeGreaterThan(beforeDump);
     await waitFor('restored copy to keep counting', () => fields(state)![1]! > first + 5);
+  });
+
+  it('detects a file lock, dumps it, and the restored process holds it again', async () => {
+    const dir = await owned.tempDir();
+    const [lockfile, state] = [join(dir, 'lock'), join(dir, 'state')];
+    const pid = owned.python('locker.py', [lockfile, state]);
+    await waitFor('counting', () => (fields(state)?.[1] ?? 0) > 3);
+    const tryLock = () => execa('flock', ['-n', '-x', lockfile, 'true'], { reject: false });
+    expect((await tryLock()).exitCode).toBe(1); // held by the fixture
+    const d = await cedanaOk(['dump', String(pid), '-o', join(dir, 'img')]);
+    expect(d.decisions.join('\n')).toMatch(/--file-locks: 1 file lock/);
+    await waitGone(pid);
+    const r = await cedanaOk(['restore', join(dir, 'img')]);
+    owned.own(r.pid);
+    const at = fields(state)![1]!;
+    await waitFor('counting again', () => fields(state)![1]! > at + 5);
+    expect((await tryLock()).exitCode).toBe(1); // held again, by the restored process
+    const ino = statSync(lockfile).ino;
+    expect(readFileSync('/proc/locks', 'utf8')).toMatch(new RegExp(`FLOCK\\s+ADVISORY\\s+WRITE\\s+${r.pid}\\s+\\S+:${ino}\\s`));
+  });
+
+  it('reconnects a unix socket whose peer is outside the tree, by its path', async () => {
+    const dir = await owned.tempDir();
+    const [sock, state] = [join(dir, 'echo.sock'), join(dir, 'state')];
+    owned.python('unixserver.py', [sock]); // not part of the dumped tree
+    await waitFor('server socket', () => existsSync(sock));
+    const pid = owned.python('unixclient.py', [sock, state]);
+    await waitFor('exchanging', () => (fields(state)?.[1] ?? 0) > 3);
+    const d = await cedanaOk(['dump', String(pid), '-o', join(dir, 'img')]);
+    expect(d.decisions.join('\n')).toMatch(/1 unix socket\(s\) connected to a peer outside the tree/);
+    await waitGone(pid);
+    const r = await cedanaOk(['restore', join(dir, 'img')]);
+    owned.own(r.pid);
+    const at = fields(state)![1]!;
+    const after = await waitFor('exchanging again', () => {
+      const f = fields(state)!;
+      return f[1]! > at + 10 ? f : undefined;
+    });
+    expect(after[2]).toBe(0);
   });
 
   it('writes a private image with a manifest that checks out', async () => {

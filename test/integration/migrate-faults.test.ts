@@ -142,6 +142,20 @@ describe('migration faults leave the source running', () => {
     }
   });
 
+  it('a target without room for the image is refused in preflight', async () => {
+    const { dir, pid, sha0 } = await memhog(64);
+    expect((await bed.onHost(host, 'mkdir -p /run/small && mount -t tmpfs -o size=32m tmpfs /run/small')).exitCode).toBe(0);
+    try {
+      const r = await cedana(['migrate', String(pid), '--to', host.name, '--target-dir', '/run/small', '--json'], { env: bed.env });
+      expect(r.exitCode).toBe(30);
+      expect(r.json!.error).toMatchObject({ code: 'TARGET_NO_SPACE', sourceResumed: true });
+      expect(r.json!.error.availableBytes).toBeLessThan(r.json!.error.neededBytes);
+      await expectSourceIntact(dir, pid, sha0);
+    } finally {
+      await bed.onHost(host, 'umount /run/small; rmdir /run/small');
+    }
+  });
+
   it('a target without CRIU is refused in preflight', async () => {
     const { dir, pid, sha0 } = await memhog(16);
     const criu = (await execa('sh', ['-c', 'command -v criu'])).stdout.trim();

@@ -188,26 +188,26 @@ describe('buildRestoreArgs', () => {
   const base = ['restore', '-D', '/img', '-W', '/work', '-o', '/work/restore.log', '-v4', '--network-lock', 'iptables', '--restore-detached', '--pidfile', '/work/restored.pid'];
 
   it('minimal restore argv', () => {
-    expect(buildRestoreArgs({ shellJob: false, tcpEstablished: false, tcpClose: false, fileLocks: false }, R)).toEqual(base);
+    expect(buildRestoreArgs({ shellJob: false, tcpEstablished: false, tcpClose: false, fileLocks: false, externalUnix: false }, R)).toEqual(base);
   });
 
   it('all flags', () => {
-    expect(buildRestoreArgs({ shellJob: true, tcpEstablished: true, tcpClose: false, fileLocks: true }, { ...R, actionScript: '/hook' })).toEqual([
+    expect(buildRestoreArgs({ shellJob: true, tcpEstablished: true, tcpClose: false, fileLocks: true, externalUnix: true }, { ...R, actionScript: '/hook' })).toEqual([
       'restore', '-D', '/img', '-W', '/work', '-o', '/work/restore.log', '-v4', '--network-lock', 'iptables',
       '--action-script', '/hook',
       '--restore-detached', '--pidfile', '/work/restored.pid',
-      '--shell-job', '--tcp-established', '--file-locks',
+      '--shell-job', '--tcp-established', '--file-locks', '--ext-unix-sk',
     ]);
   });
 
   it('--tcp-close overrides the dump-time --tcp-established', () => {
-    const a = buildRestoreArgs({ shellJob: false, tcpEstablished: true, tcpClose: true, fileLocks: false }, R);
+    const a = buildRestoreArgs({ shellJob: false, tcpEstablished: true, tcpClose: true, fileLocks: false, externalUnix: false }, R);
     expect(a).toEqual([...base, '--tcp-close']);
     expect(a).not.toContain('--tcp-established');
   });
 
-  it('never passes --leave-running or --external on its own', () => {
-    const a = buildRestoreArgs({ shellJob: true, tcpEstablished: false, tcpClose: false, fileLocks: false }, R);
+  it('never passes --leave-running or --external (external unix sockets are reconnected with --ext-unix-sk)', () => {
+    const a = buildRestoreArgs({ shellJob: true, tcpEstablished: false, tcpClose: false, fileLocks: false, externalUnix: false }, R);
     expect(a).not.toContain('--leave-running');
     expect(a).not.toContain('--external');
     expect(a).toEqual([...base, '--shell-job']);

@@ -126,6 +126,8 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       finalized = await storeImage(target, imagesDir, args.stream, report, committed ? undefined : args.signal);
       if (!committed && args.signal?.aborted) throw interrupted();
       finalized.memoryBytes = memoryBytes;
+      // In place before the commit: once CRIU ends the tree, the image must already be where it belongs.
+      if (target.kind === 'dir') await moveIntoPlace(imagesDir, target.path);
     } catch (e) {
       await gate.abort();
       await run.done.catch(() => undefined);
@@ -138,7 +140,6 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     report.phase(args.leaveRunning ? 'resuming the tree' : 'ending the dumped tree');
     await run.done;
     const stats = await readDumpStats(join(work, 'stats-dump'));
-    if (target.kind === 'dir') await moveIntoPlace(imagesDir, target.path);
     return {
       command: 'dump',
       pid: args.pid,

@@ -97,3 +97,32 @@ export async function stopActive(waitMs = 15_000): Promise<void> {
 export function lastLine(text: string): string {
   return text.trimEnd().split('\n').pop() ?? '';
 }
+
+export interface MachineState {
+  /** 1-minute load average. */
+  load1: number;
+  /** Share of all CPUs busy during a short window, before the phase started anything. */
+  busy: number;
+}
+
+/**
+ * How busy the machine is with work that is not ours, sampled just before a phase starts: the
+ * benchmark's figures are only comparable between runs on a quiet machine.
+ */
+export async function machineState(windowMs = 1000): Promise<MachineState> {
+  const ticks = (): { busy: number; total: number } => {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total }; // idle and iowait are not busy
+  };
+  const a = ticks();
+  await sleep(windowMs);
+  const b = ticks();
+  const load1 = Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+  return { load1, busy: b.total > a.total ? (b.busy - a.busy) / (b.total - a.total) : 0 };
+}
+
+export function describeMachine(m: MachineState): string {
+  const line = `machine before this phase: load average ${m.load1.toFixed(2)}, ${(m.busy * 100).toFixed(0)}% of the CPUs busy with other work`;
+  return m.busy > 0.2 ? `${line}\nwarning: the machine was busy before this phase: other work competes with the contestants, the figures are noisy` : line;
+}

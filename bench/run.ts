@@ -1,13 +1,24 @@
 /**
- * npm run bench: how much cedana adds to plain CRIU, measured in one run on one process, printed
- * as ratios against a baseline taken in the same run (the machine is shared and noisy).
+ * npm run bench: how much cedana adds to plain CRIU, and how cedana migrate compares with moving a
+ * process by hand, measured in one run, printed as ratios against baselines taken in the same run
+ * (the machine is shared and noisy). Three phases:
  *
- *   CEDANA_BENCH_MIB   memory the fixture holds (default 1024)
- *   CEDANA_BENCH_REPS  repetitions; medians are reported (default 3)
+ *   local    cedana dump/restore against plain criu on one process (directory, archives, stream, RSS)
+ *   migrate  cedana migrate against criu dump + tar | ssh + ssh criu restore, to a test-bed host
+ *   ssh      one SSH stream's throughput: OpenSSH against cedana's transport (ssh2), same link
  *
- * Needs root and CRIU. Prints a table on stdout, progress on stderr, and writes everything measured
- * to .bench/results-<UTC time>.json. Images live in a temporary directory under /var/tmp, removed
- * at the end, as is the fixture process, also on failure or Ctrl-C.
+ *   CEDANA_BENCH_ONLY          phases to run, comma-separated (default: local,migrate,ssh)
+ *   CEDANA_BENCH_MIB           memory of the local phase's process (default 1024)
+ *   CEDANA_BENCH_REPS          repetitions; medians are reported (default 3)
+ *   CEDANA_BENCH_MIGRATE_MIB   sizes of the processes migrated, comma-separated (default 256,1024)
+ *   CEDANA_BENCH_DIRTY_PERCENT share of its pages the migrated process rewrites every second (default 1)
+ *   CEDANA_BENCH_STREAM_MIB    bytes per SSH stream, in MiB (default 1024)
+ *   CEDANA_BENCH_HOST          test-bed host index for migrate and ssh (default 40; 10.231.<n>.0/24)
+ *
+ * Needs root and CRIU. Prints tables on stdout, progress on stderr, and writes everything measured
+ * to .bench/results-<UTC time>.json. Images live in a temporary directory under /var/tmp, the
+ * migrated process's heartbeat under /var/lib (a directory both hosts see); all are removed at the
+ * end, as are the processes started and the test-bed host, also on failure or Ctrl-C.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
@@ -20,13 +31,25 @@ import {
   cedanaDump, cedanaRestore, cedanaResult, criuDump, criuRestore, dumpArgs, restoreArgs, startCedana, REPO_ROOT,
   type CedanaDump, type CedanaRestore, type CriuDump, type CriuRestore, type CriuSetup,
 } from './contestants.js';
-import { start, stopActive, watchPeakRss } from './exec.js';
+import { startBed, type BenchBed } from './bed.js';
+import { killMovingFixtures } from './dirty-fixture.js';
+import { describeMachine, machineState, start, stopActive, watchPeakRss } from './exec.js';
 import { Fixture } from './fixture.js';
-import { evaluate, MB, median, renderTable, type Evaluated, type Row } from './stats.js';
+import { migrateRounds, migrateRows, renderMigrateBreakdown, type MigrateCtx } from './migrate.js';
+import { streamRounds, streamRows, type StreamCtx } from './ssh-stream.js';
+import { evaluate, MB, median, renderTable, type Row } from './stats.js';
+
+const PHASES = ['local', 'migrate', 'ssh'] as const;
+type Phase = (typeof PHASES)[number];
 
 interface Config {
+  phases: Phase[];
   mib: number;
   reps: number;
+  migrateMib: number[];
+  dirtyPercent: number;
+  streamMib: number;
+  hostIndex: number;
 }
 
 interface Ctx {
@@ -77,7 +100,31 @@ const GOAL_RSS = { on: 'value', op: '<', limit: 200 } as const;
 const progress = (msg: string): void => void process.stderr.write(`bench: ${msg}\n`);
 
 function readConfig(): Config {
-  return { mib: positiveInt('CEDANA_BENCH_MIB', 1024), reps: positiveInt('CEDANA_BENCH_REPS', 3) };
+  const only = (process.env.CEDANA_BENCH_ONLY ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+  for (const p of only) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`CEDANA_BENCH_ONLY: unknown phase "${p}" (phases: ${PHASES.join(', ')})`);
+  const dirtyPercent = Number(process.env.CEDANA_BENCH_DIRTY_PERCENT ?? 1);
+  if (!(dirtyPercent >= 0 && dirtyPercent <= 100)) throw new Error('CEDANA_BENCH_DIRTY_PERCENT must be between 0 and 100');
+  const hostIndex = positiveInt('CEDANA_BENCH_HOST', 40);
+  if (hostIndex > 200) throw new Error('CEDANA_BENCH_HOST must be a test-bed index, 1 to 200');
+  return {
+    phases: only.length > 0 ? PHASES.filter((p) => only.includes(p)) : [...PHASES],
+    mib: positiveInt('CEDANA_BENCH_MIB', 1024),
+    reps: positiveInt('CEDANA_BENCH_REPS', 3),
+    migrateMib: positiveInts('CEDANA_BENCH_MIGRATE_MIB', [256, 1024]),
+    dirtyPercent,
+    streamMib: positiveInt('CEDANA_BENCH_STREAM_MIB', 1024),
+    hostIndex,
+  };
+}
+
+function positiveInts(name: string, fallback: number[]): number[] {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  return raw.split(',').map((part) => {
+    const n = Number(part.trim());
+    if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${name} must be positive integers separated by commas, not "${raw}"`);
+    return n;
+  });
 }
 
 function positiveInt(name: string, fallback: number): number {
@@ -300,11 +347,11 @@ function fairnessWarnings(s: Samples): string[] {
   return [...flags].map((d) => `warning: cedana passed a CRIU flag the baseline does not: ${d}`);
 }
 
-function hostInfo(ctx: Ctx): Record<string, unknown> {
-  const criuVersion = /Version:\s*(\S+)/.exec(execFileSync(ctx.criu.path, ['--version'], { encoding: 'utf8' }))?.[1] ?? 'unknown';
+function hostInfo(criu: CriuSetup): Record<string, unknown> {
+  const criuVersion = /Version:\s*(\S+)/.exec(execFileSync(criu.path, ['--version'], { encoding: 'utf8' }))?.[1] ?? 'unknown';
   return {
     kernel: release(), cpus: cpus().length, cpuModel: cpus()[0]?.model, memTotalBytes: totalmem(),
-    node: process.version, criu: ctx.criu.path, criuVersion, networkLock: ctx.criu.networkLock,
+    node: process.version, criu: criu.path, criuVersion, networkLock: criu.networkLock,
   };
 }
 
@@ -337,35 +384,64 @@ async function criuSetup(): Promise<CriuSetup> {
   return { path: criu.path, networkLock };
 }
 
-async function bench(cfg: Config, criu: CriuSetup, tmp: string, fixture: Fixture): Promise<void> {
+interface Section {
+  /** Printed on stdout, in phase order. */
+  text: string;
+  /** Written to the results file under the phase's name. */
+  doc: Record<string, unknown>;
+}
+
+async function localPhase(cfg: Config, criu: CriuSetup, tmp: string, fixture: Fixture, host: Record<string, unknown>): Promise<Section> {
   const ctx: Ctx = { cfg, tmp, fixture, criu, env: { ...process.env, TMPDIR: tmp } };
   progress(`fixture: PID ${fixture.pid}, filling ${cfg.mib} MiB`);
   await fixture.ready();
-  const startedAt = new Date().toISOString();
+  const machine = await machineState();
   const samples = await measure(ctx);
   const rows = buildRows(samples).map(evaluate);
   const b = breakdown(samples);
-  const host = hostInfo(ctx);
   const warnings = fairnessWarnings(samples);
-  const path = await writeResults({
-    startedAt, finishedAt: new Date().toISOString(), config: cfg, host, rows, breakdown: b, warnings, samples,
-  });
-  printReport(cfg, host, rows, b, warnings, path);
-}
-
-function printReport(cfg: Config, host: Record<string, unknown>, rows: Evaluated[], b: Record<string, number>, warnings: string[], path: string): void {
-  const out = [
+  const text = [
     `cedana bench: ${cfg.mib} MiB of random memory, ${cfg.reps} repetition(s), medians; criu ${host.criuVersion}, kernel ${host.kernel}, ${host.cpus} CPU(s)`,
     'baseline: plain criu with the options cedana passes, measured in the same run; MB = 10^6 bytes',
+    describeMachine(machine),
     '',
     renderTable(rows),
     '',
     renderBreakdown(b),
     ...(warnings.length ? ['', ...warnings] : []),
+  ].join('\n');
+  return { text, doc: { machine, rows, breakdown: b, warnings, samples } };
+}
+
+async function migratePhase(cfg: Config, m: Omit<MigrateCtx, 'cfg' | 'progress'>): Promise<Section> {
+  const machine = await machineState();
+  const samples = await migrateRounds({ ...m, cfg: { sizesMib: cfg.migrateMib, reps: cfg.reps, dirtyPercent: cfg.dirtyPercent }, progress });
+  const rows = migrateRows(samples).map(evaluate);
+  const text = [
+    `cedana migrate: ${cfg.migrateMib.join(' and ')} MiB processes rewriting ${cfg.dirtyPercent}% of their pages every second, to test-bed host ${m.bed.host.name}; ${cfg.reps} repetition(s), medians`,
+    `baseline (naive): criu dump to local disk (cedana's options), tar | ssh (OpenSSH, default cipher ${samples.naiveCipher}), ssh criu restore;`,
+    '  its downtime and total are the whole sequence; cedana\'s downtime is its own downtimeMs, its total the wall time of the command',
+    describeMachine(machine),
     '',
-    `results: ${path}`,
-  ];
-  process.stdout.write(`${out.join('\n')}\n`);
+    renderTable(rows),
+    '',
+    renderMigrateBreakdown(samples),
+  ].join('\n');
+  return { text, doc: { machine, rows, samples } };
+}
+
+async function sshPhase(cfg: Config, s: Omit<StreamCtx, 'cfg' | 'progress'>): Promise<Section> {
+  const machine = await machineState();
+  const samples = await streamRounds({ ...s, cfg: { mib: cfg.streamMib, reps: cfg.reps }, progress });
+  const rows = streamRows(samples).map(evaluate);
+  const text = [
+    `ssh stream: ${cfg.streamMib} MiB of random bytes (page cache) to test-bed host ${s.bed.host.name} over one SSH connection; ${cfg.reps} repetition(s), medians`,
+    'OpenSSH through a ControlMaster per cipher (no handshake in the times); ssh2 is cedana\'s transport (src/transport/ssh.ts), cipher aes128-gcm',
+    describeMachine(machine),
+    '',
+    renderTable(rows),
+  ].join('\n');
+  return { text, doc: { machine, rows, samples } };
 }
 
 async function main(): Promise<number> {
@@ -378,11 +454,17 @@ async function main(): Promise<number> {
   await mkdir('/var/tmp', { recursive: true });
   const tmp = await mkdtemp('/var/tmp/cedana-bench-');
   let fixture: Fixture | undefined;
+  let bed: BenchBed | undefined;
+  let shared: string | undefined;
   let cleaned: Promise<void> | undefined;
   const cleanup = (): Promise<void> =>
     (cleaned ??= (async () => {
       await stopActive();
       if (fixture && (await fixture.kill())) await fixture.gone().catch(() => undefined);
+      await killMovingFixtures();
+      // Ends every process on the test-bed host (its PID namespace), then the host itself.
+      await bed?.destroy().catch((e: unknown) => progress(`could not tear down the test-bed host: ${(e as Error).message}`));
+      if (shared) await rm(shared, { recursive: true, force: true });
       await rm(tmp, { recursive: true, force: true });
     })());
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -392,8 +474,34 @@ async function main(): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    fixture = Fixture.spawn(cfg.mib);
-    await bench(cfg, criu, tmp, fixture);
+    const host = hostInfo(criu);
+    const doc: Record<string, unknown> = { startedAt: new Date().toISOString(), config: cfg, host };
+    const sections: string[] = [];
+    if (cfg.phases.includes('local')) {
+      fixture = Fixture.spawn(cfg.mib);
+      const local = await localPhase(cfg, criu, tmp, fixture, host);
+      sections.push(local.text);
+      doc.local = local.doc;
+      if (await fixture.kill()) await fixture.gone(); // its memory is not needed by the next phases
+    }
+    if (cfg.phases.includes('migrate') || cfg.phases.includes('ssh')) {
+      progress(`test-bed host ${cfg.hostIndex}: starting`);
+      bed = await startBed(cfg.hostIndex, tmp);
+      if (cfg.phases.includes('migrate')) {
+        shared = await mkdtemp('/var/lib/cedana-bench-');
+        const migrate = await migratePhase(cfg, { bed, criu, tmp, shared });
+        sections.push(migrate.text);
+        doc.migrate = migrate.doc;
+      }
+      if (cfg.phases.includes('ssh')) {
+        const ssh = await sshPhase(cfg, { bed, tmp });
+        sections.push(ssh.text);
+        doc.ssh = ssh.doc;
+      }
+    }
+    doc.finishedAt = new Date().toISOString();
+    const path = await writeResults(doc);
+    process.stdout.write(`${[...sections, `results: ${path}`].join('\n\n')}\n`);
     return 0;
   } finally {
     await cleanup();

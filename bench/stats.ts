@@ -12,7 +12,7 @@ export type Unit = 'ms' | 'MB' | 'MB/s';
 /** A goal on the ratio value/baseline, or on the value itself. */
 export interface Goal {
   on: 'ratio' | 'value';
-  op: '<=' | '<';
+  op: '<=' | '<' | '>=';
   limit: number;
 }
 
@@ -35,7 +35,7 @@ export function evaluate(row: Row): Evaluated {
   const ratio = row.baseline !== undefined && row.baseline > 0 ? row.value / row.baseline : undefined;
   if (!row.goal) return { ...row, ratio };
   const x = row.goal.on === 'ratio' ? ratio : row.value;
-  const met = x === undefined ? false : row.goal.op === '<=' ? x <= row.goal.limit : x < row.goal.limit;
+  const met = x === undefined ? false : row.goal.op === '<=' ? x <= row.goal.limit : row.goal.op === '>=' ? x >= row.goal.limit : x < row.goal.limit;
   return { ...row, ratio, met };
 }
 
@@ -48,7 +48,7 @@ function fmt(v: number | undefined, unit: Unit): string {
 
 function fmtGoal(row: Row): string {
   if (!row.goal) return '—';
-  const op = row.goal.op === '<=' ? '≤' : '<';
+  const op = row.goal.op === '<=' ? '≤' : row.goal.op === '>=' ? '≥' : '<';
   return row.goal.on === 'ratio' ? `ratio ${op} ${row.goal.limit}` : `${op} ${row.goal.limit} ${row.unit}`;
 }
 

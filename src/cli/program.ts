@@ -104,6 +104,19 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     });
 
   program
+    .command('inspect')
+    .description('show what an image holds: processes, memory, open files, sockets, provenance, sizes, checksums (needs no root)')
+    .argument('<image>', 'image directory, archive, or - to read a tar stream from stdin')
+    .option('--json', 'print one JSON object on stdout')
+    .action((image: string, o: { json?: boolean }) => {
+      onInvoke({
+        command: 'inspect',
+        json: !!o.json,
+        run: async (ctx) => (await import('../commands/inspect.js')).inspect({ image, reporter: ctx.reporter }),
+      });
+    });
+
+  program
     .command('migrate')
     .description('move the process tree rooted at <pid> to another host over SSH; the source is resumed on any failure')
     .argument('<pid>', 'root of the process tree', parsePid)

@@ -5,8 +5,9 @@ import type { CheckResultData } from '../commands/check.js';
 import type { DumpResult } from '../commands/dump.js';
 import type { RestoreResult } from '../commands/restore.js';
 import type { MigrateResult } from '../commands/migrate.js';
+import type { InspectResult } from '../commands/inspect.js';
 
-export type CommandResult = DumpResult | RestoreResult | CheckResultData | MigrateResult;
+export type CommandResult = DumpResult | RestoreResult | CheckResultData | MigrateResult | InspectResult;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -36,6 +37,10 @@ export function resultJson(r: CommandResult): Record<string, unknown> {
     const { error, ...rest } = r;
     const base = { ...rest, command: 'check' };
     return error ? { ...base, ok: false, error: errorJson('check', error).error } : { ...base, ok: r.ok };
+  }
+  if (r.command === 'inspect') {
+    const { error, ok, command, ...rest } = r;
+    return { ok, command, ...rest, ...(error ? { error: errorJson('inspect', error).error } : {}) };
   }
   return { ok: true, ...r };
 }
@@ -75,6 +80,8 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       for (const d of r.decisions) lines.push(`  ${c.dim('decided')} ${d}`);
       return lines.join('\n');
     }
+    case 'inspect':
+      return renderInspect(r, c);
     case 'check': {
       const mark = (ok: boolean): string => (ok ? c.green('✔') : c.red('✘'));
       const opt = (ok: boolean): string => (ok ? c.green('✔') : c.yellow('–'));
@@ -88,4 +95,64 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       return lines.join('\n');
     }
   }
+}
+
+const hex = (n: number): string => n.toString(16).padStart(12, '0');
+
+function renderInspect(r: InspectResult, c: ChalkInstance): string {
+  const lines: string[] = [];
+  const m = r.manifest;
+  lines.push(`${r.ok ? c.green('✔') : c.red('✘')} image ${r.image === '-' ? 'from stdin' : r.image}`);
+  if (m) {
+    lines.push(`  made ${m.createdAt} on ${m.hostname} (${m.arch}, kernel ${m.kernel}) by cedana ${m.cedanaVersion} with CRIU ${m.criuVersion}`);
+    const o = m.options;
+    const opts = [o.shellJob && 'shell-job', o.tcpEstablished && 'tcp-established', o.tcpClose && 'tcp-close', o.fileLocks && 'file-locks',
+      o.externalUnix.length > 0 && `external unix ${o.externalUnix.join(',')}`, o.leaveRunning && 'leave-running'].filter(Boolean);
+    lines.push(`  options: ${opts.length > 0 ? opts.join(', ') : 'none'}; network lock ${o.networkLock}`);
+    for (const n of m.notes) lines.push(`  ${c.dim('decided')} ${n}`);
+  } else {
+    lines.push(`  ${c.red('no readable manifest')}`);
+  }
+  const s = r.sizes;
+  lines.push(`  size ${formatBytes(s.total)} in ${s.files} files: pages ${formatBytes(s.pages)}, metadata ${formatBytes(s.metadata)}, manifest ${formatBytes(s.manifest)}`);
+  if (r.checksums.ok) lines.push(`  checksums ${c.green('ok')}`);
+  else {
+    lines.push(`  checksums ${c.red('do not hold')}:`);
+    for (const p of r.checksums.problems) lines.push(`    ${p}`);
+  }
+  for (const u of r.undecodable) lines.push(`  ${c.red('undecodable')} ${u}`);
+  lines.push(`  GPU: ${r.gpu ?? 'none'}`);
+  lines.push(`  processes (${r.processes.length}):`);
+
+  const pids = new Set(r.processes.map((p) => p.pid));
+  const depth = new Map<number, number>();
+  const depthOf = (pid: number, seen = 0): number => {
+    if (depth.has(pid)) return depth.get(pid)!;
+    const p = r.processes.find((x) => x.pid === pid);
+    const d = p && pids.has(p.ppid) && seen < r.processes.length ? depthOf(p.ppid, seen + 1) + 1 : 0;
+    depth.set(pid, d);
+    return d;
+  };
+  for (const p of r.processes) {
+    const pad = '    ' + '  '.repeat(depthOf(p.pid));
+    lines.push(`${pad}${c.bold(`PID ${p.pid}`)} (parent ${p.ppid}) ${p.state ?? 'state unknown'}${p.threads > 1 ? `, ${p.threads} threads` : ''}: ${p.argv.join(' ')}`);
+    lines.push(`${pad}  cwd ${p.cwd ?? '?'}`);
+    lines.push(`${pad}  memory: ${p.memory.vmaCount} mappings, ${formatBytes(p.memory.dumpedBytes)} dumped`);
+    for (const v of p.memory.mappings) {
+      lines.push(`${pad}    ${hex(v.start)}-${hex(v.end)} ${formatBytes(v.size).padStart(10)} ${v.prot}${v.file ? ` ${v.file}` : ''}`);
+    }
+    lines.push(`${pad}  files (${p.files.length}):`);
+    for (const f of p.files) {
+      const extra = [f.flags, f.offset !== null && `offset ${f.offset}`, f.size !== null && `size ${f.size}`].filter(Boolean).join(', ');
+      lines.push(`${pad}    ${String(f.fd).padStart(3)} ${f.path}${extra ? c.dim(` (${extra})`) : ''}`);
+    }
+    if (p.sockets.length > 0) {
+      lines.push(`${pad}  sockets (${p.sockets.length}):`);
+      for (const k of p.sockets) {
+        const kind = k.type ? `${k.proto}/${k.type}` : k.proto;
+        lines.push(`${pad}    ${String(k.fd).padStart(3)} ${kind} ${k.state} ${k.local || '(unnamed)'}${k.remote ? ` -> ${k.remote}` : ''}`);
+      }
+    }
+  }
+  return lines.join('\n');
 }

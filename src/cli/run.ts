@@ -63,6 +63,7 @@ export async function main(argv: string[]): Promise<number> {
     if (inv.json) out(inv.command, resultJson(result));
     else process.stdout.write(`${renderHuman(result, styleFor(process.stdout))}\n`);
     if (result.command === 'check' && !result.ok) return result.error?.exitCode ?? 7;
+    if (result.command === 'inspect' && !result.ok) return result.error?.exitCode ?? 9;
     return 0;
   } catch (e) {
     reporter.stop();

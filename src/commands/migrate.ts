@@ -29,7 +29,7 @@ import { footprint } from '../migrate/footprint.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { checkCpu, judgePreflight, runPreflight } from '../migrate/preflight.js';
-import { cleanupRemote, makeRemoteDir, sendAndRestore, startPageServer, type RemoteDir } from '../migrate/remote.js';
+import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { privateTempDir } from '../util/paths.js';
 
@@ -78,6 +78,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const work = await privateTempDir('cedana-migrate-');
   let remote: RemoteDir | undefined;
   let proxy: PageBridge | undefined;
+  let pending: PendingRestore | undefined;
   let committed = false;
   let restoredPid: number | undefined;
   let treePids: number[] = [];
@@ -97,6 +98,8 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     remote = await makeRemoteDir(session, args.targetDir);
     const psPort = await startPageServer(session, remote);
     const bridge = await openPageChannel(session, psPort);
+    const restoreFlags = restoreFlagArgs({ ...decisions, externalUnix: decisions.externalUnix.length > 0 });
+    pending = await openRestore(session, remote, restoreFlags, target.networkLock ?? 'iptables');
 
     const images = join(work, 'img');
     await execa('mkdir', ['-m', '700', images]);
@@ -152,10 +155,9 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
       const names = (await listImageFiles(images)).files;
       const ordered = [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)];
-      const flags = restoreFlagArgs({ ...decisions, externalUnix: decisions.externalUnix.length > 0 });
       report.phase(`sending the metadata and restoring on ${args.to}`);
       // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
-      const restored = await sendAndRestore(session, remote, (dest) => packImage(images, ordered, dest as never, 'none', true), flags, target.networkLock ?? 'iptables');
+      const restored = await pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
       restoredPid = restored.pid;
       if (args.hook) {
         report.phase('running the post-restore hook');
@@ -193,6 +195,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   } catch (e) {
     const err = toCedanaError(e);
     if (!committed) {
+      if (!restoredPid) pending?.cancel();
       err.details.sourceResumed = await processExists(args.pid);
       if (remote) err.details.targetCleanedUp = await cleanUpAfterFailure(session, remote, restoredPid ? treePids : [], args);
     }

@@ -7,8 +7,7 @@
  * instruction run) until they check out; if they do not, CRIU kills it. A damaged or tampered image
  * never runs.
  */
-import { createReadStream } from 'node:fs';
-import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,9 +17,9 @@ import { ActionGate } from '../criu/gate.js';
 import { compareVersions, parseVersionText } from '../criu/version.js';
 import { CedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
-import { unpackImage } from '../image/archive.js';
 import { isPagesImage, sha256File, verifyDir } from '../image/checksum.js';
-import { MANIFEST_NAME, parseManifest, type Manifest } from '../image/manifest.js';
+import type { Manifest } from '../image/manifest.js';
+import { openImage, readManifest } from '../image/open.js';
 import { readRestoreStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
@@ -54,7 +53,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   const criu = await locateCriu();
   const work = await privateTempDir('cedana-restore-');
   try {
-    const { dir, label } = await openImage(args, work, report);
+    const { dir, label } = await openImage(args.image, work, report, args.stdin);
     report.phase('verifying the manifest, the file sizes and the metadata images');
     const manifest = await readManifest(dir);
     await verifyDir(dir, manifest, (name) => !isPagesImage(name));
@@ -128,40 +127,6 @@ async function verifyPages(dir: string, manifest: Manifest): Promise<void> {
       details: { corrupt: bad },
     });
   }
-}
-
-/** A directory is used in place; an archive or stdin is unpacked into the private work directory. */
-async function openImage(args: RestoreArgs, work: string, report: Reporter): Promise<{ dir: string; label: string }> {
-  const into = join(work, 'image');
-  if (args.image === '-') {
-    report.phase('reading the image from stdin');
-    await unpackImage(args.stdin ?? process.stdin, into);
-    return { dir: into, label: '-' };
-  }
-  const path = resolve(args.image);
-  let st;
-  try {
-    st = await stat(path);
-  } catch {
-    throw new CedanaError('IMAGE_INVALID', `no image at ${path}`, { hint: 'give an image directory, an archive (.tar, .tar.gz, .tar.zst) or - for stdin' });
-  }
-  if (st.isDirectory()) return { dir: path, label: path };
-  if (!st.isFile()) throw new CedanaError('IMAGE_INVALID', `${path} is neither a directory nor an archive file`);
-  report.phase(`unpacking ${path}`);
-  await unpackImage(createReadStream(path), into);
-  return { dir: into, label: path };
-}
-
-async function readManifest(dir: string): Promise<Manifest> {
-  let text: string;
-  try {
-    text = await readFile(join(dir, MANIFEST_NAME), 'utf8');
-  } catch {
-    throw new CedanaError('IMAGE_INVALID', `${MANIFEST_NAME} not found: not a cedana image`, {
-      hint: 'give a directory or archive made by `cedana dump`',
-    });
-  }
-  return parseManifest(text);
 }
 
 /** Refuses images from another architecture, a newer CRIU, or a CPU with features this one lacks. Pure. */

@@ -5,7 +5,7 @@
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
 import type { Duplex } from 'node:stream';
-import { copyFile, chmod, mkdir, readFile } from 'node:fs/promises';
+import { copyFile, chmod, mkdir, open, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CedanaError } from '../errors.js';
 import { findOnPath, logDir, utcStamp } from '../util/paths.js';
@@ -94,7 +94,7 @@ export function spawnCriu(criu: Criu, args: string[], opts: RunOptions & { pageS
     if (r.code === 0) return;
     let log = '';
     try {
-      log = await readFile(opts.logFile, 'utf8');
+      log = (await readTail(opts.logFile, KEPT_LOG_MAX)).toString('utf8');
     } catch {
       log = output;
     }
@@ -114,12 +114,32 @@ export async function runCriu(criu: Criu, args: string[], opts: RunOptions): Pro
 }
 
 /** Copies a CRIU log to the persistent log directory (0600); returns its path, or undefined. */
+/** The last `max` bytes of a file. */
+async function readTail(path: string, max: number): Promise<Buffer> {
+  const fh = await open(path, 'r');
+  try {
+    const { size } = await fh.stat();
+    const n = Math.min(size, max);
+    const buf = Buffer.alloc(n);
+    const { bytesRead } = await fh.read(buf, 0, n, size - n);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The most of a CRIU log kept, or read, after a failure. */
+const KEPT_LOG_MAX = 16 << 20;
+
 export async function keepLog(logFile: string, label: string): Promise<string | undefined> {
   try {
     const dir = logDir();
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const dest = join(dir, `${label}-${utcStamp()}-${process.pid}.log`);
-    await copyFile(logFile, dest);
+    const { size } = await stat(logFile);
+    if (size <= KEPT_LOG_MAX) await copyFile(logFile, dest);
+    // A CRIU stuck in a loop can log gigabytes: keep the end, where the failure is.
+    else await writeFile(dest, Buffer.concat([Buffer.from(`[cedana: the first ${size - KEPT_LOG_MAX} bytes of this log were dropped]\n`), await readTail(logFile, KEPT_LOG_MAX)]), { mode: 0o600 });
     await chmod(dest, 0o600);
     return dest;
   } catch {

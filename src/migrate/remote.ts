@@ -43,17 +43,20 @@ export interface RemoteRestore {
 /** Exit status of the remote script when the images do not match cedana.sha256. */
 const CHECKSUM_FAILED = 98;
 
+/** A restore waiting on the target for its metadata images: `send` them and it runs, or `cancel` it. */
+export interface PendingRestore {
+  send(tar: (dest: NodeJS.WritableStream) => Promise<void>): Promise<RemoteRestore>;
+  /** Ends the waiting command without restoring anything (it sees an empty archive). */
+  cancel(): void;
+}
+
 /**
- * One round trip while the source is frozen: the metadata images arrive as a tar stream on stdin,
- * are checked against cedana.sha256 there, and CRIU restores at once.
+ * Starts, before the source is frozen, the command that will restore on the target: it waits for
+ * the metadata images as a tar stream on stdin, checks them against cedana.sha256 there, and runs
+ * CRIU. Starting it early keeps the remote shell's start-up (and the user's shell rc files, which
+ * can take hundreds of milliseconds) out of the downtime.
  */
-export async function sendAndRestore(
-  s: SshSession,
-  d: RemoteDir,
-  tar: (dest: NodeJS.WritableStream) => Promise<void>,
-  criuFlags: string[],
-  networkLock: string,
-): Promise<RemoteRestore> {
+export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string): Promise<PendingRestore> {
   const log = `${d.dir}/restore.log`;
   const pidFile = `${d.dir}/restored.pid`;
   const script = [
@@ -73,21 +76,37 @@ export async function sendAndRestore(
   ch.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => ch.on('exit', (code: number | null) => resolve(code)));
   const closed = new Promise<void>((resolve) => ch.on('close', () => resolve()));
-  await Promise.race([tar(ch), s.lost()]);
-  const code = await Promise.race([exited, s.lost()]);
-  await Promise.race([closed, s.lost()]);
-  const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
-  if (code === 0 && pid > 0) return { pid };
-  if (code === CHECKSUM_FAILED) {
-    throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ')}`, {
-      hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
-    });
-  }
-  const lines = stdout.split('\n').filter((l) => l.startsWith('criu=')).map((l) => l.slice(5).replace(/^\(\s*\d+\.\d+\)\s*/, ''));
-  throw new CedanaError('TARGET_RESTORE_FAILED', `criu restore failed on ${s.target} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
-    hint: 'the source was resumed; the target was cleaned up',
-    details: { criuLines: lines },
-  });
+  return {
+    cancel: () => void ch.end(),
+    async send(tar) {
+      await Promise.race([tar(ch), s.lost()]);
+      const code = await Promise.race([exited, s.lost()]);
+      await Promise.race([closed, s.lost()]);
+      const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
+      if (code === 0 && pid > 0) return { pid };
+      if (code === CHECKSUM_FAILED) {
+        throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ')}`, {
+          hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
+        });
+      }
+      const lines = stdout.split('\n').filter((l) => l.startsWith('criu=')).map((l) => l.slice(5).replace(/^\(\s*\d+\.\d+\)\s*/, ''));
+      throw new CedanaError('TARGET_RESTORE_FAILED', `criu restore failed on ${s.target} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
+        hint: 'the source was resumed; the target was cleaned up',
+        details: { criuLines: lines },
+      });
+    },
+  };
+}
+
+/** openRestore and send at once. */
+export async function sendAndRestore(
+  s: SshSession,
+  d: RemoteDir,
+  tar: (dest: NodeJS.WritableStream) => Promise<void>,
+  criuFlags: string[],
+  networkLock: string,
+): Promise<RemoteRestore> {
+  return (await openRestore(s, d, criuFlags, networkLock)).send(tar);
 }
 
 /** Best effort: stops the page server, ends restored PIDs (when asked) and removes the work directory. */

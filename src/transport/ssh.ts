@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { connect as netConnect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Client, type AnyAuthMethod, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { CedanaError } from '../errors.js';
@@ -29,6 +30,38 @@ export interface ExecResult {
 
 /** Fast AEAD ciphers first: they are what bounds the page stream's throughput. */
 const CIPHERS = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr', 'chacha20-poly1305@openssh.com'];
+
+/**
+ * The socket of a direct connection, tuned for bulk streams (migrate's memory pages) without
+ * delaying small messages:
+ * - ssh2 hands every SSH packet (at most 32 KiB of data: the packet size sshd allows) to its own
+ *   socket.write, one write(2) each. The socket is corked from the first write until the loop has
+ *   handled the I/O at hand (setImmediate), so what one turn of the loop produced leaves in one
+ *   writev(2): ~4x fewer syscalls for the page bridge, ~30x for 1 MiB channel writes. 1 GiB through
+ *   a forwarded channel went from 475 to 696 MB/s, through the page bridge from 458 to 585 MB/s
+ *   (interleaved before/after runs on the 2-CPU test machine, quiet).
+ * - Nagle is off (the writes are batched, so it has no small segments to save): a small message
+ *   written while earlier data is unacknowledged no longer waits for the peer's delayed ACK (a
+ *   channel open right after a channel closed took ~40 ms, now ~0.3 ms).
+ */
+function streamSocket(host: string, port: number): Socket {
+  const sock = netConnect({ host, port, noDelay: true });
+  const write = sock.write.bind(sock) as (...args: unknown[]) => boolean;
+  let corked = false;
+  const flush = (): void => {
+    corked = false;
+    sock.uncork();
+  };
+  sock.write = ((...args: unknown[]) => {
+    if (!corked) {
+      corked = true;
+      sock.cork();
+      setImmediate(flush);
+    }
+    return write(...args);
+  }) as Socket['write'];
+  return sock;
+}
 
 export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
@@ -111,7 +144,8 @@ export class SshSession {
         jump?.close();
         reject(connectError(e, label, host, port, verdict, presented, knownFiles[0]!));
       });
-      client.connect(cfg);
+      // Through a jump host, the jump session's socket does the batching.
+      client.connect(sock ? cfg : { ...cfg, sock: streamSocket(host, port) });
     });
     if (verdict === 'unknown' && presented) await recordHostKey(knownFiles[0]!, host, port, presented);
     return new SshSession(client, label, host, jump);

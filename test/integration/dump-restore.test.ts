@@ -125,7 +125,7 @@ describe('dump and restore', () => {
   it('reconnects a unix socket whose peer is outside the tree, by its path', async () => {
     const dir = await owned.tempDir();
     const [sock, state] = [join(dir, 'echo.sock'), join(dir, 'state')];
-    owned.python('unixserver.py', [sock]); // not part of the dumped tree
+    owned.python('echoserver.py', ['unix', sock]); // not part of the dumped tree
     await waitFor('server socket', () => existsSync(sock));
     const pid = owned.python('unixclient.py', [sock, state]);
     await waitFor('exchanging', () => (fields(state)?.[1] ?? 0) > 3);

@@ -35,7 +35,7 @@ beforeAll(async () => {
   await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
   const inNs = ['nsenter', `--net=/run/netns/${ns}`];
   const d = await owned.tempDir();
-  facts.server = owned.python('tcpserver.py', ['127.0.0.1', String(PORT)], { wrap: inNs });
+  facts.server = owned.python('echoserver.py', ['tcp', '127.0.0.1', String(PORT)], { wrap: inNs });
   await waitFor('server listening', async () => (await execa('ip', ['netns', 'exec', ns, 'ss', '-Hltn', `sport = :${PORT}`])).stdout.includes(String(PORT)));
   facts.serverArchive = join(d, 'server.tar.gz');
   await cedanaOk(['dump', String(facts.server), '-o', facts.serverArchive], { wrap: inNs });
@@ -76,7 +76,7 @@ describe('cedana inspect', () => {
     expect(r.exitCode, r.stdout + r.stderr).toBe(0);
     const p = r.json!.processes[0];
     expect(p.pid).toBe(facts.server);
-    expect(p.argv.slice(-3)).toEqual([join(FIXTURES, 'tcpserver.py'), '127.0.0.1', String(PORT)]);
+    expect(p.argv.slice(-4)).toEqual([join(FIXTURES, 'echoserver.py'), 'tcp', '127.0.0.1', String(PORT)]);
     expect(p.sockets).toContainEqual(expect.objectContaining({ proto: 'tcp', state: 'LISTEN', local: `127.0.0.1:${PORT}`, remote: null }));
     expect(r.json!.checksums.ok).toBe(true);
 

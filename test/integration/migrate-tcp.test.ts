@@ -51,7 +51,7 @@ const fields = (p: string): number[] => readText(p)?.trim().split(' ').map(Numbe
 describe('migrating a TCP service with a connected client', () => {
   it('moves the listening and the established socket; the client carries on over the same connection', async () => {
     const [t, c] = bed.hosts as [NonNullable<(typeof bed.hosts)[0]>, NonNullable<(typeof bed.hosts)[1]>];
-    const server = owned.python('tcpserver.py', [S, String(PORT)]);
+    const server = owned.python('echoserver.py', ['tcp', S, String(PORT)]);
     await waitFor('server listening', async () => (await execa('ss', ['-ltnH', `src ${S}:${PORT}`])).stdout.includes(`${S}:${PORT}`));
     const state = join(shared, 'client');
     const client = owned.python('tcpclient.py', [S, String(PORT), state], { wrap: ['nsenter', `--net=/run/netns/${c.netns}`] });

@@ -58,7 +58,7 @@ export class DirtyFixture {
 
   /** Starts the fixture in its own session, stdio on /dev/null; call ready() before moving it. */
   static spawn(mib: number, dirtyPercent: number, stateDir: string): DirtyFixture {
-    const child = spawn('python3', ['-c', SCRIPT, MARK, String(mib), String(dirtyPercent), stateDir], { detached: true, stdio: 'ignore' });
+    const child = spawn('python3', ['-c', SCRIPT, MARK, String(mib), String(dirtyPercent), stateDir], { detached: true, stdio: 'ignore', cwd: '/' });
     child.on('error', () => undefined);
     if (child.pid === undefined) throw new Error('cannot start the fixture: python3 not found');
     const fixture = new DirtyFixture(child.pid, mib, stateDir);

@@ -35,7 +35,7 @@ export class Fixture {
 
   /** Starts the fixture; call ready() before dumping it. */
   static spawn(mib: number): Fixture {
-    const child = spawn('python3', ['-c', SCRIPT, MARK, String(mib)], { detached: true, stdio: 'ignore' });
+    const child = spawn('python3', ['-c', SCRIPT, MARK, String(mib)], { detached: true, stdio: 'ignore', cwd: '/' });
     child.on('error', () => undefined); // a failed spawn leaves pid undefined, handled below
     if (child.pid === undefined) throw new Error('cannot start the fixture: python3 not found');
     const fixture = new Fixture(child.pid, mib);

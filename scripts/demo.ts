@@ -50,7 +50,8 @@ async function main(): Promise<void> {
     host = await createHost(190, ssh);
     say(`a second host is up: ${host.name} (${host.address}), its own network, PID and mount namespaces, a real sshd`);
 
-    const job = spawn('python3', [join(root, 'scripts', 'demo-job.py'), state], { detached: true, stdio: 'ignore' });
+    // cwd /: it exists on both hosts (the checkout may not).
+    const job = spawn('python3', [join(root, 'scripts', 'demo-job.py'), state], { detached: true, stdio: 'ignore', cwd: '/' });
     pid = job.pid!;
     job.unref();
     while ((readState(state)?.tested ?? 0) < 20_000) await sleep(50);

@@ -60,7 +60,8 @@ export class Owned {
   /** Starts a process in its own session with stdio on /dev/null (as a daemon would be). */
   start(cmd: string, args: string[], opts: { cwd?: string; wrap?: string[] } = {}): number {
     const argv = [...(opts.wrap ?? []), cmd, ...args];
-    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: 'ignore', cwd: opts.cwd });
+    // cwd / by default: a daemon's, and one that exists on every test-bed host (a checkout may sit in a private /tmp).
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: 'ignore', cwd: opts.cwd ?? '/' });
     child.unref();
     if (!child.pid) throw new Error(`could not start ${argv.join(' ')}`);
     this.pids.add(child.pid);

@@ -28,7 +28,7 @@ import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
-import { checkCpu, judgePreflight, runPreflight } from '../migrate/preflight.js';
+import { judgePreflight, runPreflight } from '../migrate/preflight.js';
 import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { privateTempDir } from '../util/paths.js';
@@ -89,10 +89,9 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const fp = await footprint(facts.processes.map((p) => p.pid));
     treePids = fp.pids;
     const host = await hostFacts();
-    const target = await runPreflight(session, fp, args.targetDir);
-    judgePreflight(target, { target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: decisions.tcpEstablished });
     await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
-    await checkCpu(session, await readFile(join(work, 'cpuinfo.img')), args.to);
+    const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')));
+    judgePreflight(target, { target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: decisions.tcpEstablished });
     if (args.signal?.aborted) throw interrupted();
 
     remote = await makeRemoteDir(session, args.targetDir);

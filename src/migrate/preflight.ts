@@ -21,9 +21,16 @@ export interface TargetFacts {
   memAvailBytes: number;
   pidsTaken: number[];
   missingPaths: string[];
+  /** Exit status of `criu cpuinfo check` there against this host's CPU (absent: not checked). */
+  cpuCheck?: number;
+  cpuCheckOutput?: string[];
 }
 
-export function preflightScript(fp: Footprint, targetDir: string): string {
+/**
+ * With `cpuinfo` (this host's `criu cpuinfo dump` image), the same round trip also runs
+ * `criu cpuinfo check` there: each SSH command costs the target shell's start-up.
+ */
+export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buffer): string {
   // Absolute paths only: no line of the heredoc can then equal its terminator (and end it early).
   const paths = fp.paths.filter((p) => p.startsWith('/') && !p.includes('\n'));
   return [
@@ -34,6 +41,13 @@ export function preflightScript(fp: Footprint, targetDir: string): string {
     '  echo "criu=$(criu --version 2>/dev/null | sed -n \'s/^Version: *//p\' | head -1)"',
     '  out=$(criu check 2>&1); echo "criucheck=$?"',
     '  printf \'%s\\n\' "$out" | grep -v RLIMIT_NOFILE | tail -n 5 | sed \'s/^/criucheckout=/\'',
+    ...(cpuinfo
+      ? [
+          `  c=$(mktemp -d) && printf '%s' '${cpuinfo.toString('base64')}' | base64 -d > "$c/cpuinfo.img"`,
+          '  criu cpuinfo check -D "$c" -o "$c/log" >/dev/null 2>&1; echo "cpu=$?"',
+          '  grep -E \'Error|mismatch\' "$c/log" 2>/dev/null | tail -n 3 | sed \'s/^/cpuout=/\'; rm -rf "$c"',
+        ]
+      : []),
     'fi',
     'if command -v iptables >/dev/null 2>&1; then echo lock=iptables; elif command -v nft >/dev/null 2>&1; then echo lock=nftables; fi',
     `echo "disk=$(df -P -B1 ${shq(targetDir)} 2>/dev/null | awk 'NR==2 {print $4}')"`,
@@ -63,6 +77,8 @@ export function parsePreflight(out: string): TargetFacts {
     else if (k === 'mem') f.memAvailBytes = Number(v) || 0;
     else if (k === 'pidtaken') f.pidsTaken.push(Number(v));
     else if (k === 'missing') f.missingPaths.push(v);
+    else if (k === 'cpu') f.cpuCheck = Number(v);
+    else if (k === 'cpuout') (f.cpuCheckOutput ??= []).push(v);
   }
   return f;
 }
@@ -95,6 +111,11 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
   }
   if (t.criuCheck !== 0) {
     throw new CedanaError('TARGET_UNSUPPORTED', `\`criu check\` fails ${at}: ${t.criuCheckOutput.join(' | ')}`, { hint: "the target's kernel lacks what CRIU needs" });
+  }
+  if (t.cpuCheck !== undefined && t.cpuCheck !== 0) {
+    throw new CedanaError('CPU_INCOMPATIBLE', `the CPU of ${n.target} lacks features of this host's (criu cpuinfo check): ${(t.cpuCheckOutput ?? []).join(' | ') || `exit ${t.cpuCheck}`}`, {
+      hint: 'a process using them would crash there: choose a target with a compatible CPU',
+    });
   }
   if (n.tcpEstablished && !t.networkLock) {
     throw new CedanaError('TARGET_UNSUPPORTED', `${n.target} has neither iptables nor nft, needed to restore established TCP connections`, { hint: 'install iptables there, or migrate with --tcp-close' });
@@ -129,18 +150,7 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
 
 const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MiB`;
 
-export async function runPreflight(session: SshSession, fp: Footprint, targetDir: string): Promise<TargetFacts> {
-  const r = await session.exec('sh -s', preflightScript(fp, targetDir));
+export async function runPreflight(session: SshSession, fp: Footprint, targetDir: string, cpuinfo?: Buffer): Promise<TargetFacts> {
+  const r = await session.exec('sh -s', preflightScript(fp, targetDir, cpuinfo));
   return parsePreflight(r.stdout);
-}
-
-/** `criu cpuinfo check` on the target against this host's `criu cpuinfo dump`. */
-export async function checkCpu(session: SshSession, cpuinfo: Buffer, target: string): Promise<void> {
-  const script = `${REMOTE_PATH}; d=$(mktemp -d) || exit 99; cat > "$d/cpuinfo.img"; criu cpuinfo check -D "$d" -o "$d/log" 2>/dev/null; rc=$?; grep -E 'Error|mismatch' "$d/log" | tail -n 3; rm -rf "$d"; exit $rc`;
-  const r = await session.exec(script, cpuinfo);
-  if (r.code !== 0) {
-    throw new CedanaError('CPU_INCOMPATIBLE', `the CPU of ${target} lacks features of this host's (criu cpuinfo check): ${r.stdout.trim().split('\n').join(' | ') || `exit ${r.code}`}`, {
-      hint: 'a process using them would crash there: choose a target with a compatible CPU',
-    });
-  }
 }

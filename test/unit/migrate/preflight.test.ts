@@ -393,3 +393,33 @@ describe('judgePreflight', () => {
     }
   });
 });
+
+describe('the CPU check inside the preflight round trip', () => {
+  it('runs criu cpuinfo check there against this host\'s cpuinfo image: the same host passes', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cedana-cpu-'));
+    try {
+      const dump = spawnSync('criu', ['cpuinfo', 'dump', '-D', dir, '-o', join(dir, 'log')]);
+      expect(dump.status).toBe(0);
+      const fp: Footprint = { pids: [], rssBytes: 1, paths: [] };
+      const r = runSh(preflightScript(fp, dir, readFileSync(join(dir, 'cpuinfo.img'))));
+      const facts = parsePreflight(r.stdout);
+      expect(facts.cpuCheck).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a damaged cpuinfo image fails the check, and judgePreflight says CPU_INCOMPATIBLE', async () => {
+    const fp: Footprint = { pids: [], rssBytes: 1, paths: [] };
+    const facts = parsePreflight(runSh(preflightScript(fp, '/', Buffer.from('not a cpuinfo image'))).stdout);
+    expect(facts.cpuCheck).toBeGreaterThan(0);
+    const t: TargetFacts = { ...facts, uid: 0, criuCheck: 0, diskAvailBytes: 1 << 30, memAvailBytes: 1 << 30 };
+    let err: unknown;
+    try {
+      judgePreflight(t, { target: 'b', arch: facts.arch, localCriu: parseVersionText('4.2')!, footprint: fp, tcpEstablished: false });
+    } catch (e) {
+      err = e;
+    }
+    expect((err as CedanaError).code).toBe('CPU_INCOMPATIBLE');
+  });
+});

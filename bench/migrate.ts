@@ -20,7 +20,7 @@ import { shq } from '../src/transport/ssh.js';
 import type { BenchBed } from './bed.js';
 import { cedanaResult, startCedana, type CriuSetup } from './contestants.js';
 import { DirtyFixture } from './dirty-fixture.js';
-import { lastLine, start, type Exit, type StartOptions } from './exec.js';
+import { lastLine, start, watchPeakRss, type Exit, type StartOptions } from './exec.js';
 import { MB, median, type Goal, type Row } from './stats.js';
 
 export interface MigrateConfig {
@@ -57,6 +57,8 @@ export type CedanaMigrate = MigrateResult & { ok: true };
 
 export interface CedanaRep {
   wallMs: number;
+  /** cedana's own peak RSS (VmHWM) during the migration: it streams, so this must not grow with the process. */
+  peakRssBytes: number;
   result: CedanaMigrate;
   /** Time between cedana's progress events (--json prints them on stderr), where available. */
   phasesMs: Record<string, number>;
@@ -75,6 +77,8 @@ export interface MigrateSamples {
 }
 
 const GOAL_MIGRATE: Goal = { on: 'ratio', op: '<=', limit: 0.4 };
+/** cedana streams the memory: its own RSS stays bounded whatever the process size. */
+const GOAL_RSS: Goal = { on: 'value', op: '<', limit: 200 };
 
 /** The fixture needs no CRIU flag (own session, no terminal, no sockets): the baseline gets none either. */
 const NO_FLAGS: CriuDecisions = { shellJob: false, tcpEstablished: false, tcpClose: false, fileLocks: false, externalUnix: [], notes: [] };
@@ -131,9 +135,11 @@ async function naiveRound(m: MigrateCtx, fx: DirtyFixture, tag: string): Promise
 
 async function cedanaRound(m: MigrateCtx, fx: DirtyFixture): Promise<CedanaRep> {
   await settle();
-  const exit = await startCedana(['migrate', String(fx.pid), '--to', m.bed.host.name, '--target-dir', TARGET_DIR, '--json'], { ...m.bed.env, TMPDIR: m.tmp }).done;
+  const run = startCedana(['migrate', String(fx.pid), '--to', m.bed.host.name, '--target-dir', TARGET_DIR, '--json'], { ...m.bed.env, TMPDIR: m.tmp });
+  const peak = watchPeakRss(run);
+  const exit = await run.done;
   const result = cedanaResult<CedanaMigrate>(exit, 'migrate', 'stdout');
-  return { wallMs: exit.ms, result, phasesMs: phaseTimes(exit.stderr) };
+  return { wallMs: exit.ms, peakRssBytes: await peak, result, phasesMs: phaseTimes(exit.stderr) };
 }
 
 /** Durations between the phase events cedana prints with --json (best effort: none if absent). */
@@ -217,6 +223,7 @@ export function migrateRows(s: MigrateSamples): Row[] {
     { name: `migrate ${z.mib} MiB: downtime`, unit: 'ms', value: med(z.cedana, (r) => r.result.downtimeMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
     { name: `migrate ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.cedana, (r) => r.wallMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
     { name: `migrate ${z.mib} MiB: bytes sent`, unit: 'MB', value: med(z.cedana, (r) => r.result.bytesSent) / MB, baseline: med(z.naive, (r) => r.tarBytes) / MB, baselineLabel: 'naive tar' },
+    { name: `migrate ${z.mib} MiB: cedana peak RSS`, unit: 'MB', value: med(z.cedana, (r) => r.peakRssBytes) / MB, goal: GOAL_RSS },
   ] satisfies Row[]);
 }
 

@@ -33,9 +33,10 @@ describe('dump and restore', () => {
     expect(frozenAt).toBeGreaterThanOrEqual(before!);
     await waitGone(pid);
 
-    const r = await cedanaOk(['restore', join(dir, 'img')]);
+    const r = await cedanaOk(['restore', join(dir, 'img'), '--pid-file', join(dir, 'restored.pid')]);
     owned.own(r.pid);
     expect(r).toMatchObject({ command: 'restore', pid, processes: 2 });
+    expect(readText(join(dir, 'restored.pid'))).toBe(`${pid}\n`);
     const after = await waitFor('restored tree to talk again', () => {
       const f = fields(state);
       return f && f[2]! >= frozenAt + 10 ? f : undefined;

@@ -1,6 +1,7 @@
 /** Commander wiring: parses arguments into handler calls. Handlers return results; main renders. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CedanaError } from '../errors.js';
+import { parsePathMap, type PathMap } from '../image/remap.js';
 import { CEDANA_VERSION } from '../version.js';
 import type { CommandResult } from './render.js';
 import type { Reporter } from './reporter.js';
@@ -24,6 +25,14 @@ function parsePid(value: string): number {
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer PID');
   return n;
+}
+
+function collectPathMap(value: string, previous: PathMap[]): PathMap[] {
+  try {
+    return [...previous, parsePathMap(value)];
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 }
 
 function parseMs(value: string): number {
@@ -84,8 +93,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--pid-file <file>', 'write the restored root PID to this file')
     .option('--tcp-close', 'restore established TCP connections closed')
     .option('--pid-wait <ms>', 'how long to wait for the image\'s PIDs to become free', parseMs, 5000)
+    .option('--map-path <OLD=NEW>', 'restore files under OLD (open, mapped, working directory) from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpClose?: boolean; pidWait: number; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; json?: boolean }) => {
       onInvoke({
         command: 'restore',
         json: !!o.json,
@@ -96,6 +106,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             pidFile: o.pidFile,
             tcpClose: !!o.tcpClose,
             pidWaitMs: o.pidWait,
+            mapPaths: o.mapPath,
             reporter: ctx.reporter,
             signal: ctx.signal,
           });

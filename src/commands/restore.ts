@@ -18,6 +18,7 @@ import { compareVersions, parseVersionText } from '../criu/version.js';
 import { CedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { isPagesImage, sha256File, verifyDir } from '../image/checksum.js';
+import { writeRemappedImage, type PathMap } from '../image/remap.js';
 import type { Manifest } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
 import { readRestoreStats } from '../image/criu/stats.js';
@@ -34,6 +35,8 @@ export interface RestoreArgs {
   stdin?: Readable;
   reporter?: Reporter;
   signal?: AbortSignal;
+  /** --map-path: files under `from` are restored from `to`. */
+  mapPaths?: PathMap[];
 }
 
 export interface RestoreResult {
@@ -44,6 +47,8 @@ export interface RestoreResult {
   processes: number;
   restoreMs: number;
   durationMs: number;
+  /** Files restored from another path (--map-path). */
+  remapped: { from: string; to: string }[];
 }
 
 export async function restore(args: RestoreArgs): Promise<RestoreResult> {
@@ -61,6 +66,14 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     report.phase('waiting for the image\'s PIDs to be free');
     await waitPidsFree(manifest.processes.map((p) => p.pid), args.pidWaitMs);
 
+    let criuDir = dir;
+    let remapped: { from: string; to: string }[] = [];
+    if (args.mapPaths && args.mapPaths.length > 0) {
+      report.phase('remapping paths');
+      const r = await writeRemappedImage(dir, join(work, 'remapped'), args.mapPaths);
+      criuDir = r.dir;
+      remapped = [...new Map(r.changed.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
+    }
     report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
     const pidFile = join(work, 'restored.pid');
     const logFile = join(work, 'restore.log');
@@ -68,7 +81,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     const o = manifest.options;
     const criuArgs = buildRestoreArgs(
       { shellJob: o.shellJob, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose || args.tcpClose, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 },
-      { imagesDir: dir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile, actionScript: gate.script },
+      { imagesDir: criuDir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile, actionScript: gate.script },
     );
     const t = performance.now();
     const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
@@ -108,6 +121,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       processes: manifest.processes.length,
       restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs,
       durationMs: Math.round(performance.now() - started),
+      remapped,
     };
   } finally {
     report.stop();

@@ -1,0 +1,58 @@
+/**
+ * restore --map-path: a process writing to a log restored with the log (and its working directory)
+ * at another path keeps appending to the new file at the right offset.
+ */
+import { copyFileSync, mkdirSync, readlinkSync, appendFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
+
+const owned = new Owned();
+afterEach(() => owned.cleanup());
+
+const lines = (p: string): string[] => (readText(p) ?? '').split('\n').slice(0, -1);
+
+async function dumpedAppender(): Promise<{ base: string; a: string; b: string; img: string; pid: number }> {
+  const base = await owned.tempDir();
+  const [a, b] = [join(base, 'a'), join(base, 'b')];
+  mkdirSync(a);
+  mkdirSync(b);
+  const pid = owned.python('appender.py', [join(a, 'out.log')], { cwd: a });
+  await waitFor('lines', () => lines(join(a, 'out.log')).length > 5);
+  const img = join(base, 'img');
+  await cedanaOk(['dump', String(pid), '-o', img]);
+  await waitGone(pid);
+  return { base, a, b, img, pid };
+}
+
+describe('restore --map-path', () => {
+  it('restores open files and the working directory from the new path, at the same offset', async () => {
+    const { a, b, img, pid } = await dumpedAppender();
+    copyFileSync(join(a, 'out.log'), join(b, 'out.log'));
+    const atDump = lines(join(b, 'out.log')).length;
+    const r = await cedanaOk(['restore', img, '--map-path', `${a}=${b}`]);
+    owned.own(r.pid);
+    expect(r.remapped).toEqual(expect.arrayContaining([{ from: join(a, 'out.log'), to: join(b, 'out.log') }, { from: a, to: b }]));
+    await waitFor('lines in the new file', () => lines(join(b, 'out.log')).length > atDump + 20);
+    lines(join(b, 'out.log')).forEach((l, i) => expect(l).toBe(`line ${i}`)); // no gap, no overwrite
+    expect(lines(join(a, 'out.log')).length).toBe(atDump); // the old file is left alone
+    expect(readlinkSync(`/proc/${pid}/cwd`)).toBe(b);
+  });
+
+  it('refuses a target that is missing or differs from the file at the dump, restoring nothing', async () => {
+    const { a, b, img, pid } = await dumpedAppender();
+    const missing = await cedana(['restore', img, '--map-path', `${a}=${b}`, '--json']);
+    expect(missing.exitCode).toBe(14);
+    expect(missing.json!.error.code).toBe('REMAP_INVALID');
+    expect(missing.json!.error.message).toContain(`${join(b, 'out.log')} (for ${join(a, 'out.log')}) does not exist`);
+    copyFileSync(join(a, 'out.log'), join(b, 'out.log'));
+    appendFileSync(join(b, 'out.log'), 'changed since\n');
+    const differs = await cedana(['restore', img, '--map-path', `${a}=${b}`, '--json']);
+    expect(differs.exitCode).toBe(14);
+    expect(differs.json!.error.message).toMatch(/has \d+ bytes, .* had \d+ at the dump/);
+    expect(alive(pid)).toBe(false);
+    const usage = await cedana(['restore', img, '--map-path', 'relative=/x', '--json']);
+    expect(usage.json!.error.code).toBe('USAGE');
+  });
+});

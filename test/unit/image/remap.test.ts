@@ -1,0 +1,62 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { CedanaError } from '../../../src/errors.js';
+import { decodeImage, encodeImage } from '../../../src/image/criu/codec.js';
+import { parsePathMap, remapFilesImage, remapPath } from '../../../src/image/remap.js';
+
+const SEED = fileURLToPath(new URL('../../fixtures/criu-images/fdzoo/files.img', import.meta.url));
+
+describe('parsePathMap', () => {
+  it('takes OLD=NEW with absolute paths, normalised, without a trailing slash', () => {
+    expect(parsePathMap('/srv/old/=/srv//new')).toEqual({ from: '/srv/old', to: '/srv/new' });
+    expect(parsePathMap('/a=/b=c')).toEqual({ from: '/a', to: '/b=c' });
+  });
+
+  it.each(['', '/a', 'a=/b', '/a=b', '=/b'])('refuses %j as a usage error', (text) => {
+    try {
+      parsePathMap(text);
+      expect.unreachable();
+    } catch (e) {
+      expect((e as CedanaError).code).toBe('USAGE');
+    }
+  });
+});
+
+describe('remapPath', () => {
+  const maps = [parsePathMap('/srv/app=/data/app'), parsePathMap('/srv=/mnt')];
+  it('maps the path itself and what is below it, first map first', () => {
+    expect(remapPath('/srv/app', maps)).toBe('/data/app');
+    expect(remapPath('/srv/app/log/x', maps)).toBe('/data/app/log/x');
+    expect(remapPath('/srv/other', maps)).toBe('/mnt/other');
+  });
+  it('does not map a sibling that only shares a prefix', () => {
+    expect(remapPath('/srv/application', [parsePathMap('/srv/app=/x')])).toBeUndefined();
+    expect(remapPath('/etc/passwd', maps)).toBeUndefined();
+  });
+});
+
+describe('remapFilesImage', () => {
+  const files = decodeImage(readFileSync(SEED), 'files.img');
+  const names = (img: typeof files): string[] =>
+    img.entries.flatMap((e) => (e.type !== null && typeof (e.value as { reg?: { name?: unknown } }).reg?.name === 'string' ? [(e.value as { reg: { name: string } }).reg.name] : []));
+
+  it('rewrites the names under OLD, keeps everything else byte for byte, and re-encodes to a valid image', () => {
+    const before = names(files);
+    const dir = before.find((n) => n.endsWith('/zoo/out.log'))!.replace(/\/out\.log$/, '');
+    const { image, changed } = remapFilesImage(files, [{ from: dir, to: '/new/place' }]);
+    expect(changed.map((c) => c.to)).toContain('/new/place/out.log');
+    expect(changed.find((c) => c.to === '/new/place/out.log')!.size).toBe(24);
+    const again = decodeImage(encodeImage(image), 'files.img');
+    const after = names(again);
+    expect(after).toContain('/new/place/out.log');
+    expect(after.filter((n) => n.startsWith(`${dir}/`))).toEqual([]);
+    expect(after.filter((n) => n.startsWith('/usr/'))).toEqual(before.filter((n) => n.startsWith('/usr/')));
+  });
+
+  it('changes nothing when no name is under OLD (the same bytes come back)', () => {
+    const { image, changed } = remapFilesImage(files, [{ from: '/nowhere', to: '/x' }]);
+    expect(changed).toEqual([]);
+    expect(encodeImage(image).equals(readFileSync(SEED))).toBe(true);
+  });
+});

@@ -16,7 +16,7 @@ export const ERROR_CODES = {
   IMAGE_INCOMPATIBLE: { exit: 10, what: 'the image was made on an incompatible host (architecture, CPU features)' },
   OUTPUT_EXISTS: { exit: 11, what: 'the output path already exists (use --force to replace it)' },
   PID_IN_USE: { exit: 12, what: 'a PID the image needs is taken on this host' },
-  REMAP_INVALID: { exit: 14, what: 'a --map-path target is missing or differs from the file at dump time' },
+  REMAP_INVALID: { exit: 14, what: 'a --map-path target is missing or differs from the file at dump time, or a --map-port port is not listened on' },
   IO_ERROR: { exit: 13, what: 'reading or writing a file or stream failed (disk full, broken pipe, permissions)' },
   SSH_UNREACHABLE: { exit: 20, what: 'the target cannot be reached over SSH (name, address, port, network)' },
   SSH_AUTH_FAILED: { exit: 21, what: 'the target refused every key offered (agent, IdentityFile, default identities)' },

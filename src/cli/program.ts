@@ -1,7 +1,7 @@
 /** Commander wiring: parses arguments into handler calls. Handlers return results; main renders. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CedanaError } from '../errors.js';
-import { parsePathMap, type PathMap } from '../image/remap.js';
+import { parsePathMap, parsePortMap, type PathMap, type PortMap } from '../image/remap.js';
 import { CEDANA_VERSION } from '../version.js';
 import type { CommandResult } from './render.js';
 import type { Reporter } from './reporter.js';
@@ -30,6 +30,14 @@ function parsePid(value: string): number {
 function collectPathMap(value: string, previous: PathMap[]): PathMap[] {
   try {
     return [...previous, parsePathMap(value)];
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+}
+
+function collectPortMap(value: string, previous: PortMap[]): PortMap[] {
+  try {
+    return [...previous, parsePortMap(value)];
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message);
   }
@@ -94,8 +102,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--tcp-close', 'restore established TCP connections closed')
     .option('--pid-wait <ms>', 'how long to wait for the image\'s PIDs to become free', parseMs, 5000)
     .option('--map-path <OLD=NEW>', 'restore files under OLD (open, mapped, working directory) from NEW; repeatable', collectPathMap, [] as PathMap[])
+    .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW after the restore; repeatable', collectPortMap, [] as PortMap[])
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; json?: boolean }) => {
       onInvoke({
         command: 'restore',
         json: !!o.json,
@@ -107,6 +116,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             tcpClose: !!o.tcpClose,
             pidWaitMs: o.pidWait,
             mapPaths: o.mapPath,
+            mapPorts: o.mapPort,
             reporter: ctx.reporter,
             signal: ctx.signal,
           });

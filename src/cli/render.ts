@@ -72,6 +72,7 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         `${c.green('✔')} restored PID ${r.pid} (${r.processes} process${r.processes === 1 ? '' : 'es'}) from ${r.image === '-' ? 'stdin' : r.image}`,
         `  CRIU restore ${formatMs(r.restoreMs)}, total ${formatMs(r.durationMs)}; it runs detached from cedana`,
         ...r.remapped.map((m) => `  ${c.dim('remapped')} ${m.from} → ${m.to}`),
+        ...r.remappedPorts.map((m) => `  ${c.dim('remapped')} port ${m.from} → ${m.to}`),
       ].join('\n');
     case 'migrate': {
       const lines = [

@@ -18,7 +18,7 @@ import { compareVersions, parseVersionText } from '../criu/version.js';
 import { CedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { isPagesImage, sha256File, verifyDir } from '../image/checksum.js';
-import { writeRemappedImage, type PathMap } from '../image/remap.js';
+import { writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
 import type { Manifest } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
 import { readRestoreStats } from '../image/criu/stats.js';
@@ -37,6 +37,8 @@ export interface RestoreArgs {
   signal?: AbortSignal;
   /** --map-path: files under `from` are restored from `to`. */
   mapPaths?: PathMap[];
+  /** --map-port: listening TCP sockets on `from` come back on `to`. */
+  mapPorts?: PortMap[];
 }
 
 export interface RestoreResult {
@@ -49,6 +51,8 @@ export interface RestoreResult {
   durationMs: number;
   /** Files restored from another path (--map-path). */
   remapped: { from: string; to: string }[];
+  /** Listening ports moved (--map-port). */
+  remappedPorts: { from: number; to: number }[];
 }
 
 export async function restore(args: RestoreArgs): Promise<RestoreResult> {
@@ -68,11 +72,13 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
 
     let criuDir = dir;
     let remapped: { from: string; to: string }[] = [];
-    if (args.mapPaths && args.mapPaths.length > 0) {
-      report.phase('remapping paths');
-      const r = await writeRemappedImage(dir, join(work, 'remapped'), args.mapPaths);
+    let remappedPorts: { from: number; to: number }[] = [];
+    if ((args.mapPaths?.length ?? 0) + (args.mapPorts?.length ?? 0) > 0) {
+      report.phase('remapping paths and ports');
+      const r = await writeRemappedImage(dir, join(work, 'remapped'), args.mapPaths ?? [], args.mapPorts ?? []);
       criuDir = r.dir;
       remapped = [...new Map(r.changed.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
+      remappedPorts = [...new Map(r.changedPorts.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
     }
     report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
     const pidFile = join(work, 'restored.pid');
@@ -122,6 +128,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs,
       durationMs: Math.round(performance.now() - started),
       remapped,
+      remappedPorts,
     };
   } finally {
     report.stop();

@@ -13,6 +13,11 @@ export interface PathMap {
   to: string;
 }
 
+export interface PortMap {
+  from: number;
+  to: number;
+}
+
 export interface Remapped {
   id: number;
   from: string;
@@ -32,6 +37,16 @@ export function parsePathMap(text: string): PathMap {
   return { from: norm(from), to: norm(to) };
 }
 
+/** "OLD:NEW", two TCP ports. Pure. */
+export function parsePortMap(text: string): PortMap {
+  const m = /^(\d{1,5}):(\d{1,5})$/.exec(text);
+  const [from, to] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  if (!(from >= 1 && from <= 65535 && to >= 1 && to <= 65535)) {
+    throw new CedanaError('USAGE', `--map-port ${JSON.stringify(text)}: expected OLD:NEW, two TCP ports`, { hint: 'e.g. --map-port 8000:9000' });
+  }
+  return { from, to };
+}
+
 /** The path under the first map that covers it (the path itself or below), or undefined. Pure. */
 export function remapPath(path: string, maps: PathMap[]): string | undefined {
   for (const m of maps) {
@@ -42,22 +57,45 @@ export function remapPath(path: string, maps: PathMap[]): string | undefined {
   return undefined;
 }
 
-/** files.img with every regular file's name remapped; the entries it changed. Pure. */
-export function remapFilesImage(files: DecodedImage, maps: PathMap[]): { image: DecodedImage; changed: Remapped[] } {
+const TCP_LISTEN = 10;
+
+export interface RemappedPort {
+  id: number;
+  from: number;
+  to: number;
+}
+
+/**
+ * files.img with every regular file's name remapped, and the local port of every listening TCP
+ * socket in `ports` (established connections keep theirs: their peer knows them). Pure.
+ */
+export function remapFilesImage(
+  files: DecodedImage,
+  maps: PathMap[],
+  ports: PortMap[] = [],
+): { image: DecodedImage; changed: Remapped[]; changedPorts: RemappedPort[] } {
   const changed: Remapped[] = [];
+  const changedPorts: RemappedPort[] = [];
   const entries = files.entries.map((e): ImageEntry => {
     if (e.type === null) return e;
-    const value = e.value as { id?: number; reg?: { name?: unknown; size?: bigint | number } };
+    const value = e.value as { id?: number; reg?: { name?: unknown; size?: bigint | number }; isk?: { proto?: number; state?: number; src_port?: number } };
+    const isk = value.isk;
+    if (isk && isk.proto === 6 && isk.state === TCP_LISTEN) {
+      const map = ports.find((p) => p.from === isk.src_port);
+      if (!map) return e;
+      changedPorts.push({ id: Number(value.id ?? 0), from: map.from, to: map.to });
+      // A new entry object: the codec re-encodes it instead of writing back the original bytes.
+      return { ...e, value: { ...e.value, isk: { ...isk, src_port: map.to } } as typeof e.value };
+    }
     const name = value.reg?.name;
     if (typeof name !== 'string') return e;
     const to = remapPath(name, maps);
     if (to === undefined) return e;
     const size = value.reg!.size === undefined ? undefined : Number(value.reg!.size);
     changed.push({ id: Number(value.id ?? 0), from: name, to, size });
-    // A new entry object: the codec re-encodes it instead of writing back the original bytes.
     return { ...e, value: { ...e.value, reg: { ...value.reg, name: to } } as typeof e.value };
   });
-  return { image: { ...files, entries }, changed };
+  return { image: { ...files, entries }, changed, changedPorts };
 }
 
 /**
@@ -65,9 +103,20 @@ export function remapFilesImage(files: DecodedImage, maps: PathMap[]): { image: 
  * rewritten files.img, in `into`. Each remapped path must exist, and a file must have the size CRIU
  * recorded at dump time (CRIU would refuse it, less clearly).
  */
-export async function writeRemappedImage(dir: string, into: string, maps: PathMap[]): Promise<{ dir: string; changed: Remapped[] }> {
+export async function writeRemappedImage(
+  dir: string,
+  into: string,
+  maps: PathMap[],
+  ports: PortMap[] = [],
+): Promise<{ dir: string; changed: Remapped[]; changedPorts: RemappedPort[] }> {
   const files = decodeImage(await readFile(join(dir, 'files.img')), 'files.img');
-  const { image, changed } = remapFilesImage(files, maps);
+  const { image, changed, changedPorts } = remapFilesImage(files, maps, ports);
+  const unused = ports.filter((p) => !changedPorts.some((c) => c.from === p.from));
+  if (unused.length > 0) {
+    throw new CedanaError('REMAP_INVALID', `--map-port: the image has no listening TCP socket on port ${unused.map((p) => p.from).join(', ')}`, {
+      hint: '`cedana inspect` lists the image\'s sockets',
+    });
+  }
   const problems: string[] = [];
   for (const c of changed) {
     const st = await stat(c.to).catch(() => undefined);
@@ -85,5 +134,5 @@ export async function writeRemappedImage(dir: string, into: string, maps: PathMa
     if (name !== 'files.img') await symlink(join(dir, name), join(into, name));
   }
   await writeFile(join(into, 'files.img'), encodeImage(image), { mode: 0o600 });
-  return { dir: into, changed };
+  return { dir: into, changed, changedPorts };
 }

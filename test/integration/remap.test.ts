@@ -1,8 +1,11 @@
 /**
  * restore --map-path: a process writing to a log restored with the log (and its working directory)
- * at another path keeps appending to the new file at the right offset.
+ * at another path keeps appending to the new file at the right offset. restore --map-port: a
+ * listening service comes back on another port.
  */
+import { execa } from 'execa';
 import { copyFileSync, mkdirSync, readlinkSync, appendFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
@@ -54,5 +57,36 @@ describe('restore --map-path', () => {
     expect(alive(pid)).toBe(false);
     const usage = await cedana(['restore', img, '--map-path', 'relative=/x', '--json']);
     expect(usage.json!.error.code).toBe('USAGE');
+  });
+});
+
+describe('restore --map-port', () => {
+  it("Python's http.server restored with --map-port 8000:9000 answers on 9000", async () => {
+    const ns = `cedana-r${process.pid}`;
+    await execa('ip', ['netns', 'add', ns]);
+    owned.onCleanup(async () => void (await execa('ip', ['netns', 'del', ns], { reject: false })));
+    await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    const inNs = ['nsenter', `--net=/run/netns/${ns}`];
+    const get = (port: number) =>
+      execa(inNs[0]!, [...inNs.slice(1), 'python3', '-c', `import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:${port}/", timeout=5).status)`], { reject: false });
+    const root = await owned.tempDir();
+    const pid = owned.start('python3', ['-m', 'http.server', '8000', '--bind', '127.0.0.1', '--directory', root], { wrap: inNs });
+    await waitFor('http.server answering', async () => (await get(8000)).stdout.trim() === '200');
+    const img = join(root, '..', `${root.split('/').pop()}-img`);
+    owned.onCleanup(() => rm(img, { recursive: true, force: true }));
+    await cedanaOk(['dump', String(pid), '-o', img], { wrap: inNs });
+    await waitGone(pid);
+    const r = await cedanaOk(['restore', img, '--map-port', '8000:9000'], { wrap: inNs });
+    owned.own(r.pid);
+    expect(r.remappedPorts).toEqual([{ from: 8000, to: 9000 }]);
+    expect((await get(9000)).stdout.trim()).toBe('200');
+    expect((await get(8000)).exitCode).not.toBe(0); // nothing listens there any more
+  });
+
+  it('refuses a port the image does not listen on', async () => {
+    const { img } = await dumpedAppender();
+    const r = await cedana(['restore', img, '--map-port', '8000:9000', '--json']);
+    expect(r.exitCode).toBe(14);
+    expect(r.json!.error.message).toMatch(/no listening TCP socket on port 8000/);
   });
 });

@@ -22,7 +22,7 @@ const DUMP: DumpResult = {
   decisions: ['--tcp-established: 1 established TCP connection(s), e.g. a ↔ b', '--file-locks: requested'],
 };
 
-const RESTORE: RestoreResult = { command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [] };
+const RESTORE: RestoreResult = { command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [], remappedPorts: [] };
 
 const CHECK_OK: CheckResultData = {
   command: 'check',
@@ -92,7 +92,7 @@ describe('resultJson', () => {
   });
 
   it('restore: ok=true with every result field', () => {
-    expect(resultJson(RESTORE)).toEqual({ ok: true, command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [] });
+    expect(resultJson(RESTORE)).toEqual({ ok: true, command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [], remappedPorts: [] });
   });
 
   it('check that passes: ok=true and no error key', () => {

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import { decodeImage, encodeImage } from '../../../src/image/criu/codec.js';
-import { parsePathMap, remapFilesImage, remapPath } from '../../../src/image/remap.js';
+import { parsePathMap, parsePortMap, remapFilesImage, remapPath } from '../../../src/image/remap.js';
 
 const SEED = fileURLToPath(new URL('../../fixtures/criu-images/fdzoo/files.img', import.meta.url));
 
@@ -58,5 +58,25 @@ describe('remapFilesImage', () => {
     const { image, changed } = remapFilesImage(files, [{ from: '/nowhere', to: '/x' }]);
     expect(changed).toEqual([]);
     expect(encodeImage(image).equals(readFileSync(SEED))).toBe(true);
+  });
+});
+
+describe('parsePortMap and listening-port remapping', () => {
+  it('takes OLD:NEW ports and refuses anything else as a usage error', () => {
+    expect(parsePortMap('8000:9000')).toEqual({ from: 8000, to: 9000 });
+    for (const bad of ['8000', '0:1', '1:70000', 'a:b', '8000:9000:1']) expect(() => parsePortMap(bad)).toThrow(/--map-port/);
+  });
+
+  it('moves only the listening TCP socket on OLD; the connections keep their ports', () => {
+    const files = decodeImage(readFileSync(SEED), 'files.img');
+    const { image, changedPorts } = remapFilesImage(files, [], [{ from: 7100, to: 7200 }]);
+    expect(changedPorts).toEqual([{ id: expect.any(Number), from: 7100, to: 7200 }]);
+    const socks = decodeImage(encodeImage(image), 'files.img').entries.flatMap((e) => {
+      const isk = e.type === null ? undefined : (e.value as { isk?: { state: number; src_port: number; dst_port: number } }).isk;
+      return isk ? [isk] : [];
+    });
+    expect(socks.find((k) => k.state === 10)!.src_port).toBe(7200);
+    // The established pair of the seed (7100 ↔ 43016) is untouched.
+    expect(socks.filter((k) => k.state === 1).map((k) => [k.src_port, k.dst_port])).toEqual([[43016, 7100], [7100, 43016]]);
   });
 });

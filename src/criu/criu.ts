@@ -109,10 +109,6 @@ export function spawnCriu(criu: Criu, args: string[], opts: RunOptions & { pageS
   return { done, psSocket: opts.pageServerSocket ? (child.stdio[3] as Duplex) : undefined };
 }
 
-export async function runCriu(criu: Criu, args: string[], opts: RunOptions): Promise<void> {
-  await spawnCriu(criu, args, opts).done;
-}
-
 /** Copies a CRIU log to the persistent log directory (0600); returns its path, or undefined. */
 /** The last `max` bytes of a file. */
 async function readTail(path: string, max: number): Promise<Buffer> {

@@ -98,17 +98,6 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
   };
 }
 
-/** openRestore and send at once. */
-export async function sendAndRestore(
-  s: SshSession,
-  d: RemoteDir,
-  tar: (dest: NodeJS.WritableStream) => Promise<void>,
-  criuFlags: string[],
-  networkLock: string,
-): Promise<RemoteRestore> {
-  return (await openRestore(s, d, criuFlags, networkLock)).send(tar);
-}
-
 /** Best effort: stops the page server, ends restored PIDs (when asked) and removes the work directory. */
 export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: number[] = []): Promise<boolean> {
   if (!s.isOpen) return false;

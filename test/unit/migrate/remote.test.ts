@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
-import { cleanupRemote, makeRemoteDir, sendAndRestore, startPageServer } from '../../../src/migrate/remote.js';
+import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type RemoteDir } from '../../../src/migrate/remote.js';
 import type { ExecResult, SshSession } from '../../../src/transport/ssh.js';
 
 type Exec = (command: string, stdin?: Buffer | string) => Promise<ExecResult>;
@@ -140,7 +140,12 @@ describe('startPageServer (canned results: no CRIU)', () => {
   });
 });
 
-describe('sendAndRestore (a stand-in channel: no CRIU)', () => {
+/** What migrate does at the commit point: the restore command, then the metadata into it. */
+async function sendAndRestore(s: Parameters<typeof openRestore>[0], d: RemoteDir, tar: (dest: NodeJS.WritableStream) => Promise<void>, flags: string[], lock: string) {
+  return (await openRestore(s, d, flags, lock)).send(tar);
+}
+
+describe('openRestore + send (a stand-in channel: no CRIU)', () => {
   const d = { dir: '/var/tmp/w', images: '/var/tmp/w/img' };
 
   /** A channel that takes stdin, then answers with the given output and exit code. */

@@ -6,7 +6,9 @@
  * the process runs on the target after a migration. Only a process carrying our marker is killed here.
  */
 import { spawn } from 'node:child_process';
-import { access, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { pathExists } from '../src/util/paths.js';
+import { FILL_MEMORY, killMarked } from './fixture.js';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -14,15 +16,10 @@ export const DIRTY_MARK = 'cedana-bench-dirty-fixture';
 const MARK = DIRTY_MARK;
 const READY_COMM = 'bench-dirty';
 
-const SCRIPT = `
-import os, random, sys, time
-size = int(sys.argv[2]) << 20
-percent = float(sys.argv[3])
+const SCRIPT = `${FILL_MEMORY}
+import random
 beat = os.path.join(sys.argv[4], '%d.beat' % os.getpid())
-buf = bytearray(size)
-step = 1 << 20
-for off in range(0, size, step):
-    buf[off:off + step] = os.urandom(min(step, size - off))
+percent = float(sys.argv[3])
 with open('/proc/self/comm', 'w') as f:
     f.write('${READY_COMM}')
 pages = size >> 12
@@ -99,30 +96,14 @@ export class DirtyFixture {
   /** Waits until the original, our child, has exited and been reaped (CRIU ends it after a dump). */
   async gone(timeoutMs = 60_000): Promise<void> {
     const deadline = performance.now() + timeoutMs;
-    while (!this.childExited || (await exists(`/proc/${this.pid}`))) {
+    while (!this.childExited || (await pathExists(`/proc/${this.pid}`))) {
       if (performance.now() > deadline) throw new Error(`PID ${this.pid} still exists here ${timeoutMs} ms after the migration`);
       await sleep(10);
     }
   }
 
   /** SIGKILLs the fixture if it still runs here; a PID taken by another process is left alone. */
-  async kill(): Promise<boolean> {
-    const cmdline = await readFile(`/proc/${this.pid}/cmdline`, 'utf8').catch(() => '');
-    if (!cmdline.split('\0').includes(MARK)) return false;
-    try {
-      process.kill(this.pid, 'SIGKILL');
-      return true;
-    } catch {
-      return false;
-    }
-  }
-}
-
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
+  kill(): Promise<boolean> {
+    return killMarked(this.pid, MARK);
   }
 }

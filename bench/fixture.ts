@@ -4,20 +4,25 @@
  * Each restore brings it back under the same PID; only a process carrying our marker is ever killed.
  */
 import { spawn } from 'node:child_process';
-import { access, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { pathExists } from '../src/util/paths.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const MARK = 'cedana-bench-fixture';
 /** The fixture renames itself (comm) once its memory is filled. */
 const READY_COMM = 'bench-ready';
 
-const SCRIPT = `
+/** Python: fills `buf` with argv[2] MiB of random (incompressible) bytes. Both fixtures start with it. */
+export const FILL_MEMORY = `
 import os, sys, time
 size = int(sys.argv[2]) << 20
 buf = bytearray(size)
 step = 1 << 20
 for off in range(0, size, step):
     buf[off:off + step] = os.urandom(min(step, size - off))
+`;
+
+const SCRIPT = `${FILL_MEMORY}
 with open('/proc/self/comm', 'w') as f:
     f.write('${READY_COMM}')
 while True:
@@ -62,7 +67,7 @@ export class Fixture {
    */
   async gone(timeoutMs = 60_000): Promise<void> {
     const deadline = performance.now() + timeoutMs;
-    while (!this.childExited || (await exists(this.pid))) {
+    while (!this.childExited || (await pathExists(`/proc/${this.pid}`))) {
       if (performance.now() > deadline) throw new Error(`PID ${this.pid} still exists ${timeoutMs} ms after the dump`);
       await sleep(10);
     }
@@ -74,28 +79,26 @@ export class Fixture {
   }
 
   /** SIGKILLs the fixture if it still runs; a PID taken by another process is left alone. */
-  async kill(): Promise<boolean> {
-    if (!(await this.isOurs())) return false;
-    try {
-      process.kill(this.pid, 'SIGKILL');
-      return true;
-    } catch {
-      return false;
-    }
+  kill(): Promise<boolean> {
+    return killMarked(this.pid, MARK);
   }
 
-  private async isOurs(): Promise<boolean> {
-    try {
-      return (await readFile(`/proc/${this.pid}/cmdline`, 'utf8')).split('\0').includes(MARK);
-    } catch {
-      return false;
-    }
+  private isOurs(): Promise<boolean> {
+    return carriesMark(this.pid, MARK);
   }
 }
 
-async function exists(pid: number): Promise<boolean> {
+/** Whether PID runs a process whose command line carries `mark` (a fixture of ours). */
+export async function carriesMark(pid: number, mark: string): Promise<boolean> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  return cmdline.split('\0').includes(mark);
+}
+
+/** SIGKILLs PID only if it carries `mark`: a PID reused by another process is left alone. */
+export async function killMarked(pid: number, mark: string): Promise<boolean> {
+  if (!(await carriesMark(pid, mark))) return false;
   try {
-    await access(`/proc/${pid}`);
+    process.kill(pid, 'SIGKILL');
     return true;
   } catch {
     return false;

@@ -10,7 +10,7 @@
  * cleaned up.
  */
 import { execa } from 'execa';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildDumpArgs, restoreFlagArgs, type TcpMode } from '../criu/options.js';
 import { decideDumpOptions } from '../criu/options.js';
@@ -241,7 +241,6 @@ async function cleanUpAfterFailure(session: SshSession, remote: RemoteDir, kill:
 }
 
 async function imagesSize(dir: string): Promise<number> {
-  const { stat } = await import('node:fs/promises');
   let total = 0;
   for (const f of (await listImageFiles(dir)).files) total += (await stat(join(dir, f))).size;
   return total;

@@ -12,9 +12,10 @@
  * makes CRIU kill it. cedana verifies the large pages images while CRIU restores and lets the tree
  * run only if they check out.
  */
-import { access, chmod, writeFile } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pathExists } from '../util/paths.js';
 
 export type GateEvent = 'ready' | 'exited';
 
@@ -57,7 +58,7 @@ done
     );
     const poll = (async (): Promise<GateEvent> => {
       while (!over) {
-        if (await exists(join(this.dir, 'ready'))) return 'ready';
+        if (await pathExists(join(this.dir, 'ready'))) return 'ready';
         await sleep(4);
       }
       return 'exited';
@@ -65,7 +66,7 @@ done
     const first = await Promise.race([poll, onExit]);
     over = true;
     // CRIU may have exited right after creating `ready` (it cannot: it waits for us), but be exact.
-    if (first === 'exited' && (await exists(join(this.dir, 'ready')))) return 'ready';
+    if (first === 'exited' && (await pathExists(join(this.dir, 'ready')))) return 'ready';
     return first;
   }
 
@@ -81,14 +82,5 @@ done
     if (this.decided) return;
     this.decided = true;
     await writeFile(join(this.dir, verdict), '', { mode: 0o600 });
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await access(p);
-    return true;
-  } catch {
-    return false;
   }
 }

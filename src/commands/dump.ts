@@ -129,8 +129,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       // In place before the commit: once CRIU ends the tree, the image must already be where it belongs.
       if (target.kind === 'dir') await moveIntoPlace(imagesDir, target.path);
     } catch (e) {
-      await gate.abort();
-      await run.done.catch(() => undefined);
+      await gate.abortAndWait(run.done);
       throw e;
     }
     if (!committed) {

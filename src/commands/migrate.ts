@@ -121,8 +121,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       event = await Promise.race([gate.waitReady(run.done), session.lost(), proxy.failed]);
     } catch (e) {
       proxy.close();
-      await gate.abort();
-      await run.done.catch(() => undefined);
+      await gate.abortAndWait(run.done);
       throw e;
     } finally {
       clearInterval(ticker);
@@ -168,8 +167,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     } catch (e) {
       // The rollback hook runs before the source resumes: what pre-restore moved must be back first.
       if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
-      await gate.abort();
-      await run.done.catch(() => undefined);
+      await gate.abortAndWait(run.done);
       throw e;
     }
     await gate.commit();

@@ -106,8 +106,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     const bad = await Promise.race([pagesBad, interrupted]);
     if (bad) {
       // The tree was restored but never ran: CRIU kills it when the gate aborts.
-      await gate.abort();
-      await run.done.catch(() => undefined);
+      await gate.abortAndWait(run.done);
       throw bad;
     }
     if (event === 'exited') {

@@ -78,6 +78,12 @@ done
     await this.decide('abort');
   }
 
+  /** Aborts, then waits for CRIU (`criuDone`) to act on it: resume the dumped tree, or kill the restored one. */
+  async abortAndWait(criuDone: Promise<unknown>): Promise<void> {
+    await this.abort();
+    await criuDone.catch(() => undefined);
+  }
+
   private async decide(verdict: 'commit' | 'abort'): Promise<void> {
     if (this.decided) return;
     this.decided = true;

@@ -3,6 +3,7 @@
  * that cleanup() ends exactly those, by PID, even when the test failed.
  */
 import { spawn } from 'node:child_process';
+import { execa } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -99,6 +100,19 @@ export class Owned {
     const d = await mkdtemp(join(parent, prefix));
     this.dirs.push(d);
     return d;
+  }
+
+  /**
+   * A private network namespace with only loopback up, deleted at cleanup. Returns its name and the
+   * command prefix that runs something in it: nsenter joins the network namespace only (`ip netns
+   * exec` would also make a new mount namespace, which CRIU would then have to dump).
+   */
+  async netns(tag: string): Promise<{ ns: string; inNs: string[] }> {
+    const ns = `cedana-${tag}${process.pid}`;
+    await execa('ip', ['netns', 'add', ns]);
+    this.onCleanup(async () => void (await execa('ip', ['netns', 'del', ns], { reject: false })));
+    await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    return { ns, inNs: ['nsenter', `--net=/run/netns/${ns}`] };
   }
 
   onCleanup(fn: () => Promise<void> | void): void {

@@ -3,7 +3,6 @@
  * byte for byte, what is decoded matches what the test knows about the dumped processes, and —
  * with CRIU's own crit — matches crit's decoding value for value.
  */
-import { execa } from 'execa';
 import protobuf from 'protobufjs';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -40,11 +39,7 @@ function load(dir: string): Dump {
 }
 
 async function netns(): Promise<string[]> {
-  const ns = `cedana-c${process.pid}-${Object.keys(dumps).length}`;
-  await execa('ip', ['netns', 'add', ns]);
-  owned.onCleanup(async () => void (await execa('ip', ['netns', 'del', ns], { reject: false })));
-  await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-  return ['nsenter', `--net=/run/netns/${ns}`];
+  return (await owned.netns(`c${Object.keys(dumps).length}-`)).inNs;
 }
 
 const fields = (p: string): number[] | undefined => readText(p)?.trim().split(/\s+/).map(Number);

@@ -29,11 +29,7 @@ beforeAll(async () => {
   await waitGone(facts.appender);
   facts.logSize = statSync(facts.log).size; // nothing writes it any more: the offset it had at the dump
 
-  const ns = `cedana-i${process.pid}`;
-  await execa('ip', ['netns', 'add', ns]);
-  owned.onCleanup(async () => void (await execa('ip', ['netns', 'del', ns], { reject: false })));
-  await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-  const inNs = ['nsenter', `--net=/run/netns/${ns}`];
+  const { ns, inNs } = await owned.netns('i');
   const d = await owned.tempDir();
   facts.server = owned.python('echoserver.py', ['tcp', '127.0.0.1', String(PORT)], { wrap: inNs });
   await waitFor('server listening', async () => (await execa('ip', ['netns', 'exec', ns, 'ss', '-Hltn', `sport = :${PORT}`])).stdout.includes(String(PORT)));

@@ -62,11 +62,7 @@ describe('restore --map-path', () => {
 
 describe('restore --map-port', () => {
   it("Python's http.server restored with --map-port 8000:9000 answers on 9000", async () => {
-    const ns = `cedana-r${process.pid}`;
-    await execa('ip', ['netns', 'add', ns]);
-    owned.onCleanup(async () => void (await execa('ip', ['netns', 'del', ns], { reject: false })));
-    await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    const inNs = ['nsenter', `--net=/run/netns/${ns}`];
+    const { inNs } = await owned.netns('r');
     const get = (port: number) =>
       execa(inNs[0]!, [...inNs.slice(1), 'python3', '-c', `import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:${port}/", timeout=5).status)`], { reject: false });
     const root = await owned.tempDir();

@@ -2,7 +2,6 @@
  * A TCP client and server in a private network namespace: the established connection survives
  * dump and restore (cedana detects it and picks --tcp-established by itself).
  */
-import { execa } from 'execa';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cedanaOk } from '../helpers/cedana.js';
@@ -15,12 +14,7 @@ const fields = (p: string): number[] => readText(p)?.trim().split(' ').map(Numbe
 
 describe('TCP connections', () => {
   it('keeps an established connection across dump and restore', async () => {
-    const ns = `cedana-t${process.pid}`;
-    await execa('ip', ['netns', 'add', ns]);
-    owned.onCleanup(async () => void (await execa('ip', ['netns', 'del', ns], { reject: false })));
-    await execa('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    // nsenter joins only the network namespace (`ip netns exec` would also make a new mount namespace).
-    const inNs = ['nsenter', `--net=/run/netns/${ns}`];
+    const { inNs } = await owned.netns('t');
 
     const dir = await owned.tempDir();
     const state = join(dir, 'state');

@@ -17,6 +17,9 @@ export const ERROR_CODES = {
   OUTPUT_EXISTS: { exit: 11, what: 'the output path already exists (use --force to replace it)' },
   PID_IN_USE: { exit: 12, what: 'a PID the image needs is taken on this host' },
   REMAP_INVALID: { exit: 14, what: 'a --map-path target is missing or differs from the file at dump time, or a --map-port port is not listened on' },
+  FILE_TOO_LARGE: { exit: 15, what: 'a deleted-but-open file is over the shipping limit (--ship-files carries it)' },
+  FILE_CONFLICT: { exit: 16, what: 'a file the image carries exists here with another size, or its directory is missing' },
+  TCP_KEEP_IMPOSSIBLE: { exit: 17, what: '--tcp-established was given, but a connection\'s local address does not exist where it would be restored' },
   IO_ERROR: { exit: 13, what: 'reading or writing a file or stream failed (disk full, broken pipe, permissions)' },
   SSH_UNREACHABLE: { exit: 20, what: 'the target cannot be reached over SSH (name, address, port, network)' },
   SSH_AUTH_FAILED: { exit: 21, what: 'the target refused every key offered (agent, IdentityFile, default identities)' },
@@ -34,6 +37,7 @@ export const ERROR_CODES = {
   FILES_MISSING_ON_TARGET: { exit: 33, what: 'files the process has open do not exist on the target' },
   TARGET_RESTORE_FAILED: { exit: 34, what: "the target's CRIU failed to restore; the source was resumed" },
   HOOK_FAILED: { exit: 35, what: 'the --hook command failed (pre-restore or post-restore); the source was resumed' },
+  TARGET_PORT_IN_USE: { exit: 36, what: 'a TCP port the tree listens on is taken on the target (--map-port moves it)' },
   INTERRUPTED: { exit: 130, what: 'interrupted by SIGINT or SIGTERM; the process was left running' },
 } as const;
 

@@ -43,6 +43,14 @@ function collectPortMap(value: string, previous: PortMap[]): PortMap[] {
   }
 }
 
+/** --ship-files / --no-ship-files: every file, none, or (neither) those under the size limits. */
+const shipOptions = (cmd: Command): Command =>
+  cmd
+    .addOption(new Option('--ship-files', 'carry every file the process uses that may be missing where it is restored, whatever its size').conflicts('noShipFiles'))
+    .addOption(new Option('--no-ship-files', 'carry no file with the image (default: files up to 64 MiB each, 256 MiB in all)'));
+
+const shipPolicy = (o: { shipFiles?: boolean }): 'auto' | 'all' | 'none' => (o.shipFiles === true ? 'all' : o.shipFiles === false ? 'none' : 'auto');
+
 function parseMs(value: string): number {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected milliseconds');
   return Number(value);
@@ -64,8 +72,8 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
       onInvoke({ command: 'check', json: !!o.json, run: async () => (await import('../commands/check.js')).check() });
     });
 
-  program
-    .command('dump')
+  shipOptions(program
+    .command('dump'))
     .description('checkpoint the process tree rooted at <pid>')
     .argument('<pid>', 'root of the process tree', parsePid)
     .option('-o, --output <path>', 'image directory, archive (.tar, .tar.gz, .tar.zst) or - for a tar stream on stdout (default ./cedana-<pid>-<UTC time>)')
@@ -75,7 +83,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--file-locks', 'dump file locks (automatic when the tree holds some)')
     .option('--force', 'replace an existing output')
     .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
-    .action((pid: number, o: { output?: string; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; json?: boolean }) => {
+    .action((pid: number, o: { output?: string; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; json?: boolean }) => {
       onInvoke({
         command: 'dump',
         json: !!o.json,
@@ -87,6 +95,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
             fileLocks: !!o.fileLocks,
             force: !!o.force,
+            ship: shipPolicy(o),
             stream: o.output === '-' ? (await import('./stdout.js')).imageStdout() : undefined,
             reporter: ctx.reporter,
             signal: ctx.signal,
@@ -99,12 +108,13 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .description('restore an image (directory, archive, or - for stdin); the process runs detached')
     .argument('<image>', 'image directory, archive, or - to read a tar stream from stdin')
     .option('--pid-file <file>', 'write the restored root PID to this file')
-    .option('--tcp-close', 'restore established TCP connections closed')
+    .addOption(new Option('--tcp-established', 'keep every established TCP connection; an error if a local address is missing here (default: keep those whose address exists, close the rest)').conflicts('tcpClose'))
+    .addOption(new Option('--tcp-close', 'restore every established TCP connection closed').conflicts('tcpEstablished'))
     .option('--pid-wait <ms>', 'how long to wait for the image\'s PIDs to become free', parseMs, 5000)
     .option('--map-path <OLD=NEW>', 'restore files under OLD (open, mapped, working directory) from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW after the restore; repeatable', collectPortMap, [] as PortMap[])
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; json?: boolean }) => {
       onInvoke({
         command: 'restore',
         json: !!o.json,
@@ -113,7 +123,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
           return (await import('../commands/restore.js')).restore({
             image,
             pidFile: o.pidFile,
-            tcpClose: !!o.tcpClose,
+            tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
             pidWaitMs: o.pidWait,
             mapPaths: o.mapPath,
             mapPorts: o.mapPort,
@@ -137,19 +147,21 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
       });
     });
 
-  program
-    .command('migrate')
+  shipOptions(program
+    .command('migrate'))
     .description('move the process tree rooted at <pid> to another host over SSH; the source is resumed on any failure')
     .argument('<pid>', 'root of the process tree', parsePid)
     .requiredOption('--to <destination>', '[user@]host[:port], or a Host alias from ~/.ssh/config')
     .option('--accept-new-host-key', 'record the key of a host not yet in known_hosts (a changed key is always refused)')
     .option('--target-dir <dir>', 'where the target keeps the image while it restores', '/var/tmp')
-    .addOption(new Option('--tcp-established', 'keep established TCP connections (default when the tree has some)').conflicts('tcpClose'))
-    .addOption(new Option('--tcp-close', 'restore established TCP connections closed').conflicts('tcpEstablished'))
+    .addOption(new Option('--tcp-established', 'keep every established TCP connection; an error before freezing if a local address is missing on the target (default: keep those whose address exists there, close the rest)').conflicts('tcpClose'))
+    .addOption(new Option('--tcp-close', 'restore every established TCP connection closed').conflicts('tcpEstablished'))
     .option('--file-locks', 'migrate file locks (automatic when the tree holds some)')
+    .option('--map-path <OLD=NEW>', 'on the target, files under OLD (open, mapped, working directory) are used from NEW; repeatable', collectPathMap, [] as PathMap[])
+    .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW on the target; repeatable', collectPortMap, [] as PortMap[])
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; hook?: string; json?: boolean }) => {
+    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; hook?: string; json?: boolean }) => {
       onInvoke({
         command: 'migrate',
         json: !!o.json,
@@ -162,6 +174,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             targetDir: o.targetDir,
             tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
             fileLocks: !!o.fileLocks,
+            mapPaths: o.mapPath,
+            mapPorts: o.mapPort,
+            ship: shipPolicy(o),
             hook: o.hook,
             reporter: ctx.reporter,
             signal: ctx.signal,

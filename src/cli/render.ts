@@ -73,6 +73,8 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         `  CRIU restore ${formatMs(r.restoreMs)}, total ${formatMs(r.durationMs)}; it runs detached from cedana`,
         ...r.remapped.map((m) => `  ${c.dim('remapped')} ${m.from} → ${m.to}`),
         ...r.remappedPorts.map((m) => `  ${c.dim('remapped')} port ${m.from} → ${m.to}`),
+        ...r.placed.map((p) => `  ${c.dim('put in place')} ${p} (carried by the image)`),
+        ...r.decisions.map((d) => `  ${c.dim('decided')} ${d}`),
       ].join('\n');
     case 'migrate': {
       const lines = [

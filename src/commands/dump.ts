@@ -25,6 +25,7 @@ import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { parseOutput, type OutputTarget } from '../dump/output.js';
 import { ActionGate } from '../criu/gate.js';
 import { pathExists, privateTempDir } from '../util/paths.js';
+import { copyShipped, deletedOpenFiles, ghostLimit, planShipping, shipCandidates, shippingNotes, type ShipPolicy, type ShippedEntry } from '../image/ship.js';
 
 export interface DumpArgs {
   pid: number;
@@ -33,6 +34,8 @@ export interface DumpArgs {
   tcp: TcpMode;
   fileLocks: boolean;
   force: boolean;
+  /** Which files the process uses travel in the image (--ship-files / --no-ship-files; default auto). */
+  ship?: ShipPolicy;
   /** Where `-o -` writes the tar stream (stdout in the CLI). */
   stream?: Writable;
   reporter?: Reporter;
@@ -54,6 +57,8 @@ export interface DumpResult {
   durationMs: number;
   leftRunning: boolean;
   decisions: string[];
+  /** Files and directories the image carries, by the path the process had them at. */
+  shipped: string[];
 }
 
 export async function dump(args: DumpArgs): Promise<DumpResult> {
@@ -73,6 +78,13 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   report.phase(`examining the tree of PID ${args.pid}`);
   const facts = await examineTree(args.pid);
   const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: args.leaveRunning });
+  const pids = facts.processes.map((p) => p.pid);
+  const policy = args.ship ?? 'auto';
+  const ghost = ghostLimit(await deletedOpenFiles(pids), policy);
+  // Open files and working directories: the program's own executable and libraries are software the
+  // restoring host is expected to have (a migration, which knows what its target lacks, ships those too).
+  const plan = planShipping((await shipCandidates(pids)).filter((c) => c.use === 'open' || c.use === 'cwd'), policy);
+  decisions.notes.push(...shippingNotes(plan));
   const networkLock = await networkLockBackend();
   if (!networkLock) {
     throw new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed: CRIU cannot lock the network during a dump', {
@@ -91,10 +103,11 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   const logFile = join(work, 'dump.log');
   let committed = false;
   let follower: PagesFollower | undefined;
+  let shipped: ShippedEntry[] = [];
   try {
     const gate = await ActionGate.create(work, 'post-dump');
     const criuArgs = buildDumpArgs(args.pid, decisions, {
-      imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning,
+      imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning, ghostLimit: ghost,
     });
     report.phase(`freezing and dumping ${facts.processes.length} process(es)`);
     const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}` });
@@ -110,10 +123,12 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     try {
       report.phase('writing the manifest and checksums (tree frozen)');
       const host = await hostFacts();
+      // Copied while the tree is frozen: the contents match the offsets CRIU recorded.
+      shipped = await copyShipped(plan.ship, imagesDir);
       const files = await checksumDir(imagesDir, await follower.finish());
       const memoryBytes = pagesBytes(files);
       const manifest = makeManifest({
-        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes,
+        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes, shipped,
       });
       await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
       await privateFiles(imagesDir);
@@ -150,6 +165,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       durationMs: Math.round(performance.now() - started),
       leftRunning: args.leaveRunning,
       decisions: decisions.notes,
+      shipped: shipped.filter((e) => plan.ship.some((c) => c.path === e.path)).map((e) => e.path),
     };
   } catch (e) {
     const err = toCedanaError(e);

@@ -31,6 +31,11 @@ import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { judgePreflight, runPreflight } from '../migrate/preflight.js';
 import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
+import { addressOf, decideConnections, type Connection } from '../image/connections.js';
+import { remapPath, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
+import { copyShipped, deletedOpenFiles, describeShipped, ghostLimit, planShipping, shipCandidates, shippingNotes, type ShipPolicy } from '../image/ship.js';
+import { placementScript } from '../migrate/remote.js';
+import type { TcpSocket } from '../proc/sockets.js';
 import { privateTempDir } from '../util/paths.js';
 
 export interface MigrateArgs {
@@ -42,6 +47,12 @@ export interface MigrateArgs {
   tcp: TcpMode;
   fileLocks: boolean;
   sshDir?: string;
+  /** --map-path: on the target, files under `from` are used from `to`. */
+  mapPaths?: PathMap[];
+  /** --map-port: listening TCP sockets on `from` listen on `to` there. */
+  mapPorts?: PortMap[];
+  /** Files missing on the target that travel with the image (default auto: up to the size limits). */
+  ship?: ShipPolicy;
   /** Run with sh -c here at `pre-restore`, `post-restore` and, after a failure past pre-restore, `rollback` (CEDANA_HOOK). */
   hook?: string;
   reporter?: Reporter;
@@ -59,6 +70,8 @@ export interface MigrateResult {
   bytesSent: number;
   memoryBytes: number;
   decisions: string[];
+  /** Files and directories shipped because the target lacked them (their source paths). */
+  shipped: string[];
 }
 
 const interrupted = (): CedanaError =>
@@ -82,22 +95,50 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   let committed = false;
   let restoredPid: number | undefined;
   let treePids: number[] = [];
+  let shippedPaths: string[] = [];
   try {
     report.phase(`preflight on ${args.to}`);
     const facts = await examineTree(args.pid);
     const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: false });
-    const fp = await footprint(facts.processes.map((p) => p.pid));
+    const pids = facts.processes.map((p) => p.pid);
+    const fp = await footprint(pids);
     treePids = fp.pids;
+    const maps = args.mapPaths ?? [];
+    const ports = args.mapPorts ?? [];
+    const policy = args.ship ?? 'auto';
+    const ghost = ghostLimit(await deletedOpenFiles(pids), policy);
+    const cands = await shipCandidates(pids);
+    const dest = (p: string): string => remapPath(p, maps) ?? p;
+    const listening = checkPortMaps(facts.tcp, ports);
     const host = await hostFacts();
     await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
-    const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')));
-    judgePreflight(target, { target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: decisions.tcpEstablished });
+    const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')), {
+      paths: fp.paths.map(dest),
+      sized: cands.filter((c) => c.kind === 'file' && remapPath(c.path, maps) !== undefined).map((c) => ({ path: dest(c.path), size: c.size })),
+    });
+    const missing = new Set(target.missingPaths);
+    const plan = planShipping(cands.filter((c) => missing.has(dest(c.path))), policy);
+    const conns: Connection[] = facts.tcp.filter((t) => t.state === 'ESTABLISHED').map((t) => ({ ino: t.inode, local: t.local, remote: t.remote }));
+    const tcpPlan = decideConnections(conns, {
+      mode: args.tcp, addresses: target.addresses && new Set(target.addresses), moving: true, where: `on ${args.to}`, hook: !!args.hook,
+    });
+    judgePreflight(target, {
+      target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: tcpPlan.keep.length > 0,
+      shipping: plan.ship.map((c) => dest(c.path)), listening,
+    });
+    decisions.notes.push(...tcpPlan.notes, ...shippingNotes({ ship: plan.ship, left: [] }));
+    if (plan.ship.length > 0) report.phase(`will ship to ${args.to}: ${plan.ship.slice(0, 3).map(describeShipped).join(', ')}${plan.ship.length > 3 ? ` and ${plan.ship.length - 3} more` : ''}`);
+    // --tcp-close: CRIU's own (reads see EOF). Decided per connection: those sockets are rewritten as
+    // unconnected ones (reads fail with ENOTCONN, as after a reset).
+    const closeAll = args.tcp === 'close';
+    const closeSome = closeAll ? new Set<number>() : new Set(tcpPlan.close.map((c) => c.ino));
+    shippedPaths = plan.ship.map((c) => c.path);
     if (args.signal?.aborted) throw interrupted();
 
     remote = await makeRemoteDir(session, args.targetDir);
     const psPort = await startPageServer(session, remote);
     const bridge = await openPageChannel(session, psPort);
-    const restoreFlags = restoreFlagArgs({ ...decisions, externalUnix: decisions.externalUnix.length > 0 });
+    const restoreFlags = restoreFlagArgs({ ...decisions, tcpEstablished: tcpPlan.keep.length > 0, tcpClose: closeAll, externalUnix: decisions.externalUnix.length > 0 });
     pending = await openRestore(session, remote, restoreFlags, target.networkLock ?? 'iptables');
 
     const images = join(work, 'img');
@@ -105,7 +146,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const gate = await ActionGate.create(work, 'post-dump');
     const logFile = join(work, 'dump.log');
     const criuArgs = [
-      ...buildDumpArgs(args.pid, decisions, { imagesDir: images, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: false }),
+      ...buildDumpArgs(args.pid, decisions, { imagesDir: images, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: ghost }),
       '--page-server', '--ps-socket', '3',
     ];
     const frozenAt = performance.now();
@@ -145,9 +186,14 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
         hookRan = true;
         await runHook(args, 'pre-restore');
       }
+      // Copied while frozen, so they match the offsets CRIU recorded; placed there before CRIU runs.
+      const shipped = await copyShipped(plan.ship, images);
+      if (shipped.length > 0) await writeFile(join(images, 'place.sh'), `${placementScript(shipped, maps, remote).join('\n')}\n`, { mode: 0o600 });
+      // The target's paths were checked in preflight; the image is rewritten in place (a transient copy).
+      if (maps.length + ports.length + closeSome.size > 0) await writeRemappedImage(images, undefined, maps, ports, closeSome, () => true);
       const files = await checksumDir(images);
       memoryBytes = proxy.bytes();
-      const manifest = makeManifest({ criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: false, networkLock, files, memoryBytes });
+      const manifest = makeManifest({ criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: false, networkLock, files, memoryBytes, shipped });
       await writeFile(join(images, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
       const sums = Object.entries(files).map(([name, f]) => `${f.sha256}  ${name}\n`).join('');
       await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
@@ -188,6 +234,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       bytesSent: memoryBytes + (await imagesSize(images)),
       memoryBytes,
       decisions: decisions.notes,
+      shipped: shippedPaths,
     };
   } catch (e) {
     const err = toCedanaError(e);
@@ -224,7 +271,7 @@ async function runHook(args: MigrateArgs, phase: 'pre-restore' | 'post-restore' 
 
 /** Cleans the target after a failure, over a new connection if the first one is gone. */
 async function cleanUpAfterFailure(session: SshSession, remote: RemoteDir, kill: number[], args: MigrateArgs): Promise<boolean> {
-  if (session.isOpen && (await cleanupRemote(session, remote, kill))) return true;
+  if (session.isOpen && (await cleanupRemote(session, remote, kill, true))) return true;
   let fresh: SshSession;
   try {
     fresh = await SshSession.connect(args.to, { acceptNewHostKey: false, sshDir: args.sshDir, connectTimeoutMs: 5000 });
@@ -232,10 +279,22 @@ async function cleanUpAfterFailure(session: SshSession, remote: RemoteDir, kill:
     return false;
   }
   try {
-    return await cleanupRemote(fresh, remote, kill);
+    return await cleanupRemote(fresh, remote, kill, true);
   } finally {
     fresh.close();
   }
+}
+
+/** The tree's listening TCP sockets as they will be on the target; a --map-port for a port it does not listen on is refused. */
+function checkPortMaps(tcp: TcpSocket[], ports: PortMap[]): { addr: string; port: number }[] {
+  const listening = tcp.filter((t) => t.state === 'LISTEN').map((t) => ({ addr: addressOf(t.local), port: Number(/:(\d+)$/.exec(t.local)?.[1] ?? 0) }));
+  const unused = ports.filter((m) => !listening.some((l) => l.port === m.from));
+  if (unused.length > 0) {
+    throw new CedanaError('REMAP_INVALID', `--map-port: the tree has no listening TCP socket on port ${unused.map((p) => p.from).join(', ')}`, {
+      hint: 'map a port the process listens on (ss -ltnp shows them)',
+    });
+  }
+  return listening.map((l) => ({ ...l, port: ports.find((m) => m.from === l.port)?.to ?? l.port }));
 }
 
 async function imagesSize(dir: string): Promise<number> {

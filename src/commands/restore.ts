@@ -11,14 +11,17 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { buildRestoreArgs } from '../criu/options.js';
+import { buildRestoreArgs, type TcpMode } from '../criu/options.js';
+import { decideConnections, localAddresses } from '../image/connections.js';
+import { decodeImage } from '../image/criu/codec.js';
+import { placeShipped } from '../image/ship.js';
 import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
 import { ActionGate } from '../criu/gate.js';
 import { compareVersions, parseVersionText } from '../criu/version.js';
 import { CedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { isPagesImage, verifyDir } from '../image/checksum.js';
-import { writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
+import { imageConnections, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
 import type { Manifest } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
 import { readRestoreStats } from '../image/criu/stats.js';
@@ -29,7 +32,8 @@ import { privateTempDir } from '../util/paths.js';
 export interface RestoreArgs {
   image: string;
   pidFile?: string;
-  tcpClose: boolean;
+  /** auto: keep each established connection whose local address exists here, close the rest. */
+  tcp: TcpMode;
   /** How long to wait for the image's PIDs to become free (a just-dumped tree may not be reaped yet). */
   pidWaitMs: number;
   stdin?: Readable;
@@ -53,6 +57,10 @@ export interface RestoreResult {
   remapped: { from: string; to: string }[];
   /** Listening ports moved (--map-port). */
   remappedPorts: { from: number; to: number }[];
+  /** Files and directories the image carried that were put in place (they were missing here). */
+  placed: string[];
+  /** What was decided for the established connections, and why. */
+  decisions: string[];
 }
 
 export async function restore(args: RestoreArgs): Promise<RestoreResult> {
@@ -70,70 +78,109 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     report.phase('waiting for the image\'s PIDs to be free');
     await waitPidsFree(manifest.processes.map((p) => p.pid), args.pidWaitMs);
 
-    let criuDir = dir;
-    let remapped: { from: string; to: string }[] = [];
-    let remappedPorts: { from: number; to: number }[] = [];
-    if ((args.mapPaths?.length ?? 0) + (args.mapPorts?.length ?? 0) > 0) {
-      report.phase('remapping paths and ports');
-      const r = await writeRemappedImage(dir, join(work, 'remapped'), args.mapPaths ?? [], args.mapPorts ?? []);
-      criuDir = r.dir;
-      remapped = [...new Map(r.changed.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
-      remappedPorts = [...new Map(r.changedPorts.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
-    }
-    report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
-    const pidFile = join(work, 'restored.pid');
-    const logFile = join(work, 'restore.log');
-    const gate = await ActionGate.create(work, 'post-restore');
+    const maps = args.mapPaths ?? [];
+    const ports = args.mapPorts ?? [];
     const o = manifest.options;
-    const criuArgs = buildRestoreArgs(
-      { shellJob: o.shellJob, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose || args.tcpClose, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 },
-      { imagesDir: criuDir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile, actionScript: gate.script },
-    );
-    const t = performance.now();
-    const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
-    // The same check as before CRIU ran, now hashing the pages images only.
-    const pagesBad = verifyDir(dir, manifest, isPagesImage).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    // An interrupt before the tree runs: CRIU kills it at the gate and nothing is restored.
-    const interrupted = new Promise<CedanaError>((resolve) => {
-      const fire = (): void => resolve(new CedanaError('INTERRUPTED', 'restore interrupted; the restored tree was ended before it ran'));
-      if (args.signal?.aborted) fire();
-      else args.signal?.addEventListener('abort', fire, { once: true });
-    });
-    const event = await gate.waitReady(run.done);
-    const bad = await Promise.race([pagesBad, interrupted]);
-    if (bad) {
-      // The tree was restored but never ran: CRIU kills it when the gate aborts.
-      await gate.abortAndWait(run.done);
-      throw bad;
+    const conns = imageConnections(decodeImage(await readFile(join(dir, 'files.img')), 'files.img'));
+    const plan = decideConnections(conns, { mode: o.tcpClose ? 'close' : args.tcp, addresses: localAddresses(), moving: false, where: 'here' });
+    // --tcp-close: CRIU's own (reads see EOF). Decided per connection: those sockets are rewritten as
+    // unconnected ones (reads fail with ENOTCONN, as after a reset).
+    const closeAll = o.tcpClose || args.tcp === 'close';
+    const closeSome = closeAll ? new Set<number>() : new Set(plan.close.map((c) => c.ino));
+
+    if (manifest.shipped?.length) report.phase('putting the files the image carries in place');
+    const placement = await placeShipped(dir, manifest.shipped ?? [], maps);
+    try {
+      let criuDir = dir;
+      let remapped: { from: string; to: string }[] = [];
+      let remappedPorts: { from: number; to: number }[] = [];
+      if (maps.length + ports.length + closeSome.size > 0) {
+        report.phase('remapping paths, ports and connections');
+        const r = await writeRemappedImage(dir, join(work, 'remapped'), maps, ports, closeSome);
+        criuDir = r.dir;
+        remapped = [...new Map(r.changed.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
+        remappedPorts = [...new Map(r.changedPorts.map((c) => [c.from, { from: c.from, to: c.to }])).values()];
+      }
+      report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
+      const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
+      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, signal: args.signal });
+      if (args.pidFile) await writeFile(resolve(args.pidFile), `${restored.pid}\n`);
+      return {
+        command: 'restore',
+        pid: restored.pid,
+        image: label,
+        processes: manifest.processes.length,
+        restoreMs: restored.restoreMs,
+        durationMs: Math.round(performance.now() - started),
+        remapped,
+        remappedPorts,
+        placed: placement.created,
+        decisions: plan.notes,
+      };
+    } catch (e) {
+      await placement.undo();
+      throw e;
     }
-    if (event === 'exited') {
-      await run.done;
-      throw new CedanaError('CRIU_FAILED', 'criu restore exited before its post-restore step', { hint: `log: ${await keepLog(logFile, `restore-${manifest.pid}`)}` });
-    }
-    await gate.commit();
-    await run.done;
-    const restoreMs = Math.round(performance.now() - t);
-    const pid = Number((await readFile(pidFile, 'utf8')).trim());
-    if (!Number.isSafeInteger(pid) || pid <= 0) throw new CedanaError('CRIU_FAILED', `criu restore wrote no PID to ${pidFile}`);
-    if (args.pidFile) await writeFile(resolve(args.pidFile), `${pid}\n`);
-    const stats = await readRestoreStats(join(work, 'stats-restore'));
-    return {
-      command: 'restore',
-      pid,
-      image: label,
-      processes: manifest.processes.length,
-      restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs,
-      durationMs: Math.round(performance.now() - started),
-      remapped,
-      remappedPorts,
-    };
   } finally {
     report.stop();
     await rm(work, { recursive: true, force: true });
   }
+}
+
+interface RunRestore {
+  criu: Criu;
+  manifest: Manifest;
+  /** The verified image (its pages are hashed while CRIU reads them). */
+  dir: string;
+  /** What CRIU restores: dir, or its remapped shadow. */
+  criuDir: string;
+  work: string;
+  tcp: { tcpEstablished: boolean; tcpClose: boolean };
+  signal?: AbortSignal;
+}
+
+/** CRIU restores; the pages are verified meanwhile, the tree held at post-restore until they check out. */
+async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: number }> {
+  const { criu, manifest, work } = r;
+  const pidFile = join(work, 'restored.pid');
+  const logFile = join(work, 'restore.log');
+  const gate = await ActionGate.create(work, 'post-restore');
+  const o = manifest.options;
+  const criuArgs = buildRestoreArgs(
+    { shellJob: o.shellJob, ...r.tcp, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 },
+    { imagesDir: r.criuDir, workDir: work, logFile, networkLock: o.networkLock === 'nftables' ? 'nftables' : 'iptables', pidFile, actionScript: gate.script },
+  );
+  const t = performance.now();
+  const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
+  // The same check as before CRIU ran, now hashing the pages images only.
+  const pagesBad = verifyDir(r.dir, manifest, isPagesImage).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  // An interrupt before the tree runs: CRIU kills it at the gate and nothing is restored.
+  const interrupted = new Promise<CedanaError>((resolve) => {
+    const fire = (): void => resolve(new CedanaError('INTERRUPTED', 'restore interrupted; the restored tree was ended before it ran'));
+    if (r.signal?.aborted) fire();
+    else r.signal?.addEventListener('abort', fire, { once: true });
+  });
+  const event = await gate.waitReady(run.done);
+  const bad = await Promise.race([pagesBad, interrupted]);
+  if (bad) {
+    // The tree was restored but never ran: CRIU kills it when the gate aborts.
+    await gate.abortAndWait(run.done);
+    throw bad;
+  }
+  if (event === 'exited') {
+    await run.done;
+    throw new CedanaError('CRIU_FAILED', 'criu restore exited before its post-restore step', { hint: `log: ${await keepLog(logFile, `restore-${manifest.pid}`)}` });
+  }
+  await gate.commit();
+  await run.done;
+  const restoreMs = Math.round(performance.now() - t);
+  const pid = Number((await readFile(pidFile, 'utf8')).trim());
+  if (!Number.isSafeInteger(pid) || pid <= 0) throw new CedanaError('CRIU_FAILED', `criu restore wrote no PID to ${pidFile}`);
+  const stats = await readRestoreStats(join(work, 'stats-restore'));
+  return { pid, restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs };
 }
 
 /** Refuses images from another architecture, a newer CRIU, or a CPU with features this one lacks. Pure. */

@@ -87,8 +87,10 @@ function commonArgs(c: CommonArgs): string[] {
   return a;
 }
 
-export function buildDumpArgs(pid: number, d: CriuDecisions, c: CommonArgs & { leaveRunning: boolean }): string[] {
+export function buildDumpArgs(pid: number, d: CriuDecisions, c: CommonArgs & { leaveRunning: boolean; ghostLimit?: number }): string[] {
   const a = ['dump', '-t', String(pid), ...commonArgs(c), ...flagArgs(d)];
+  // Deleted-but-open files travel inside CRIU's image ("ghost" files) up to this size.
+  if (c.ghostLimit !== undefined) a.push('--ghost-limit', String(c.ghostLimit));
   for (const ino of d.externalUnix) a.push('--external', `unix[${ino}]`);
   if (c.leaveRunning) a.push('--leave-running');
   return a;

@@ -3,6 +3,7 @@ import type { CriuDecisions } from '../criu/options.js';
 import type { HostFacts } from '../host.js';
 import { FORMAT, FORMAT_VERSION, type FileEntry, type Manifest } from '../image/manifest.js';
 import type { TreeFacts } from '../proc/tree.js';
+import type { ShippedEntry } from '../image/ship.js';
 import { CEDANA_VERSION } from '../version.js';
 
 export interface ManifestInput {
@@ -15,6 +16,7 @@ export interface ManifestInput {
   networkLock: string;
   files: Record<string, FileEntry>;
   memoryBytes: number;
+  shipped?: ShippedEntry[];
   now?: Date;
 }
 
@@ -44,6 +46,7 @@ export function makeManifest(i: ManifestInput): Manifest {
     tcp: i.facts.tcp.map((s) => ({ state: s.state, local: s.local, remote: s.remote })),
     notes: i.decisions.notes,
     files: i.files,
+    ...(i.shipped && i.shipped.length > 0 ? { shipped: i.shipped } : {}),
   };
 }
 

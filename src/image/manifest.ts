@@ -4,6 +4,7 @@
  */
 import { posix } from 'node:path';
 import { CedanaError } from '../errors.js';
+import type { ShippedEntry } from './ship.js';
 
 export const MANIFEST_NAME = 'cedana.json';
 export const FORMAT = 'cedana-image';
@@ -54,6 +55,8 @@ export interface Manifest {
   tcp: ManifestSocket[];
   notes: string[];
   files: Record<string, FileEntry>;
+  /** Files and directories the image carries (--ship-files); absent in images that carry none. */
+  shipped?: ShippedEntry[];
 }
 
 function invalid(why: string): CedanaError {
@@ -113,7 +116,27 @@ export function validateManifest(raw: unknown): Manifest {
     if (!isObj(f) || !isNat(f.size) || !isStr(f.sha256) || !/^[0-9a-f]{64}$/.test(f.sha256)) throw invalid(`bad checksum entry for ${name}`);
   }
   if (!Object.keys(raw.files).includes('inventory.img')) throw invalid('inventory.img is not listed: not a CRIU image');
+  if (raw.shipped !== undefined) validateShipped(raw.shipped, raw.files);
   return raw as unknown as Manifest;
+}
+
+/** Shipped entries go where they say on restore: each must be a clean absolute path, and a file's copy one of the image's files. */
+function validateShipped(shipped: unknown, files: Record<string, unknown>): void {
+  if (!Array.isArray(shipped)) throw invalid('shipped must be a list');
+  const seen = new Set<string>();
+  for (const e of shipped) {
+    if (!isObj(e) || !isStr(e.path) || !e.path.startsWith('/') || e.path === '/' || posix.normalize(e.path) !== e.path || /[\n\0]/.test(e.path)) {
+      throw invalid(`shipped entry with an unsafe path ${JSON.stringify(isObj(e) ? e.path : e)}`);
+    }
+    if (seen.has(e.path)) throw invalid(`${e.path} is shipped twice`);
+    seen.add(e.path);
+    if (e.kind !== 'file' && e.kind !== 'dir') throw invalid(`shipped ${e.path}: kind must be file or dir`);
+    for (const k of ['mode', 'uid', 'gid', 'size', 'mtimeMs'] as const) if (!isNat(e[k])) throw invalid(`shipped ${e.path}: ${k} missing`);
+    if (e.kind === 'file') {
+      const f = files[e.image as string];
+      if (!isStr(e.image) || !e.image.startsWith('shipped/') || !isObj(f) || f.size !== e.size) throw invalid(`shipped ${e.path}: its copy is not among the image files`);
+    }
+  }
 }
 
 export function parseManifest(text: string): Manifest {

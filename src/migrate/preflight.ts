@@ -7,6 +7,8 @@ import { CedanaError } from '../errors.js';
 import { compareVersions, MIN_CRIU, parseVersionText, type Version } from '../criu/version.js';
 import { shq, type SshSession } from '../transport/ssh.js';
 import type { Footprint } from './footprint.js';
+import { addressOf, canonicalAddress } from '../image/connections.js';
+import { decodeProcAddress } from '../proc/sockets.js';
 
 export const REMOTE_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH';
 
@@ -24,15 +26,29 @@ export interface TargetFacts {
   /** Exit status of `criu cpuinfo check` there against this host's CPU (absent: not checked). */
   cpuCheck?: number;
   cpuCheckOutput?: string[];
+  /** The target's addresses (canonical); undefined when `ip` is not there to list them. */
+  addresses?: string[];
+  /** TCP sockets listening there. */
+  listening: { addr: string; port: number }[];
+  /** Files that exist there with another size than the source's (for --map-path targets). */
+  badSizes: { path: string; size: number }[];
+}
+
+export interface PreflightChecks {
+  /** Paths that must exist there (after --map-path). */
+  paths: string[];
+  /** Regular files that must also have this size there (--map-path targets). */
+  sized?: { path: string; size: number }[];
 }
 
 /**
  * With `cpuinfo` (this host's `criu cpuinfo dump` image), the same round trip also runs
  * `criu cpuinfo check` there: each SSH command costs the target shell's start-up.
  */
-export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buffer): string {
+export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buffer, checks: PreflightChecks = { paths: fp.paths }): string {
   // Absolute paths only: no line of the heredoc can then equal its terminator (and end it early).
-  const paths = fp.paths.filter((p) => p.startsWith('/') && !p.includes('\n'));
+  const paths = checks.paths.filter((p) => p.startsWith('/') && !p.includes('\n'));
+  const sized = (checks.sized ?? []).filter((s) => s.path.startsWith('/') && !s.path.includes('\n'));
   return [
     REMOTE_PATH,
     'echo "uid=$(id -u)"',
@@ -56,12 +72,21 @@ export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buff
     "while IFS= read -r f; do [ -e \"$f\" ] || printf 'missing=%s\\n' \"$f\"; done <<'CEDANA_PATHS'",
     ...paths,
     'CEDANA_PATHS',
+    'if command -v ip >/dev/null 2>&1; then echo ipaddr=1; ip -o addr show 2>/dev/null | awk \'{print "addr=" $4}\'; fi',
+    'for f in /proc/net/tcp /proc/net/tcp6; do [ -r $f ] && awk \'NR > 1 && $4 == "0A" {print "listen=" $2}\' $f; done',
+    ...(sized.length > 0
+      ? [
+          'while IFS= read -r l; do s=${l%% *}; f=${l#* }; if [ -f "$f" ]; then n=$(stat -c %s "$f"); [ "$n" = "$s" ] || printf \'badsize=%s %s\\n\' "$n" "$f"; fi; done <<\'CEDANA_SIZED\'',
+          ...sized.map((x) => `${x.size} ${x.path}`),
+          'CEDANA_SIZED',
+        ]
+      : []),
     'exit 0',
   ].join('\n');
 }
 
 export function parsePreflight(out: string): TargetFacts {
-  const f: TargetFacts = { uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [] };
+  const f: TargetFacts = { uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [], listening: [], badSizes: [] };
   for (const line of out.split('\n')) {
     const i = line.indexOf('=');
     if (i < 0) continue;
@@ -79,6 +104,15 @@ export function parsePreflight(out: string): TargetFacts {
     else if (k === 'missing') f.missingPaths.push(v);
     else if (k === 'cpu') f.cpuCheck = Number(v);
     else if (k === 'cpuout') (f.cpuCheckOutput ??= []).push(v);
+    else if (k === 'ipaddr') f.addresses ??= [];
+    else if (k === 'addr') (f.addresses ??= []).push(canonicalAddress(v));
+    else if (k === 'listen') {
+      const hp = decodeProcAddress(v);
+      f.listening.push({ addr: addressOf(hp), port: Number(/:(\d+)$/.exec(hp)?.[1] ?? 0) });
+    } else if (k === 'badsize') {
+      const m = /^(\d+) (.*)$/.exec(v);
+      if (m) f.badSizes.push({ size: Number(m[1]), path: m[2]! });
+    }
   }
   return f;
 }
@@ -88,7 +122,19 @@ export interface Needs {
   arch: string;
   localCriu: Version;
   footprint: Footprint;
+  /** Some established connection will be kept (TCP repair there needs iptables or nft). */
   tcpEstablished: boolean;
+  /** Missing paths that travel with the image (they are not refused). */
+  shipping?: string[];
+  /** What the tree will listen on there (after --map-port). */
+  listening?: { addr: string; port: number }[];
+}
+
+const isWildcard = (a: string): boolean => a === '0.0.0.0' || a === '::';
+
+/** Listening sockets of the tree that one already there would collide with. Pure. */
+export function portConflicts(ours: { addr: string; port: number }[], theirs: { addr: string; port: number }[]): { addr: string; port: number }[] {
+  return ours.filter((o) => theirs.some((t) => t.port === o.port && (isWildcard(t.addr) || isWildcard(o.addr) || t.addr === o.addr)));
 }
 
 /** Space for the pages plus the small images and some slack. */
@@ -139,18 +185,33 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
       details: { pids: t.pidsTaken },
     });
   }
-  if (t.missingPaths.length > 0) {
-    const list = t.missingPaths.slice(0, 10).join(', ');
-    throw new CedanaError('FILES_MISSING_ON_TARGET', `files the process uses do not exist ${at}: ${list}${t.missingPaths.length > 10 ? ` and ${t.missingPaths.length - 10} more` : ''}`, {
-      hint: 'create them there (same path and size), or keep such files on storage both hosts share',
-      details: { missing: t.missingPaths },
+  const shipping = new Set(n.shipping ?? []);
+  const missing = t.missingPaths.filter((p) => !shipping.has(p));
+  if (missing.length > 0) {
+    const list = missing.slice(0, 10).join(', ');
+    throw new CedanaError('FILES_MISSING_ON_TARGET', `files the process uses do not exist ${at}: ${list}${missing.length > 10 ? ` and ${missing.length - 10} more` : ''}`, {
+      hint: 'add --ship-files to carry them whatever their size, --map-path OLD=NEW to use copies there, or create them there (same path and size)',
+      details: { missing },
+    });
+  }
+  if (t.badSizes.length > 0) {
+    throw new CedanaError('REMAP_INVALID', `files ${at} differ in size from the source's: ${t.badSizes.slice(0, 5).map((b) => `${b.path} (${b.size} bytes)`).join(', ')}`, {
+      hint: 'copy them there as they are on the source, or fix the --map-path mapping',
+      details: { files: t.badSizes },
+    });
+  }
+  const clash = portConflicts(n.listening ?? [], t.listening);
+  if (clash.length > 0) {
+    throw new CedanaError('TARGET_PORT_IN_USE', `TCP port ${[...new Set(clash.map((c) => c.port))].join(', ')} that the tree listens on ${clash.length === 1 ? 'is' : 'are'} taken ${at}`, {
+      hint: `move it with --map-port ${clash[0]!.port}:NEW, or free it there`,
+      details: { ports: clash },
     });
   }
 }
 
 const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MiB`;
 
-export async function runPreflight(session: SshSession, fp: Footprint, targetDir: string, cpuinfo?: Buffer): Promise<TargetFacts> {
-  const r = await session.exec('sh -s', preflightScript(fp, targetDir, cpuinfo));
+export async function runPreflight(session: SshSession, fp: Footprint, targetDir: string, cpuinfo?: Buffer, checks?: PreflightChecks): Promise<TargetFacts> {
+  const r = await session.exec('sh -s', preflightScript(fp, targetDir, cpuinfo, checks));
   return parsePreflight(r.stdout);
 }

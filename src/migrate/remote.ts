@@ -7,6 +7,9 @@ import { randomInt } from 'node:crypto';
 import { CedanaError } from '../errors.js';
 import { shq, type SshSession } from '../transport/ssh.js';
 import { REMOTE_PATH } from './preflight.js';
+import { posix } from 'node:path';
+import { destination, type ShippedEntry } from '../image/ship.js';
+import type { PathMap } from '../image/remap.js';
 
 export interface RemoteDir {
   dir: string;
@@ -42,6 +45,44 @@ export interface RemoteRestore {
 
 /** Exit status of the remote script when the images do not match cedana.sha256. */
 const CHECKSUM_FAILED = 98;
+/** …when a shipped file cannot be put in place (something else is there). */
+const PLACE_FAILED = 96;
+
+/** The target's list of what it put in place, to undo after a failure. */
+const placedList = (d: RemoteDir): string => `${d.dir}/placed`;
+
+/** Shell that removes what the placement created, newest first. */
+const undoPlaced = (d: RemoteDir): string =>
+  `[ -f ${shq(placedList(d))} ] && tac ${shq(placedList(d))} | while IFS= read -r p; do if [ -d "$p" ]; then rmdir -- "$p"; else rm -f -- "$p"; fi; done; rm -f ${shq(placedList(d))}`;
+
+const touchTime = (ms: number): string => `@${Math.floor(ms / 1000)}.${String(ms % 1000).padStart(3, '0')}`;
+
+/**
+ * Shell lines (run in the images directory) that put shipped entries in place at their destination
+ * where nothing is, recording each one created: directories first, files through a temporary name
+ * and a rename. Something else already there (another size, another kind) exits PLACE_FAILED. Pure.
+ */
+export function placementScript(entries: ShippedEntry[], maps: PathMap[], d: RemoteDir): string[] {
+  const rec = shq(placedList(d));
+  const lines: string[] = [];
+  const dirs = entries.filter((e) => e.kind === 'dir').sort((a, b) => a.path.split('/').length - b.path.split('/').length);
+  for (const e of dirs) {
+    const to = shq(destination(e, maps));
+    lines.push(
+      `if [ ! -d ${to} ]; then { [ ! -e ${to} ] && mkdir -- ${to} && echo ${to} >> ${rec} && chown ${e.uid}:${e.gid} ${to} && chmod ${(e.mode & 0o7777).toString(8)} ${to}; } || { echo "cannot create the directory "${to} >&2; exit ${PLACE_FAILED}; }; fi`,
+    );
+  }
+  for (const e of entries.filter((x) => x.kind === 'file')) {
+    const dest = destination(e, maps);
+    const to = shq(dest);
+    const tmp = shq(`${posix.dirname(dest)}/.cedana-placing`);
+    lines.push(
+      `if [ -e ${to} ]; then { [ -f ${to} ] && [ "$(stat -c %s ${to})" = ${e.size} ]; } || { echo ${to}" exists there with another size or kind" >&2; exit ${PLACE_FAILED}; }; ` +
+        `else { cp -- ${shq(e.image!)} ${tmp} && chown ${e.uid}:${e.gid} ${tmp} && chmod ${(e.mode & 0o7777).toString(8)} ${tmp} && touch -d ${touchTime(e.mtimeMs)} ${tmp} && mv -- ${tmp} ${to} && echo ${to} >> ${rec}; } || { rm -f -- ${tmp}; echo "cannot put "${to}" in place" >&2; exit ${PLACE_FAILED}; }; fi`,
+    );
+  }
+  return lines;
+}
 
 /** A restore waiting on the target for its metadata images: `send` them and it runs, or `cancel` it. */
 export interface PendingRestore {
@@ -59,16 +100,19 @@ export interface PendingRestore {
 export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string): Promise<PendingRestore> {
   const log = `${d.dir}/restore.log`;
   const pidFile = `${d.dir}/restored.pid`;
+  // The shipped files' placement is only known once the tree is frozen: it comes first in the
+  // stream, as place.sh, and runs after every file has been checked.
   const script = [
     REMOTE_PATH,
     `cd ${shq(d.images)} || exit 99`,
     `tar -xf - || exit ${CHECKSUM_FAILED}`,
     `sha256sum -c --quiet --strict cedana.sha256 >&2 || exit ${CHECKSUM_FAILED}`,
+    `if [ -f place.sh ]; then sh -e place.sh || { rc=$?; ${undoPlaced(d)}; exit $rc; }; fi`,
     `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(log)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(pidFile)} ${criuFlags.map(shq).join(' ')}`,
     'rc=$?',
-    `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(pidFile)})"; else grep -E '(Error|BUG) ' ${shq(log)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; fi`,
+    `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(pidFile)})"; else grep -E '(Error|BUG) ' ${shq(log)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; ${undoPlaced(d)}; fi`,
     'exit $rc',
-  ].join('; ');
+  ].join('\n');
   const ch = await s.channel(`sh -c ${shq(script)}`);
   let stdout = '';
   let stderr = '';
@@ -84,6 +128,11 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
       await Promise.race([closed, s.lost()]);
       const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
       if (code === 0 && pid > 0) return { pid };
+      if (code === PLACE_FAILED) {
+        throw new CedanaError('FILE_CONFLICT', `a file the process uses cannot be put in place on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
+          hint: 'something else is at that path there: move it away, or use --map-path OLD=NEW',
+        });
+      }
       if (code === CHECKSUM_FAILED) {
         throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ')}`, {
           hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
@@ -98,12 +147,16 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
   };
 }
 
-/** Best effort: stops the page server, ends restored PIDs (when asked) and removes the work directory. */
-export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: number[] = []): Promise<boolean> {
+/**
+ * Best effort: stops the page server, ends restored PIDs (when asked), removes the files put in
+ * place (after a failure: `undo`) and the work directory.
+ */
+export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: number[] = [], undo = false): Promise<boolean> {
   if (!s.isOpen) return false;
   const kill = killPids.length > 0 ? `kill -9 ${killPids.join(' ')} 2>/dev/null; ` : '';
+  const unplace = undo ? `${undoPlaced(d)}; ` : '';
   const r = await s
-    .exec(`${kill}p=$(cat ${shq(`${d.dir}/page-server.pid`)} 2>/dev/null) && kill "$p" 2>/dev/null; rm -rf ${shq(d.dir)} && [ ! -e ${shq(d.dir)} ]`)
+    .exec(`${kill}${unplace}p=$(cat ${shq(`${d.dir}/page-server.pid`)} 2>/dev/null) && kill "$p" 2>/dev/null; rm -rf ${shq(d.dir)} && [ ! -e ${shq(d.dir)} ]`)
     .catch(() => undefined);
   return r?.code === 0;
 }

@@ -16,7 +16,7 @@ afterEach(() => owned.cleanup());
 
 const lines = (p: string): string[] => (readText(p) ?? '').split('\n').slice(0, -1);
 
-async function dumpedAppender(): Promise<{ base: string; a: string; b: string; img: string; pid: number }> {
+async function dumpedAppender(dumpArgs: string[] = []): Promise<{ base: string; a: string; b: string; img: string; pid: number }> {
   const base = await owned.tempDir();
   const [a, b] = [join(base, 'a'), join(base, 'b')];
   mkdirSync(a);
@@ -24,7 +24,7 @@ async function dumpedAppender(): Promise<{ base: string; a: string; b: string; i
   const pid = owned.python('appender.py', [join(a, 'out.log')], { cwd: a });
   await waitFor('lines', () => lines(join(a, 'out.log')).length > 5);
   const img = join(base, 'img');
-  await cedanaOk(['dump', String(pid), '-o', img]);
+  await cedanaOk(['dump', String(pid), '-o', img, ...dumpArgs]);
   await waitGone(pid);
   return { base, a, b, img, pid };
 }
@@ -43,8 +43,19 @@ describe('restore --map-path', () => {
     expect(readlinkSync(`/proc/${pid}/cwd`)).toBe(b);
   });
 
-  it('refuses a target that is missing or differs from the file at the dump, restoring nothing', async () => {
+  it('puts a file missing at NEW there from the image (shipped by default), and appending goes on', async () => {
     const { a, b, img, pid } = await dumpedAppender();
+    const atDump = lines(join(a, 'out.log')).length;
+    const r = await cedanaOk(['restore', img, '--map-path', `${a}=${b}`]);
+    owned.own(r.pid);
+    expect(r.placed).toEqual([join(b, 'out.log')]);
+    await waitFor('lines in the new file', () => lines(join(b, 'out.log')).length > atDump + 20);
+    lines(join(b, 'out.log')).forEach((l, i) => expect(l).toBe(`line ${i}`));
+    expect(readlinkSync(`/proc/${pid}/fd/3`)).toBe(join(b, 'out.log'));
+  });
+
+  it('refuses a target that is missing or differs from the file at the dump, restoring nothing', async () => {
+    const { a, b, img, pid } = await dumpedAppender(['--no-ship-files']);
     const missing = await cedana(['restore', img, '--map-path', `${a}=${b}`, '--json']);
     expect(missing.exitCode).toBe(14);
     expect(missing.json!.error.code).toBe('REMAP_INVALID');

@@ -20,9 +20,10 @@ const DUMP: DumpResult = {
   durationMs: 1234,
   leftRunning: false,
   decisions: ['--tcp-established: 1 established TCP connection(s), e.g. a ↔ b', '--file-locks: requested'],
+  shipped: [],
 };
 
-const RESTORE: RestoreResult = { command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [], remappedPorts: [] };
+const RESTORE: RestoreResult = { command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [], remappedPorts: [], placed: [], decisions: [] };
 
 const CHECK_OK: CheckResultData = {
   command: 'check',

@@ -189,7 +189,7 @@ describe('parsePreflight', () => {
   });
 
   it('has safe defaults for empty output (not root, nothing known)', () => {
-    expect(parsePreflight('')).toEqual({ uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [] });
+    expect(parsePreflight('')).toEqual({ uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [], listening: [], badSizes: [] });
   });
 
   it('collects repeated pidtaken, missing and criucheckout lines in order', () => {
@@ -248,6 +248,8 @@ describe('judgePreflight', () => {
     memAvailBytes: 8 * 1024 * MiB,
     pidsTaken: [],
     missingPaths: [],
+    listening: [],
+    badSizes: [],
   };
   const needs: Needs = {
     target: 'root@b',

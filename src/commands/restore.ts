@@ -15,6 +15,7 @@ import { buildRestoreArgs, type TcpMode } from '../criu/options.js';
 import { decideConnections, localAddresses } from '../image/connections.js';
 import { decodeImage } from '../image/criu/codec.js';
 import { placeShipped } from '../image/ship.js';
+import { releaseSourceLocks } from '../migrate/netlock.js';
 import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
 import { ActionGate } from '../criu/gate.js';
 import { compareVersions, parseVersionText } from '../criu/version.js';
@@ -105,6 +106,8 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
       const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, signal: args.signal });
       if (args.pidFile) await writeFile(resolve(args.pidFile), `${restored.pid}\n`);
+      // The dump's network lock still drops the closed connections' packets here: lift it, so their peers get a reset.
+      await releaseSourceLocks(plan.close);
       return {
         command: 'restore',
         pid: restored.pid,

@@ -14,7 +14,7 @@ function split(endpoint: string): { addr: string; port: string } | undefined {
 }
 
 /** The `iptables -S` lines that are CRIU's lock of one of `conns`. Pure. */
-export function criuLockRules(listing: string, conns: ManifestSocket[]): string[] {
+export function criuLockRules(listing: string, conns: Pick<ManifestSocket, 'local' | 'remote'>[]): string[] {
   const out: string[] = [];
   for (const line of listing.split('\n')) {
     if (!line.startsWith('-A ') || !line.includes(CRIU_MARK) || !line.includes('-j DROP')) continue;
@@ -35,7 +35,7 @@ export function criuLockRules(listing: string, conns: ManifestSocket[]): string[
 }
 
 /** Deletes CRIU's lock rules for `conns` from iptables and ip6tables; returns how many. */
-export async function releaseSourceLocks(conns: ManifestSocket[]): Promise<number> {
+export async function releaseSourceLocks(conns: Pick<ManifestSocket, 'local' | 'remote'>[]): Promise<number> {
   if (conns.length === 0) return 0;
   let removed = 0;
   for (const tool of ['iptables', 'ip6tables']) {

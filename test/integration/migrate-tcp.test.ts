@@ -11,8 +11,8 @@ import { execa } from 'execa';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { cedanaOk } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 
 const owned = new Owned();
@@ -77,8 +77,9 @@ describe('migrating a TCP service with a connected client', () => {
       `  ip addr add ${S}/32 dev lo || true ;;`,
       'esac',
     ].join('\n');
-    const r = await cedanaOk(['migrate', String(server), '--to', t.name, '--hook', hook], { env: bed.env });
-    expect(r.decisions.join('\n')).toMatch(/--tcp-established: 1 established TCP connection/);
+    // S is not on T yet when the preflight looks: --tcp-established says to rely on the hook.
+    const r = await cedanaOk(['migrate', String(server), '--to', t.name, '--hook', hook, '--tcp-established'], { env: bed.env });
+    expect(r.decisions.join('\n')).toMatch(/--tcp-established: keeping all 1 connection\(s\) as asked \(1 rely on --hook/);
     expect(alive(server)).toBe(false);
 
     const at = fields(state)[0]!;
@@ -96,5 +97,50 @@ describe('migrating a TCP service with a connected client', () => {
     expect((await bed.onHost(t, `cat /proc/${server}/comm`)).stdout.trim()).toBe('python3');
     // CRIU's lock on the moved connection is lifted on the source.
     expect((await execa('iptables', ['-S'])).stdout).not.toContain(`--dport ${PORT}`);
+  });
+
+});
+
+describe('a connection whose address stays behind, and a port taken on the target', () => {
+  it('refuses a taken port (--map-port moves it) and an impossible --tcp-established before freezing; closes that connection by default', async () => {
+    const [t, c] = bed.hosts as [NonNullable<(typeof bed.hosts)[0]>, NonNullable<(typeof bed.hosts)[1]>];
+    const [P2, P3] = [7072, 7073];
+    // An address of the source only (the first test moved S to T).
+    const S2 = '10.231.250.5';
+    await ip('addr', 'add', `${S2}/32`, 'dev', 'lo');
+    owned.onCleanup(async () => void (await execa('ip', ['addr', 'del', `${S2}/32`, 'dev', 'lo'], { reject: false })));
+    await ip('-n', c.netns, 'route', 'add', `${S2}/32`, 'via', c.gateway);
+    const server = owned.python('echoserver.py', ['tcp', '0.0.0.0', String(P2)]);
+    await waitFor('server listening', async () => (await execa('ss', ['-ltnH', `sport = :${P2}`])).stdout.includes(`:${P2}`));
+    const state = join(shared, 'client2');
+    const client = owned.python('tcpclient.py', [S2, String(P2), state], { wrap: ['nsenter', `--net=/run/netns/${c.netns}`] });
+    await waitFor('client exchanging', () => fields(state)[0]! > 10);
+    const blocker = Number((await bed.onHost(t, `nohup python3 -c 'import socket, time; s = socket.socket(); s.bind(("0.0.0.0", ${P2})); s.listen(); time.sleep(300)' >/dev/null 2>&1 & echo $!`)).stdout.trim());
+    owned.onCleanup(async () => void (await bed.onHost(t, `kill ${blocker}`)));
+    await waitFor('the port taken on T', async () => (await bed.onHost(t, `ss -ltnH 'sport = :${P2}'`)).stdout.includes(`:${P2}`));
+
+    const taken = await cedana(['migrate', String(server), '--to', t.name, '--json'], { env: bed.env });
+    expect(taken.exitCode).toBe(36);
+    expect(taken.json!.error).toMatchObject({ code: 'TARGET_PORT_IN_USE', sourceResumed: true });
+    expect(taken.json!.error.hint).toContain(`--map-port ${P2}:`);
+
+    const keep = await cedana(['migrate', String(server), '--to', t.name, '--map-port', `${P2}:${P3}`, '--tcp-established', '--json'], { env: bed.env });
+    expect(keep.exitCode).toBe(17);
+    expect(keep.json!.error).toMatchObject({ code: 'TCP_KEEP_IMPOSSIBLE', sourceResumed: true });
+    expect(keep.json!.error.message).toContain(`${S2} does not exist on ${t.name}`);
+    const n = fields(state)[0]!;
+    await waitFor('the client going on, unharmed', () => fields(state)[0]! > n + 10);
+    expect(fields(state)[1]).toBe(0);
+
+    const r = await cedanaOk(['migrate', String(server), '--to', t.name, '--map-port', `${P2}:${P3}`], { env: bed.env });
+    expect(r.decisions.join('\n')).toMatch(new RegExp(`closing ${S2.replace(/\./g, '\\.')}:${P2} ↔ ${c.address.replace(/\./g, '\\.')}:\\d+: ${S2.replace(/\./g, '\\.')} does not exist on ${t.name}`));
+    // The client learns at once that its connection is gone (the source answers with a reset)…
+    await waitFor('the client to see its connection end', () => fields(state)[1]! > 0);
+    await waitGone(client);
+    // …and the service, on the target under its new port, serves a new one.
+    const fresh = await execa('nsenter', [`--net=/run/netns/${c.netns}`, 'python3', '-c',
+      `import socket; s=socket.create_connection(("${link.t}", ${P3}), timeout=5); s.sendall(b"ping"); print(s.recv(4).decode())`]);
+    expect(fresh.stdout.trim()).toBe('ping');
+    await bed.onHost(t, `kill -9 ${server}`);
   });
 });

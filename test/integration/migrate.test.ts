@@ -3,8 +3,9 @@
  * OpenSSH server), checked by what the processes report on the target. The fixtures keep their
  * state in a directory both hosts share; each host's /tmp and /var/tmp are its own.
  */
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { BIN, cedana, cedanaOk } from '../helpers/cedana.js';
@@ -96,17 +97,73 @@ describe('migrate', () => {
     await bed.onHost(host, `kill -9 ${pid}`);
   });
 
-  it('refuses a process whose open files do not exist on the target, touching nothing', async () => {
-    // The main host's /tmp is not the target's: a file open there is missing on the target.
+  it('ships a job\'s files that only the source\'s private /tmp has; preflight lists them; the job carries on there', async () => {
+    const host = bed.hosts[0]!;
+    const dir = join(await owned.tempDir(), 'job'); // this host's /tmp: the target has its own
+    const st = join(await mkdtemp(join(shared, 'ship-')), 'state');
+    const pid = owned.python('tmpworker.py', [dir, st, '2']);
+    const before = await waitFor('working', () => {
+      const f = readText(st)?.trim().split(' ');
+      return f && Number(f[0]) > 5 ? f : undefined;
+    });
+    const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+    expect(r.exitCode, r.stderr).toBe(0);
+    const events = r.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; phase?: string });
+    const listed = events.find((e) => e.event === 'phase' && e.phase?.startsWith('will ship to'))?.phase;
+    expect(listed).toContain(join(dir, 'data.bin'));
+    expect(r.json!.shipped).toEqual(expect.arrayContaining([dir, join(dir, 'data.bin'), join(dir, 'work.log')]));
+    const at = Number(readText(st)!.split(' ')[0]);
+    const after = await waitFor('working on the target', () => {
+      const f = readText(st)?.trim().split(' ');
+      return f && Number(f[0]) > at + 20 ? f : undefined;
+    });
+    expect(after[1]).toBe(before[1]); // the data file arrived whole
+    expect(after[2]).toBe(before[2]); // and the deleted scratch file
+    expect(after[4]).toBe(dir);
+    // The files live in the target's /tmp now, the log continuing without a gap.
+    const log = readFileSync(bed.path(host, join(dir, 'work.log')), 'utf8').split('\n').slice(0, -1);
+    expect(log.length).toBeGreaterThan(at);
+    log.forEach((l, i) => expect(l).toBe(`line ${i}`));
+    expect((await bed.onHost(host, `stat -c %a ${dir}`)).stdout.trim()).toBe('755');
+    await bed.onHost(host, `kill -9 ${pid}; rm -rf ${dirname(dir)}`);
+  });
+
+  it('with --no-ship-files refuses a process whose files the target lacks, touching nothing', async () => {
     const dir = await owned.tempDir();
     const log = join(dir, 'out.log');
     const pid = owned.python('appender.py', [log]);
     await waitFor('lines', () => (readText(log)?.split('\n').length ?? 0) > 3);
-    const r = await cedana(['migrate', String(pid), '--to', bed.hosts[0]!.name, '--json'], { env: bed.env });
+    const r = await cedana(['migrate', String(pid), '--to', bed.hosts[0]!.name, '--no-ship-files', '--json'], { env: bed.env });
     expect(r.exitCode).toBe(33);
     expect(r.json!.error).toMatchObject({ code: 'FILES_MISSING_ON_TARGET', sourceResumed: true });
     expect(r.json!.error.missing).toContain(log);
+    expect(r.json!.error.hint).toMatch(/--ship-files/);
+    expect((await bed.onHost(bed.hosts[0]!, `ls ${dir} 2>&1`)).exitCode).not.toBe(0); // nothing created there
     const n = readText(log)!.split('\n').length;
     await waitFor('the source to go on', () => readText(log)!.split('\n').length > n + 3);
+  });
+
+  it('--map-path: the target uses its own copy under another path, appending at the same offset', async () => {
+    const host = bed.hosts[0]!;
+    const base = await mkdtemp(join(shared, 'map-'));
+    const [a, b] = [join(base, 'a'), join(base, 'b')];
+    mkdirSync(a);
+    const pid = owned.python('appender.py', [join(a, 'out.log')], { cwd: a });
+    await waitFor('lines', () => (readText(join(a, 'out.log'))?.split('\n').length ?? 0) > 10);
+    // A copy that differs in size is refused in preflight, before anything is frozen.
+    mkdirSync(b);
+    writeFileSync(join(b, 'out.log'), 'not the same\n');
+    const bad = await cedana(['migrate', String(pid), '--to', host.name, '--map-path', `${a}=${b}`, '--json'], { env: bed.env });
+    expect(bad.json!.error).toMatchObject({ code: 'REMAP_INVALID', sourceResumed: true });
+    rmSync(b, { recursive: true });
+    // No copy at all: the file is shipped to the new path.
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--map-path', `${a}=${b}`], { env: bed.env });
+    expect(r.shipped).toEqual(expect.arrayContaining([a, join(a, 'out.log')]));
+    const atMove = readText(join(a, 'out.log'))!.split('\n').length - 1;
+    await waitFor('lines in the new file', () => (readText(join(b, 'out.log'))?.split('\n').length ?? 0) > atMove + 20);
+    readText(join(b, 'out.log'))!.split('\n').slice(0, -1).forEach((l, i) => expect(l).toBe(`line ${i}`));
+    expect(readText(join(a, 'out.log'))!.split('\n').length - 1).toBe(atMove); // the source's file is left alone
+    expect((await bed.onHost(host, `readlink /proc/${pid}/cwd`)).stdout.trim()).toBe(b);
+    await bed.onHost(host, `kill -9 ${pid}`);
   });
 });

@@ -118,7 +118,12 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
     lines.push(`  ${c.red('no readable manifest')}`);
   }
   const s = r.sizes;
-  lines.push(`  size ${formatBytes(s.total)} in ${s.files} files: pages ${formatBytes(s.pages)}, metadata ${formatBytes(s.metadata)}, manifest ${formatBytes(s.manifest)}`);
+  lines.push(`  size ${formatBytes(s.total)} in ${s.files} files: pages ${formatBytes(s.pages)}, metadata ${formatBytes(s.metadata)}, ${s.shipped > 0 ? `shipped files ${formatBytes(s.shipped)}, ` : ''}manifest ${formatBytes(s.manifest)}`);
+  const shipped = m?.shipped ?? [];
+  if (shipped.length > 0) {
+    lines.push(`  carries ${shipped.length} file(s) and directories, put in place on restore where missing:`);
+    for (const e of shipped) lines.push(`    ${e.kind === 'dir' ? `${e.path}/` : `${e.path} (${formatBytes(e.size)})`} ${c.dim(`mode ${(e.mode & 0o7777).toString(8)}, owner ${e.uid}:${e.gid}`)}`);
+  }
   if (r.checksums.ok) lines.push(`  checksums ${c.green('ok')}`);
   else {
     lines.push(`  checksums ${c.red('do not hold')}:`);

@@ -72,6 +72,8 @@ export interface InspectSizes {
   pages: number;
   /** The other CRIU images. */
   metadata: number;
+  /** Copies of the files the image carries (shipped/). */
+  shipped: number;
   manifest: number;
   total: number;
   files: number;
@@ -256,10 +258,11 @@ function describeSocket(fd: number, f: Message, byIno: Map<number, Message>): In
 
 /** Sizes of the parts of an image, from its file listing. */
 export function imageSizes(fileSizes: Record<string, number>): InspectSizes {
-  const sizes: InspectSizes = { pages: 0, metadata: 0, manifest: 0, total: 0, files: 0 };
+  const sizes: InspectSizes = { pages: 0, metadata: 0, shipped: 0, manifest: 0, total: 0, files: 0 };
   for (const [name, size] of Object.entries(fileSizes)) {
     if (name === MANIFEST_NAME) sizes.manifest += size;
     else if (isPagesImage(name)) sizes.pages += size;
+    else if (name.startsWith('shipped/')) sizes.shipped += size;
     else sizes.metadata += size;
     sizes.total += size;
     sizes.files++;

@@ -58,9 +58,9 @@ export function isSystemPath(p: string): boolean {
   return /^\/(usr|lib|lib32|lib64|libx32|bin|sbin|etc|opt|nix|snap|boot)(\/|$)/.test(p);
 }
 
-/** Paths no file can be shipped to: pseudo file systems and anything a shell line would break on. Pure. */
+/** Paths no file can be shipped to: pseudo file systems (but /dev/shm) and anything a shell line would break on. Pure. */
 export function isShippablePath(p: string): boolean {
-  return p.startsWith('/') && p !== '/' && !/[\n\0]/.test(p) && posix.normalize(p) === p && !/^\/(proc|sys|dev)(\/|$)/.test(p);
+  return p.startsWith('/') && !p.endsWith('/') && !/[\n\0]/.test(p) && posix.normalize(p) === p && !/^\/(proc|sys)(\/|$)|^\/dev(\/(?!shm\/)|$)/.test(p);
 }
 
 export interface ShipPlan {

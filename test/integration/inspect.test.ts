@@ -57,7 +57,7 @@ describe('cedana inspect', () => {
     expect(p.memory.mappings.some((m: { file: string | null }) => m.file?.includes('python'))).toBe(true);
     expect(p.memory.dumpedBytes).toBe(pagesBytes(img));
     expect(j.sizes.pages).toBe(pagesBytes(img));
-    expect(j.sizes.total).toBe(j.sizes.pages + j.sizes.metadata + j.sizes.manifest);
+    expect(j.sizes.total).toBe(j.sizes.pages + j.sizes.metadata + j.sizes.shipped + j.sizes.manifest);
 
     const human = await cedana(['inspect', img]);
     expect(human.exitCode).toBe(0);

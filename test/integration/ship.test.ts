@@ -51,6 +51,11 @@ describe('files shipped with the image', () => {
     expect(d.decisions.join('\n')).toMatch(/shipping 2 file\(s\)/);
     const insp = await cedanaOk(['inspect', img]);
     expect(insp.ok).toBe(true);
+    const data = insp.manifest.shipped.find((e: { path: string }) => e.path === join(dir, 'data.bin'));
+    expect(data).toMatchObject({ kind: 'file', size: 1 << 20, mode: 0o644, uid: 0 });
+    expect(insp.sizes.shipped).toBeGreaterThanOrEqual(1 << 20);
+    const human = await cedana(['inspect', img]);
+    expect(human.stdout).toContain(`${join(dir, 'data.bin')} (1.0 MiB)`);
     const atDump = state(st)!;
     rmSync(dir, { recursive: true }); // the restore host does not have them
     const r = await cedanaOk(['restore', img]);

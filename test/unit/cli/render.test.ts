@@ -93,7 +93,7 @@ describe('resultJson', () => {
   });
 
   it('restore: ok=true with every result field', () => {
-    expect(resultJson(RESTORE)).toEqual({ ok: true, command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [], remappedPorts: [] });
+    expect(resultJson(RESTORE)).toEqual({ ok: true, command: 'restore', pid: 4242, image: '/srv/img', processes: 1, restoreMs: 45, durationMs: 2500, remapped: [], remappedPorts: [], placed: [], decisions: [] });
   });
 
   it('check that passes: ok=true and no error key', () => {

@@ -72,7 +72,7 @@ describe('assembleInspection on the sleep seed', () => {
     expect(r.manifest).not.toHaveProperty('files');
     expect(r.gpu).toBeNull();
     const metadata = Object.values(fileSizes).reduce((a, b) => a + b, 0);
-    expect(r.sizes).toEqual({ pages: 126976, metadata, manifest: 1000, total: metadata + 1000 + 126976, files: Object.keys(fileSizes).length + 2 });
+    expect(r.sizes).toEqual({ pages: 126976, metadata, shipped: 0, manifest: 1000, total: metadata + 1000 + 126976, files: Object.keys(fileSizes).length + 2 });
     // The result is plain JSON: no bigints left.
     expect(() => JSON.stringify(r)).not.toThrow();
   });
@@ -133,6 +133,7 @@ describe('pieces', () => {
   });
 
   it('sizes: pages, metadata and the manifest apart', () => {
-    expect(imageSizes({ 'pages-1.img': 8192, 'pages-2.img': 4096, 'core-1.img': 100, 'cedana.json': 10 })).toEqual({ pages: 12288, metadata: 100, manifest: 10, total: 12398, files: 4 });
+    expect(imageSizes({ 'pages-1.img': 8192, 'pages-2.img': 4096, 'core-1.img': 100, 'cedana.json': 10 })).toEqual({ pages: 12288, metadata: 100, shipped: 0, manifest: 10, total: 12398, files: 4 });
+    expect(imageSizes({ 'core-1.img': 100, 'shipped/0': 7, 'shipped/1': 3 })).toMatchObject({ metadata: 100, shipped: 10, total: 110 });
   });
 });

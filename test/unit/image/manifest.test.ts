@@ -205,3 +205,40 @@ describe('isSafeRelativePath', () => {
     expect(isSafeRelativePath('x'.repeat(4096))).toBe(true);
   });
 });
+
+describe('shipped entries', () => {
+  const withShipped = (shipped: unknown): Record<string, any> => {
+    const m = good();
+    m.files['shipped/0'] = { size: 6, sha256: SHA };
+    m.shipped = shipped;
+    return m;
+  };
+  const dir = { path: '/tmp/job', kind: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtimeMs: 1 };
+  const file = { path: '/tmp/job/log', kind: 'file', mode: 0o644, uid: 0, gid: 0, size: 6, mtimeMs: 1, image: 'shipped/0' };
+
+  it('accepts files and directories whose copies are among the image files', () => {
+    expect(validateManifest(withShipped([dir, file])).shipped).toHaveLength(2);
+    expect(validateManifest(good()).shipped).toBeUndefined();
+  });
+
+  it.each([
+    ['a relative path', [{ ...file, path: 'tmp/x' }]],
+    ['a path with ..', [{ ...file, path: '/tmp/../etc/passwd' }]],
+    ['/ itself', [{ ...dir, path: '/' }]],
+    ['a newline', [{ ...file, path: '/tmp/a\nb' }]],
+    ['a copy that is not an image file', [{ ...file, image: 'shipped/9' }]],
+    ['a copy outside shipped/', [{ ...file, image: 'inventory.img', size: 40 }]],
+    ['a size that differs from the copy', [{ ...file, size: 7 }]],
+    ['an unknown kind', [{ ...file, kind: 'fifo' }]],
+    ['a negative mode', [{ ...file, mode: -1 }]],
+    ['the same path twice', [file, file]],
+    ['not a list', { file }],
+  ])('refuses %s with IMAGE_INVALID', (_why, shipped) => {
+    try {
+      validateManifest(withShipped(shipped));
+      expect.unreachable();
+    } catch (e) {
+      expect((e as CedanaError).code).toBe('IMAGE_INVALID');
+    }
+  });
+});

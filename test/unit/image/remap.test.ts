@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import { decodeImage, encodeImage } from '../../../src/image/criu/codec.js';
-import { parsePathMap, parsePortMap, remapFilesImage, remapPath } from '../../../src/image/remap.js';
+import { imageConnections, parsePathMap, parsePortMap, remapFilesImage, remapPath } from '../../../src/image/remap.js';
 
 const SEED = fileURLToPath(new URL('../../fixtures/criu-images/fdzoo/files.img', import.meta.url));
 
@@ -78,5 +78,31 @@ describe('parsePortMap and listening-port remapping', () => {
     expect(socks.find((k) => k.state === 10)!.src_port).toBe(7200);
     // The established pair of the seed (7100 ↔ 43016) is untouched.
     expect(socks.filter((k) => k.state === 1).map((k) => [k.src_port, k.dst_port])).toEqual([[43016, 7100], [7100, 43016]]);
+  });
+});
+
+describe('established connections in files.img', () => {
+  const files = decodeImage(readFileSync(SEED), 'files.img');
+
+  it('imageConnections lists them with their inodes and both ends', () => {
+    const conns = imageConnections(files);
+    expect(conns.map((c) => [c.local, c.remote])).toEqual([['127.0.0.1:43016', '127.0.0.1:7100'], ['127.0.0.1:7100', '127.0.0.1:43016']]);
+    expect(new Set(conns.map((c) => c.ino)).size).toBe(2);
+  });
+
+  it('closing one rewrites it as an unbound, unconnected socket and leaves the other alone', () => {
+    const [a, b] = imageConnections(files);
+    const { image, closed } = remapFilesImage(files, [], [], new Set([a!.ino]));
+    expect(closed).toEqual([a!.ino]);
+    const again = decodeImage(encodeImage(image), 'files.img');
+    const isks = again.entries.flatMap((e) => {
+      const isk = e.type === null ? undefined : (e.value as { isk?: { ino: number; state: number; src_port: number; dst_port: number; src_addr: number[]; dst_addr: number[] } }).isk;
+      return isk ? [isk] : [];
+    });
+    const ca = isks.find((k) => k.ino === a!.ino)!;
+    expect(ca).toMatchObject({ state: 7, src_port: 0, dst_port: 0 });
+    expect([...ca.src_addr, ...ca.dst_addr].every((w) => w === 0)).toBe(true);
+    expect(ca.src_addr.length).toBe(isks.find((k) => k.ino === b!.ino)!.src_addr.length); // CRIU checks the address length
+    expect(imageConnections(again).map((c) => c.ino)).toEqual([b!.ino]);
   });
 });

@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import { parseVersionText, type Version } from '../../../src/criu/version.js';
 import type { Footprint } from '../../../src/migrate/footprint.js';
-import { diskNeeded, judgePreflight, parsePreflight, preflightScript, REMOTE_PATH, type Needs, type TargetFacts } from '../../../src/migrate/preflight.js';
+import { diskNeeded, judgePreflight, parsePreflight, portConflicts, preflightScript, REMOTE_PATH, type Needs, type TargetFacts } from '../../../src/migrate/preflight.js';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 
 const MiB = 1024 * 1024;
 const v = (text: string): Version => parseVersionText(text)!;
@@ -52,7 +53,7 @@ describe('preflightScript', () => {
     const s = preflightScript({ ...fp, paths: ['CEDANA_PATHS', '/ok', '/CEDANA_PATHS'] }, '/tmp');
     const lines = s.split('\n');
     expect(lines.filter((l) => l === 'CEDANA_PATHS')).toHaveLength(1);
-    expect(lines.at(-2)).toBe('CEDANA_PATHS');
+    expect(lines[lines.indexOf('CEDANA_PATHS') - 1]).toBe('/CEDANA_PATHS'); // the last path, then the terminator
     expect(lines).toContain('/CEDANA_PATHS');
   });
 
@@ -185,6 +186,8 @@ describe('parsePreflight', () => {
       memAvailBytes: 2147483648,
       pidsTaken: [100],
       missingPaths: ['/srv/a'],
+      listening: [],
+      badSizes: [],
     });
   });
 
@@ -423,5 +426,89 @@ describe('the CPU check inside the preflight round trip', () => {
       err = e;
     }
     expect((err as CedanaError).code).toBe('CPU_INCOMPATIBLE');
+  });
+});
+
+describe('what the preflight learns for shipping, remapping and connections (with the local sh)', () => {
+  let dir: string;
+  let server: Server;
+  let port: number;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cedana-pf2-'));
+    await writeFile(join(dir, 'right'), '12345');
+    await writeFile(join(dir, 'wrong size'), '123');
+    server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports files of another size, the addresses and the listening ports there', () => {
+    const fp: Footprint = { pids: [], rssBytes: 1, paths: [] };
+    const r = runSh(preflightScript(fp, dir, undefined, {
+      paths: [join(dir, 'right')],
+      sized: [{ path: join(dir, 'right'), size: 5 }, { path: join(dir, 'wrong size'), size: 5 }, { path: join(dir, 'absent'), size: 5 }],
+    }));
+    expect(r.status).toBe(0);
+    const f = parsePreflight(r.stdout);
+    expect(f.badSizes).toEqual([{ path: join(dir, 'wrong size'), size: 3 }]);
+    expect(f.addresses).toContain('127.0.0.1');
+    expect(f.listening).toContainEqual({ addr: '127.0.0.1', port });
+  });
+
+  it('parses the lines', () => {
+    const f = parsePreflight(['ipaddr=1', 'addr=10.0.0.2/24', 'addr=fd00:0::1/64', 'listen=0100007F:1F90', 'listen=00000000000000000000000000000000:0016', 'badsize=7 /a b'].join('\n'));
+    expect(f.addresses).toEqual(['10.0.0.2', 'fd00::1']);
+    expect(f.listening).toEqual([{ addr: '127.0.0.1', port: 8080 }, { addr: '::', port: 22 }]);
+    expect(f.badSizes).toEqual([{ path: '/a b', size: 7 }]);
+    expect(parsePreflight('uid=0').addresses).toBeUndefined(); // no ip there: unknown, not empty
+    expect(parsePreflight('ipaddr=1').addresses).toEqual([]);
+  });
+});
+
+describe('portConflicts', () => {
+  it('collides on the same port when either side is a wildcard or the addresses are equal', () => {
+    expect(portConflicts([{ addr: '0.0.0.0', port: 80 }], [{ addr: '10.0.0.2', port: 80 }])).toHaveLength(1);
+    expect(portConflicts([{ addr: '10.0.0.2', port: 80 }], [{ addr: '::', port: 80 }])).toHaveLength(1);
+    expect(portConflicts([{ addr: '10.0.0.2', port: 80 }], [{ addr: '10.0.0.2', port: 80 }])).toHaveLength(1);
+    expect(portConflicts([{ addr: '10.0.0.2', port: 80 }], [{ addr: '10.0.0.3', port: 80 }])).toEqual([]);
+    expect(portConflicts([{ addr: '0.0.0.0', port: 80 }], [{ addr: '0.0.0.0', port: 81 }])).toEqual([]);
+  });
+});
+
+describe('judgePreflight with shipping, sizes and ports', () => {
+  const good: TargetFacts = {
+    uid: 0, arch: 'x86_64', criuVersion: '4.2.1', criuCheck: 0, criuCheckOutput: [], networkLock: 'iptables',
+    diskAvailBytes: 10 * 1024 * MiB, memAvailBytes: 8 * 1024 * MiB, pidsTaken: [], missingPaths: [], listening: [], badSizes: [],
+  };
+  const needs: Needs = { target: 'b', arch: 'x86_64', localCriu: v('4.2'), footprint: { pids: [1], rssBytes: MiB, paths: [] }, tcpEstablished: false };
+  const err = (t: Partial<TargetFacts>, n: Partial<Needs> = {}): CedanaError | undefined => {
+    try {
+      judgePreflight({ ...good, ...t }, { ...needs, ...n });
+      return undefined;
+    } catch (e) {
+      return e as CedanaError;
+    }
+  };
+
+  it('missing paths that will be shipped are not refused; the others are, with a hint to ship them', () => {
+    expect(err({ missingPaths: ['/tmp/a'] }, { shipping: ['/tmp/a'] })).toBeUndefined();
+    const e = err({ missingPaths: ['/tmp/a', '/tmp/big'] }, { shipping: ['/tmp/a'] })!;
+    expect(e.code).toBe('FILES_MISSING_ON_TARGET');
+    expect(e.details.missing).toEqual(['/tmp/big']);
+    expect(e.hint).toMatch(/--ship-files/);
+  });
+
+  it('a --map-path target of another size is REMAP_INVALID; a taken port is TARGET_PORT_IN_USE with a --map-port hint', () => {
+    const s = err({ badSizes: [{ path: '/new/log', size: 3 }] })!;
+    expect(s.code).toBe('REMAP_INVALID');
+    expect(s.message).toContain('/new/log (3 bytes)');
+    const p = err({ listening: [{ addr: '0.0.0.0', port: 8000 }] }, { listening: [{ addr: '0.0.0.0', port: 8000 }] })!;
+    expect(p.code).toBe('TARGET_PORT_IN_USE');
+    expect(p.hint).toContain('--map-port 8000:NEW');
+    expect(err({ listening: [{ addr: '0.0.0.0', port: 8000 }] }, { listening: [{ addr: '0.0.0.0', port: 9000 }] })).toBeUndefined();
   });
 });

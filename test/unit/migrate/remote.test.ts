@@ -4,13 +4,14 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
-import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type RemoteDir } from '../../../src/migrate/remote.js';
+import { cleanupRemote, makeRemoteDir, openRestore, placementScript, startPageServer, type RemoteDir } from '../../../src/migrate/remote.js';
+import type { ShippedEntry } from '../../../src/image/ship.js';
 import type { ExecResult, SshSession } from '../../../src/transport/ssh.js';
 
 type Exec = (command: string, stdin?: Buffer | string) => Promise<ExecResult>;
@@ -227,5 +228,55 @@ describe('openRestore + send (a stand-in channel: no CRIU)', () => {
     const hanging = (): Promise<void> => new Promise<void>(() => undefined); // the tar never finishes: the loss must end the wait
     const e = await codeOf(sendAndRestore(session(ch, lost), d, hanging, [], 'iptables'));
     expect(e.code).toBe('CONNECTION_LOST');
+  });
+});
+
+describe('placementScript (run with the local sh, as the target runs it)', () => {
+  let parent: string;
+  let d: RemoteDir;
+  beforeEach(async () => {
+    parent = await mkdtemp(join(tmpdir(), 'cedana place '));
+    d = await makeRemoteDir(fakeSession(localSh), parent);
+    await mkdir(join(d.images, 'shipped'));
+    await writeFile(join(d.images, 'shipped', '0'), 'data\n');
+  });
+  afterEach(() => rm(parent, { recursive: true, force: true }));
+
+  const entries = (): ShippedEntry[] => [
+    { path: join(parent, 'job dir'), kind: 'dir', mode: 0o750, uid: 0, gid: 0, size: 0, mtimeMs: 0 },
+    { path: join(parent, 'job dir', "it's.bin"), kind: 'file', mode: 0o640, uid: 0, gid: 0, size: 5, mtimeMs: 1_600_000_000_250, image: 'shipped/0' },
+  ];
+  const place = (lines: string[]): { status: number | null; stderr: string } => {
+    const r = spawnSync('sh', ['-e', '-c', lines.join('\n')], { cwd: d.images, encoding: 'utf8' });
+    return { status: r.status, stderr: r.stderr };
+  };
+
+  it('creates the directory and the file with mode and mtime, records them, and cleanup with undo removes them', async () => {
+    expect(place(placementScript(entries(), [], d)).status).toBe(0);
+    const f = join(parent, 'job dir', "it's.bin");
+    expect(readFileSync(f, 'utf8')).toBe('data\n');
+    expect(statSync(f).mode & 0o777).toBe(0o640);
+    expect(statSync(join(parent, 'job dir')).mode & 0o777).toBe(0o750);
+    expect(Math.round(statSync(f).mtimeMs)).toBe(1_600_000_000_250);
+    expect(readFileSync(join(d.dir, 'placed'), 'utf8')).toBe(`${join(parent, 'job dir')}\n${f}\n`);
+    expect(await cleanupRemote(fakeSession(localSh), d, [], true)).toBe(true);
+    expect(existsSync(join(parent, 'job dir'))).toBe(false);
+  });
+
+  it('keeps a file of the same size, follows --map-path, and a file of another size exits 96', async () => {
+    await mkdir(join(parent, 'new'));
+    await writeFile(join(parent, 'new', "it's.bin"), 'DATA\n');
+    expect(place(placementScript(entries(), [{ from: join(parent, 'job dir'), to: join(parent, 'new') }], d)).status).toBe(0);
+    expect(readFileSync(join(parent, 'new', "it's.bin"), 'utf8')).toBe('DATA\n');
+    await writeFile(join(parent, 'new', "it's.bin"), 'longer data\n');
+    const r = place(placementScript(entries(), [{ from: join(parent, 'job dir'), to: join(parent, 'new') }], d));
+    expect(r.status).toBe(96);
+    expect(r.stderr).toContain('exists there with another size');
+  });
+
+  it('cleanup without undo leaves what was placed (a committed migration)', async () => {
+    expect(place(placementScript(entries(), [], d)).status).toBe(0);
+    expect(await cleanupRemote(fakeSession(localSh), d)).toBe(true);
+    expect(existsSync(join(parent, 'job dir', "it's.bin"))).toBe(true);
   });
 });

@@ -132,7 +132,6 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     // unconnected ones (reads fail with ENOTCONN, as after a reset).
     const closeAll = args.tcp === 'close';
     const closeSome = closeAll ? new Set<number>() : new Set(tcpPlan.close.map((c) => c.ino));
-    shippedPaths = plan.ship.map((c) => c.path);
     if (args.signal?.aborted) throw interrupted();
 
     remote = await makeRemoteDir(session, args.targetDir);
@@ -188,6 +187,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       }
       // Copied while frozen, so they match the offsets CRIU recorded; placed there before CRIU runs.
       const shipped = await copyShipped(plan.ship, images);
+      shippedPaths = shipped.filter((e) => plan.ship.some((c) => c.path === e.path)).map((e) => e.path);
       if (shipped.length > 0) await writeFile(join(images, 'place.sh'), `${placementScript(shipped, maps, remote).join('\n')}\n`, { mode: 0o600 });
       // The target's paths were checked in preflight; the image is rewritten in place (a transient copy).
       if (maps.length + ports.length + closeSome.size > 0) await writeRemappedImage(images, undefined, maps, ports, closeSome, () => true);

@@ -165,22 +165,25 @@ export async function copyShipped(plan: Candidate[], dir: string): Promise<Shipp
   const entries = new Map<string, ShippedEntry>();
   let n = 0;
   for (const c of plan) {
+    // The plan was made before the freeze: a descriptor may have been closed (or reused) since.
+    // What the frozen tree holds now is what CRIU saw.
+    if (c.use === 'open' && (await readlink(c.source).catch(() => '')) !== c.path) continue;
+    const st = await stat(c.source).catch(() => undefined);
+    if (!st || (c.kind === 'dir' ? !st.isDirectory() : !st.isFile())) continue;
     // Ancestors are read through the process's root (its view of the file system).
     for (const a of ancestors(c.path)) {
       if (entries.has(a)) continue;
-      const st = await stat(`${c.root}${a}`).catch(() => undefined);
-      if (st?.isDirectory()) entries.set(a, { path: a, kind: 'dir', mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: 0, mtimeMs: Math.trunc(st.mtimeMs) });
+      const ast = await stat(`${c.root}${a}`).catch(() => undefined);
+      if (ast?.isDirectory()) entries.set(a, { path: a, kind: 'dir', mode: ast.mode & 0o7777, uid: ast.uid, gid: ast.gid, size: 0, mtimeMs: Math.trunc(ast.mtimeMs) });
     }
     if (c.kind === 'dir') {
-      const st = await stat(c.source);
       entries.set(c.path, { path: c.path, kind: 'dir', mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: 0, mtimeMs: Math.trunc(st.mtimeMs) });
       continue;
     }
     const image = `shipped/${n++}`;
     await copyFile(c.source, join(dir, image));
-    const st = await stat(c.source);
     const copied = await stat(join(dir, image));
-    if (copied.size !== st.size) throw new CedanaError('IO_ERROR', `${c.path} changed size while it was copied into the image`, { hint: 'another process writes to it; dump again' });
+    if (copied.size !== st.size) throw new CedanaError('IO_ERROR', `${c.path} changed size while it was copied into the image`, { hint: 'a process outside the tree writes to it; dump again' });
     entries.set(c.path, { path: c.path, kind: 'file', mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: st.size, mtimeMs: Math.trunc(st.mtimeMs), image });
   }
   return [...entries.values()].sort((a, b) => a.path.localeCompare(b.path));

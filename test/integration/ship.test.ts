@@ -108,7 +108,7 @@ describe('files shipped with the image', () => {
     expect(existsSync(dir)).toBe(false);
   });
 
-  it('--no-ship-files carries nothing; a deleted file over 64 MiB is refused before freezing', async () => {
+  it('--no-ship-files carries nothing; a deleted file over 64 MiB is refused before freezing, and carried with --ship-files', async () => {
     const small = await worker(0);
     const img = join(shared, 'img-none');
     owned.onCleanup(() => rm(img, { recursive: true, force: true }));
@@ -125,5 +125,18 @@ describe('files shipped with the image', () => {
     expect(existsSync(join(shared, 'img-big'))).toBe(false);
     const s = state(big.st)!.i;
     await waitFor('the job goes on', () => state(big.st)!.i > s + 5);
+    // --ship-files carries it whatever its size.
+    const bigImg = join(shared, 'img-big');
+    owned.onCleanup(() => rm(bigImg, { recursive: true, force: true }));
+    await cedanaOk(['dump', String(big.pid), '-o', bigImg, '--ship-files']);
+    await waitGone(big.pid);
+    const r2 = await cedanaOk(['restore', bigImg]);
+    owned.own(r2.pid);
+    const at = state(big.st)!.i;
+    const after = await waitFor('working again', () => {
+      const x = state(big.st);
+      return x && x.i > at + 5 ? x : undefined;
+    });
+    expect(after.scratch).toBe(big.before.scratch);
   });
 });

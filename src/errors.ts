@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   TARGET_RESTORE_FAILED: { exit: 34, what: "the target's CRIU failed to restore; the source was resumed" },
   HOOK_FAILED: { exit: 35, what: 'the --hook command failed (pre-restore or post-restore); the source was resumed' },
   TARGET_PORT_IN_USE: { exit: 36, what: 'a TCP port the tree listens on is taken on the target (--map-port moves it)' },
+  LINK_TOO_SLOW: { exit: 37, what: 'post-copy refused: the link to the target is slower than --min-throughput' },
+  PROCESS_LOST: { exit: 38, what: 'post-copy: the page stream broke after the target started; the process is lost' },
   INTERRUPTED: { exit: 130, what: 'interrupted by SIGINT or SIGTERM; the process was left running' },
 } as const;
 

@@ -51,6 +51,11 @@ const shipOptions = (cmd: Command): Command =>
 
 const shipPolicy = (o: { shipFiles?: boolean }): 'auto' | 'all' | 'none' => (o.shipFiles === true ? 'all' : o.shipFiles === false ? 'none' : 'auto');
 
+function parseMBps(value: string): number {
+  if (!/^\d+(\.\d+)?$/.test(value)) throw new InvalidArgumentError('expected megabytes per second');
+  return Number(value) * 1e6;
+}
+
 function parseMs(value: string): number {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected milliseconds');
   return Number(value);
@@ -159,9 +164,11 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--file-locks', 'migrate file locks (automatic when the tree holds some)')
     .option('--map-path <OLD=NEW>', 'on the target, files under OLD (open, mapped, working directory) are used from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW on the target; repeatable', collectPortMap, [] as PortMap[])
+    .option('--postcopy', 'post-copy: the tree runs on the target at once and its memory follows on demand (CRIU lazy pages). The source is ended as soon as the target runs: if the link breaks after that, the process is LOST. Refused on a link slower than --min-throughput')
+    .option('--min-throughput <MB/s>', 'post-copy is refused on a link measured slower than this (default 50)', parseMBps)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; hook?: string; json?: boolean }) => {
+    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; postcopy?: boolean; minThroughput?: number; hook?: string; json?: boolean }) => {
       onInvoke({
         command: 'migrate',
         json: !!o.json,
@@ -177,6 +184,8 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             mapPaths: o.mapPath,
             mapPorts: o.mapPort,
             ship: shipPolicy(o),
+            postcopy: !!o.postcopy,
+            minThroughput: o.minThroughput,
             hook: o.hook,
             reporter: ctx.reporter,
             signal: ctx.signal,

@@ -1,27 +1,32 @@
 /**
- * cedana migrate: moves a running process tree to another host over SSH, as a transaction.
+ * cedana migrate: moves a running process tree to another host over SSH.
  *
- * Preflight checks the target before anything is frozen. Then CRIU dumps with its pages sent
- * straight to a page server on the target (through an SSH channel: nothing of the memory is written
- * on the source's disk) and stops at the post-dump gate with the tree frozen. The small metadata
- * images follow as a tar stream, are checked against their sha256 there, and the target restores.
- * Only when the target confirms a running process is the gate committed and the source ended; any
- * failure or interrupt before that aborts the gate, CRIU resumes the source, and the target is
- * cleaned up.
+ * Preflight checks the target before anything is frozen. Stop-and-copy (the default) is a
+ * transaction: CRIU dumps with its pages sent straight to a page server on the target (through an
+ * SSH channel: nothing of the memory is written on the source's disk) and stops at the post-dump gate
+ * with the tree frozen. The small metadata images follow as a tar stream, are checked against their
+ * sha256 there, and the target restores. Only when the target confirms a running process is the gate
+ * committed and the source ended; any failure or interrupt before that aborts the gate, CRIU resumes
+ * the source, and the target is cleaned up.
+ *
+ * Post-copy (--postcopy) moves everything but the memory while frozen, lets the tree run on the
+ * target at once and pulls the memory after it, on demand. Until the target runs, a failure resumes
+ * the source as above; from then on the source is ended and cannot come back: if the page stream
+ * breaks, the process is lost.
  */
 import { execa } from 'execa';
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildDumpArgs, restoreFlagArgs, type TcpMode } from '../criu/options.js';
+import { buildDumpArgs, restoreFlagArgs, type CriuDecisions, type NetworkLock, type TcpMode } from '../criu/options.js';
 import { decideDumpOptions } from '../criu/options.js';
-import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
+import { keepLog, locateCriu, networkLockBackend, spawnCriu, type Criu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
-import { hostFacts, requireRoot } from '../host.js';
+import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { packImage } from '../image/archive.js';
 import { checksumDir, listImageFiles } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { processExists } from '../proc/procfs.js';
-import { examineTree, validateTarget } from '../proc/tree.js';
+import { examineTree, validateTarget, type TreeFacts } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { ActionGate } from '../criu/gate.js';
 import { makeManifest } from '../dump/manifest.js';
@@ -33,7 +38,9 @@ import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type Pendin
 import { SshSession } from '../transport/ssh.js';
 import { addressOf, decideConnections, type Connection } from '../image/connections.js';
 import { remapPath, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
-import { copyShipped, deletedOpenFiles, describeShipped, ghostLimit, planShipping, shipCandidates, shippingNotes, type ShipPolicy } from '../image/ship.js';
+import { copyShipped, deletedOpenFiles, describeShipped, ghostLimit, planShipping, shipCandidates, shippingNotes, type Candidate, type ShipPolicy } from '../image/ship.js';
+import { bridgeLazyPages, checkLazySource, freeLoopbackPort, makeTls, measureThroughput } from '../migrate/postcopy.js';
+import { copyFile } from 'node:fs/promises';
 import { placementScript } from '../migrate/remote.js';
 import type { TcpSocket } from '../proc/sockets.js';
 import { privateTempDir } from '../util/paths.js';
@@ -53,6 +60,10 @@ export interface MigrateArgs {
   mapPorts?: PortMap[];
   /** Files missing on the target that travel with the image (default auto: up to the size limits). */
   ship?: ShipPolicy;
+  /** Post-copy: the tree runs on the target before its memory has moved (CRIU lazy pages). */
+  postcopy?: boolean;
+  /** Post-copy is refused on a link slower than this (bytes per second). */
+  minThroughput?: number;
   /** Run with sh -c here at `pre-restore`, `post-restore` and, after a failure past pre-restore, `rollback` (CEDANA_HOOK). */
   hook?: string;
   reporter?: Reporter;
@@ -72,6 +83,51 @@ export interface MigrateResult {
   decisions: string[];
   /** Files and directories shipped because the target lacked them (their source paths). */
   shipped: string[];
+  mode: 'stop-and-copy' | 'postcopy';
+  /** Post-copy: the link measured in preflight, and how long the memory took to follow the tree. */
+  postcopy?: { linkBytesPerSec: number; pullMs: number };
+}
+
+/** What preflight established, for either way of moving the tree. */
+interface Prepared {
+  args: MigrateArgs;
+  session: SshSession;
+  work: string;
+  report: Reporter;
+  criu: Criu;
+  networkLock: NetworkLock;
+  host: HostFacts;
+  facts: TreeFacts;
+  decisions: CriuDecisions;
+  rssBytes: number;
+  maps: PathMap[];
+  ports: PortMap[];
+  ghost: number;
+  ship: Candidate[];
+  /** CRIU restore flags for the target. */
+  restoreFlags: string[];
+  targetLock: string;
+  closeSome: Set<number>;
+  linkBytesPerSec?: number;
+}
+
+/** What a failure must undo, filled in as the migration goes. */
+interface Progress {
+  remote?: RemoteDir;
+  pending?: PendingRestore;
+  restoredPid?: number;
+  /** The source is gone for good (stop-and-copy: committed; post-copy: the target runs). */
+  committed: boolean;
+  treePids: number[];
+  shippedPaths: string[];
+}
+
+interface Moved {
+  restoredPid: number;
+  downtimeMs: number;
+  memoryBytes: number;
+  metadataBytes: number;
+  pullMs?: number;
 }
 
 const interrupted = (): CedanaError =>
@@ -85,94 +141,195 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const criu = await locateCriu();
   const networkLock = await networkLockBackend();
   if (!networkLock) throw new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed here', { hint: 'install iptables (scripts/setup does)' });
+  if (args.postcopy) await checkLazySource();
 
   report.phase(`connecting to ${args.to}`);
   const session = await SshSession.connect(args.to, { acceptNewHostKey: args.acceptNewHostKey, sshDir: args.sshDir });
   const work = await privateTempDir('cedana-migrate-');
-  let remote: RemoteDir | undefined;
-  let proxy: PageBridge | undefined;
-  let pending: PendingRestore | undefined;
-  let committed = false;
-  let restoredPid: number | undefined;
-  let treePids: number[] = [];
-  let shippedPaths: string[] = [];
+  const state: Progress = { committed: false, treePids: [], shippedPaths: [] };
   try {
-    report.phase(`preflight on ${args.to}`);
-    const facts = await examineTree(args.pid);
-    const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: false });
-    const pids = facts.processes.map((p) => p.pid);
-    const fp = await footprint(pids);
-    treePids = fp.pids;
-    const maps = args.mapPaths ?? [];
-    const ports = args.mapPorts ?? [];
-    const policy = args.ship ?? 'auto';
-    const ghost = ghostLimit(await deletedOpenFiles(pids), policy);
-    const cands = await shipCandidates(pids);
-    const dest = (p: string): string => remapPath(p, maps) ?? p;
-    const listening = checkPortMaps(facts.tcp, ports);
-    const host = await hostFacts();
-    await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
-    const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')), {
-      paths: fp.paths.map(dest),
-      sized: cands.filter((c) => c.kind === 'file' && remapPath(c.path, maps) !== undefined).map((c) => ({ path: dest(c.path), size: c.size })),
-    });
-    const missing = new Set(target.missingPaths);
-    const plan = planShipping(cands.filter((c) => missing.has(dest(c.path))), policy);
-    const conns: Connection[] = facts.tcp.filter((t) => t.state === 'ESTABLISHED').map((t) => ({ ino: t.inode, local: t.local, remote: t.remote }));
-    const tcpPlan = decideConnections(conns, {
-      mode: args.tcp, addresses: target.addresses && new Set(target.addresses), moving: true, where: `on ${args.to}`, hook: !!args.hook,
-    });
-    judgePreflight(target, {
-      target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: tcpPlan.keep.length > 0,
-      shipping: plan.ship.map((c) => dest(c.path)), listening,
-    });
-    decisions.notes.push(...tcpPlan.notes, ...shippingNotes({ ship: plan.ship, left: [] }));
-    if (plan.ship.length > 0) report.phase(`will ship to ${args.to}: ${plan.ship.slice(0, 3).map(describeShipped).join(', ')}${plan.ship.length > 3 ? ` and ${plan.ship.length - 3} more` : ''}`);
-    // --tcp-close: CRIU's own (reads see EOF). Decided per connection: those sockets are rewritten as
-    // unconnected ones (reads fail with ENOTCONN, as after a reset).
-    const closeAll = args.tcp === 'close';
-    const closeSome = closeAll ? new Set<number>() : new Set(tcpPlan.close.map((c) => c.ino));
+    const prep = await prepare({ args, session, work, report, criu, networkLock }, state);
     if (args.signal?.aborted) throw interrupted();
-
-    remote = await makeRemoteDir(session, args.targetDir);
-    const psPort = await startPageServer(session, remote);
-    const bridge = await openPageChannel(session, psPort);
-    const restoreFlags = restoreFlagArgs({ ...decisions, tcpEstablished: tcpPlan.keep.length > 0, tcpClose: closeAll, externalUnix: decisions.externalUnix.length > 0 });
-    pending = await openRestore(session, remote, restoreFlags, target.networkLock ?? 'iptables');
-
-    const images = join(work, 'img');
-    await execa('mkdir', ['-m', '700', images]);
-    const gate = await ActionGate.create(work, 'post-dump');
-    const logFile = join(work, 'dump.log');
-    const criuArgs = [
-      ...buildDumpArgs(args.pid, decisions, { imagesDir: images, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: ghost }),
-      '--page-server', '--ps-socket', '3',
-    ];
-    const frozenAt = performance.now();
-    report.phase(`freezing ${facts.processes.length} process(es) and sending memory`);
-    const run = spawnCriu(criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
-    proxy = bridge(run.psSocket!);
-    const ticker = progressTicker(report, proxy, fp.rssBytes);
-    // An interrupt or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
-    const onAbort = (): void => proxy?.close();
-    args.signal?.addEventListener('abort', onAbort, { once: true });
-    let event: 'ready' | 'exited';
-    try {
-      event = await Promise.race([gate.waitReady(run.done), session.lost(), proxy.failed]);
-    } catch (e) {
-      proxy.close();
-      await gate.abortAndWait(run.done);
-      throw e;
-    } finally {
-      clearInterval(ticker);
-      args.signal?.removeEventListener('abort', onAbort);
+    state.remote = await makeRemoteDir(session, args.targetDir);
+    const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state);
+    // The connections live on the target now: lift the lock CRIU left on them here.
+    if (prep.decisions.tcpEstablished) await releaseSourceLocks(prep.facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
+    return {
+      command: 'migrate',
+      pid: args.pid,
+      target: args.to,
+      targetPid: moved.restoredPid,
+      processes: prep.facts.processes.length,
+      downtimeMs: moved.downtimeMs,
+      durationMs: Math.round(performance.now() - started),
+      bytesSent: moved.memoryBytes + moved.metadataBytes,
+      memoryBytes: moved.memoryBytes,
+      decisions: prep.decisions.notes,
+      shipped: state.shippedPaths,
+      mode: args.postcopy ? 'postcopy' : 'stop-and-copy',
+      ...(args.postcopy ? { postcopy: { linkBytesPerSec: Math.round(prep.linkBytesPerSec ?? 0), pullMs: moved.pullMs ?? 0 } } : {}),
+    };
+  } catch (e) {
+    const err = toCedanaError(e);
+    if (!state.committed) {
+      if (!state.restoredPid) state.pending?.cancel();
+      err.details.sourceResumed = await processExists(args.pid);
+      if (state.remote) err.details.targetCleanedUp = await cleanUpAfterFailure(session, state.remote, state.restoredPid ? state.treePids : [], args);
     }
-    if (event === 'exited') {
-      await run.done.catch((e: unknown) => {
-        throw args.signal?.aborted ? interrupted() : e;
+    throw err;
+  } finally {
+    report.stop();
+    if (state.committed && state.remote) await cleanupRemote(session, state.remote);
+    session.close();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Everything before the freeze: the tree, the target's facts, shipping, connections, remapping. */
+async function prepare(
+  c: Pick<Prepared, 'args' | 'session' | 'work' | 'report' | 'criu' | 'networkLock'>,
+  state: Progress,
+): Promise<Prepared> {
+  const { args, session, work, report, criu } = c;
+  report.phase(`preflight on ${args.to}`);
+  const facts = await examineTree(args.pid);
+  const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: false });
+  const pids = facts.processes.map((p) => p.pid);
+  const fp = await footprint(pids);
+  state.treePids = fp.pids;
+  const maps = args.mapPaths ?? [];
+  const ports = args.mapPorts ?? [];
+  const policy = args.ship ?? 'auto';
+  const ghost = ghostLimit(await deletedOpenFiles(pids), policy);
+  const cands = await shipCandidates(pids);
+  const dest = (p: string): string => remapPath(p, maps) ?? p;
+  const listening = checkPortMaps(facts.tcp, ports);
+  const host = await hostFacts();
+  await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
+  const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')), {
+    paths: fp.paths.map(dest),
+    sized: cands.filter((x) => x.kind === 'file' && remapPath(x.path, maps) !== undefined).map((x) => ({ path: dest(x.path), size: x.size })),
+    lazy: !!args.postcopy,
+  });
+  const missing = new Set(target.missingPaths);
+  const plan = planShipping(cands.filter((x) => missing.has(dest(x.path))), policy);
+  const conns: Connection[] = facts.tcp.filter((t) => t.state === 'ESTABLISHED').map((t) => ({ ino: t.inode, local: t.local, remote: t.remote }));
+  const tcpPlan = decideConnections(conns, {
+    mode: args.tcp, addresses: target.addresses && new Set(target.addresses), moving: true, where: `on ${args.to}`, hook: !!args.hook,
+  });
+  judgePreflight(target, {
+    target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: tcpPlan.keep.length > 0,
+    shipping: plan.ship.map((x) => dest(x.path)), listening, lazy: !!args.postcopy,
+  });
+  decisions.notes.push(...tcpPlan.notes, ...shippingNotes({ ship: plan.ship, left: [] }));
+  if (plan.ship.length > 0) report.phase(`will ship to ${args.to}: ${plan.ship.slice(0, 3).map(describeShipped).join(', ')}${plan.ship.length > 3 ? ` and ${plan.ship.length - 3} more` : ''}`);
+  let linkBytesPerSec: number | undefined;
+  if (args.postcopy) {
+    report.phase(`measuring the link to ${args.to}`);
+    linkBytesPerSec = await measureThroughput(session);
+    const min = args.minThroughput ?? DEFAULT_MIN_THROUGHPUT;
+    const mbs = (n: number): string => `${(n / 1e6).toFixed(0)} MB/s`;
+    if (linkBytesPerSec < min) {
+      throw new CedanaError('LINK_TOO_SLOW', `post-copy refused: the link to ${args.to} carries ${mbs(linkBytesPerSec)}, less than ${mbs(min)}`, {
+        hint: 'migrate without --postcopy (the source then stays safe until the target runs), or lower --min-throughput',
+        details: { linkBytesPerSec: Math.round(linkBytesPerSec), minBytesPerSec: min },
       });
-      throw new CedanaError('CRIU_FAILED', 'criu dump exited before its post-dump step', { hint: `log: ${await keepLog(logFile, `migrate-${args.pid}`)}` });
     }
+    decisions.notes.push(
+      `post-copy: the link carries ${mbs(linkBytesPerSec)}; ~${(fp.rssBytes / 1048576).toFixed(0)} MiB follow the tree after it starts on ${args.to} (~${(fp.rssBytes / linkBytesPerSec).toFixed(1)} s) — if the link breaks then, the process is lost`,
+    );
+  }
+  // --tcp-close: CRIU's own (reads see EOF). Decided per connection: those sockets are rewritten as
+  // unconnected ones (reads fail with ENOTCONN, as after a reset).
+  const closeAll = args.tcp === 'close';
+  return {
+    ...c,
+    host,
+    facts,
+    decisions,
+    rssBytes: fp.rssBytes,
+    maps,
+    ports,
+    ghost,
+    ship: plan.ship,
+    restoreFlags: restoreFlagArgs({ ...decisions, tcpEstablished: tcpPlan.keep.length > 0, tcpClose: closeAll, externalUnix: decisions.externalUnix.length > 0 }),
+    targetLock: target.networkLock ?? 'iptables',
+    closeSome: closeAll ? new Set<number>() : new Set(tcpPlan.close.map((x) => x.ino)),
+    linkBytesPerSec,
+  };
+}
+
+/** Post-copy is refused on a link slower than this, unless --min-throughput says otherwise. */
+export const DEFAULT_MIN_THROUGHPUT = 50e6;
+
+/**
+ * With the tree frozen at the post-dump gate: the shipped files, the remapped files.img, the
+ * manifest and the sha256 list go into the images; returns the names to send, manifest first.
+ */
+async function finishImage(p: Prepared, state: Progress, images: string, memoryBytes: number, extra: string[] = []): Promise<string[]> {
+  // Copied while frozen, so they match the offsets CRIU recorded; placed there before CRIU runs.
+  const shipped = await copyShipped(p.ship, images);
+  state.shippedPaths = shipped.filter((e) => p.ship.some((c) => c.path === e.path)).map((e) => e.path);
+  if (shipped.length > 0) await writeFile(join(images, 'place.sh'), `${placementScript(shipped, p.maps, state.remote!).join('\n')}\n`, { mode: 0o600 });
+  // The target's paths were checked in preflight; the image is rewritten in place (a transient copy).
+  if (p.maps.length + p.ports.length + p.closeSome.size > 0) await writeRemappedImage(images, undefined, p.maps, p.ports, p.closeSome, () => true);
+  const files = await checksumDir(images);
+  const manifest = makeManifest({
+    criuVersion: p.criu.version.text, host: p.host, pid: p.args.pid, facts: p.facts, decisions: p.decisions, leaveRunning: false, networkLock: p.networkLock, files, memoryBytes, shipped,
+  });
+  await writeFile(join(images, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+  const sums = Object.entries(files).map(([name, f]) => `${f.sha256}  ${name}\n`).join('');
+  await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
+  const names = (await listImageFiles(images)).files;
+  return [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME), ...extra];
+}
+
+/** Waits for CRIU at the post-dump gate; a dead link or an interrupt before that resumes the tree. */
+async function frozenAtGate(p: Prepared, gate: ActionGate, run: { done: Promise<void> }, logFile: string, cut: () => void, extra: Promise<never>[] = []): Promise<void> {
+  const onAbort = (): void => cut();
+  p.args.signal?.addEventListener('abort', onAbort, { once: true });
+  let event: 'ready' | 'exited';
+  try {
+    event = await Promise.race([gate.waitReady(run.done), p.session.lost(), ...extra]);
+  } catch (e) {
+    cut();
+    await gate.abortAndWait(run.done);
+    throw e;
+  } finally {
+    p.args.signal?.removeEventListener('abort', onAbort);
+  }
+  if (event === 'exited') {
+    await run.done.catch((e: unknown) => {
+      throw p.args.signal?.aborted ? interrupted() : e;
+    });
+    throw new CedanaError('CRIU_FAILED', 'criu dump exited before its post-dump step', { hint: `log: ${await keepLog(logFile, `migrate-${p.args.pid}`)}` });
+  }
+}
+
+/** Stop-and-copy: the memory moves while the tree is frozen; the source ends once the target runs. */
+async function stopAndCopy(p: Prepared, state: Progress): Promise<Moved> {
+  const { args, session, work, report } = p;
+  const remote = state.remote!;
+  const psPort = await startPageServer(session, remote);
+  const bridge = await openPageChannel(session, psPort);
+  state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock);
+
+  const images = join(work, 'img');
+  await execa('mkdir', ['-m', '700', images]);
+  const gate = await ActionGate.create(work, 'post-dump');
+  const logFile = join(work, 'dump.log');
+  const criuArgs = [
+    ...buildDumpArgs(args.pid, p.decisions, { imagesDir: images, workDir: work, logFile, networkLock: p.networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: p.ghost }),
+    '--page-server', '--ps-socket', '3',
+  ];
+  const frozenAt = performance.now();
+  report.phase(`freezing ${p.facts.processes.length} process(es) and sending memory`);
+  const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
+  const proxy: PageBridge = bridge(run.psSocket!);
+  try {
+    const ticker = progressTicker(report, () => proxy.bytes(), p.rssBytes);
+    // An interrupt or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
+    await frozenAtGate(p, gate, run, logFile, () => proxy.close(), [proxy.failed]).finally(() => clearInterval(ticker));
 
     // The tree is frozen here, and stays so until commit or abort.
     let downtimeMs: number;
@@ -185,24 +342,12 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
         hookRan = true;
         await runHook(args, 'pre-restore');
       }
-      // Copied while frozen, so they match the offsets CRIU recorded; placed there before CRIU runs.
-      const shipped = await copyShipped(plan.ship, images);
-      shippedPaths = shipped.filter((e) => plan.ship.some((c) => c.path === e.path)).map((e) => e.path);
-      if (shipped.length > 0) await writeFile(join(images, 'place.sh'), `${placementScript(shipped, maps, remote).join('\n')}\n`, { mode: 0o600 });
-      // The target's paths were checked in preflight; the image is rewritten in place (a transient copy).
-      if (maps.length + ports.length + closeSome.size > 0) await writeRemappedImage(images, undefined, maps, ports, closeSome, () => true);
-      const files = await checksumDir(images);
       memoryBytes = proxy.bytes();
-      const manifest = makeManifest({ criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: false, networkLock, files, memoryBytes, shipped });
-      await writeFile(join(images, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
-      const sums = Object.entries(files).map(([name, f]) => `${f.sha256}  ${name}\n`).join('');
-      await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
-      const names = (await listImageFiles(images)).files;
-      const ordered = [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)];
+      const ordered = await finishImage(p, state, images, memoryBytes);
       report.phase(`sending the metadata and restoring on ${args.to}`);
       // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
-      const restored = await pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
-      restoredPid = restored.pid;
+      const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
+      state.restoredPid = restored.pid;
       if (args.hook) {
         report.phase('running the post-restore hook');
         await runHook(args, 'post-restore');
@@ -217,39 +362,117 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       throw e;
     }
     await gate.commit();
-    committed = true;
+    state.committed = true;
     report.phase('ending the source');
     await run.done;
-    // The connections live on the target now: lift the lock CRIU left on them here.
-    if (decisions.tcpEstablished) await releaseSourceLocks(facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
+    if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
+    return { restoredPid: state.restoredPid, downtimeMs, memoryBytes, metadataBytes: await imagesSize(images) };
+  } finally {
+    proxy.close();
+  }
+}
+
+/**
+ * Post-copy: CRIU dumps all but the anonymous memory and, once the gate lets it go on, serves those
+ * pages (TLS) to the target's lazy-pages daemon through an SSH remote forward. The target restores
+ * at once; when it reports the tree running, the source's frozen tree is killed — from then on it
+ * cannot resume — and the pages follow, pulled on demand and in the background, until CRIU on the
+ * source has served them all.
+ */
+async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
+  const { args, session, work, report } = p;
+  const remote = state.remote!;
+  const tlsDir = join(work, 'tls');
+  await execa('mkdir', ['-m', '700', tlsDir]);
+  const tls = await makeTls(tlsDir);
+  const criuPort = await freeLoopbackPort();
+  const lazy = await bridgeLazyPages(session, criuPort);
+  try {
+    state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { port: lazy.port, ca: 'tls-ca.pem', cert: 'tls-client.pem', key: 'tls-client.key' });
+    const images = join(work, 'img');
+    await execa('mkdir', ['-m', '700', images]);
+    const gate = await ActionGate.create(work, 'post-dump');
+    const logFile = join(work, 'dump.log');
+    const criuArgs = [
+      ...buildDumpArgs(args.pid, p.decisions, { imagesDir: images, workDir: work, logFile, networkLock: p.networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: p.ghost }),
+      '--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs,
+    ];
+    const frozenAt = performance.now();
+    report.phase(`freezing ${p.facts.processes.length} process(es) and dumping all but their memory`);
+    const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}` });
+    await frozenAtGate(p, gate, run, logFile, () => undefined);
+
+    // Frozen; the images hold all but the lazy pages. The TLS client files travel with them.
+    let hookRan = false;
+    let downtimeMs: number;
+    try {
+      if (args.signal?.aborted) throw interrupted();
+      if (args.hook) {
+        report.phase('running the pre-restore hook');
+        hookRan = true;
+        await runHook(args, 'pre-restore');
+      }
+      await copyFile(tls.clientFiles.ca, join(images, 'tls-ca.pem'));
+      await copyFile(tls.clientFiles.cert, join(images, 'tls-client.pem'));
+      await copyFile(tls.clientFiles.key, join(images, 'tls-client.key'));
+      const ordered = await finishImage(p, state, images, 0);
+      // CRIU goes on to serve the pages. Until the target runs, a failure still resumes the source:
+      // CRIU's lazy transfer fails (its connection cut, or a stranger's failing the TLS handshake).
+      await gate.commit();
+      report.phase(`sending the metadata and restoring on ${args.to}; the memory follows`);
+      const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
+      state.restoredPid = restored.pid;
+      if (args.signal?.aborted) throw interrupted();
+    } catch (e) {
+      if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
+      await gate.abortAndWait(Promise.resolve()); // before the commit: CRIU resumes the tree
+      await lazy.close(); // after it: CRIU's transfer fails, and it resumes the tree
+      await run.done.catch(() => undefined);
+      throw e;
+    }
+    // The point of no return: the tree runs on the target. The source must never resume, whatever
+    // happens to the page stream now: its frozen tree is killed (CRIU serves from its own pipes).
+    for (const pid of state.treePids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    state.committed = true;
+    downtimeMs = Math.round(performance.now() - frozenAt);
+    if (args.hook) {
+      report.phase('running the post-restore hook');
+      await runHook(args, 'post-restore').catch((e: unknown) => p.decisions.notes.push(`the post-restore hook failed after the tree ran on the target (nothing to roll back): ${(e as Error).message}`));
+    }
+    report.phase(`running on ${args.to}; pulling its memory`);
+    const pullStart = performance.now();
+    const ticker = progressTicker(report, () => lazy.bytes(), p.rssBytes);
+    try {
+      await Promise.race([run.done, session.lost(), lazy.failed]);
+    } catch (e) {
+      // Its memory is incomplete there: left alone, faults on what never came would read zeros once
+      // the lazy-pages daemon is gone. End it, over a new connection if the first one is lost.
+      const cleaned = await cleanUpAfterFailure(session, remote, state.treePids, args);
+      throw new CedanaError('PROCESS_LOST', `post-copy: the page stream to ${args.to} broke after the tree started there; the process is lost (${(e as Error).message.split('\n')[0]})`, {
+        hint: cleaned
+          ? 'its incomplete copy on the target was ended; post-copy cannot resume the source once the target runs: use stop-and-copy (the default) where the link may fail'
+          : `end PID ${state.treePids.join(', ')} on ${args.to} by hand: its memory is incomplete there`,
+        details: { targetPid: state.restoredPid, targetCleanedUp: cleaned },
+      });
+    } finally {
+      clearInterval(ticker);
+    }
     if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
     return {
-      command: 'migrate',
-      pid: args.pid,
-      target: args.to,
-      targetPid: restoredPid,
-      processes: facts.processes.length,
+      restoredPid: state.restoredPid!,
       downtimeMs,
-      durationMs: Math.round(performance.now() - started),
-      bytesSent: memoryBytes + (await imagesSize(images)),
-      memoryBytes,
-      decisions: decisions.notes,
-      shipped: shippedPaths,
+      memoryBytes: lazy.bytes(),
+      metadataBytes: await imagesSize(images),
+      pullMs: Math.round(performance.now() - pullStart),
     };
-  } catch (e) {
-    const err = toCedanaError(e);
-    if (!committed) {
-      if (!restoredPid) pending?.cancel();
-      err.details.sourceResumed = await processExists(args.pid);
-      if (remote) err.details.targetCleanedUp = await cleanUpAfterFailure(session, remote, restoredPid ? treePids : [], args);
-    }
-    throw err;
   } finally {
-    report.stop();
-    proxy?.close();
-    if (committed && remote) await cleanupRemote(session, remote);
-    session.close();
-    await rm(work, { recursive: true, force: true });
+    await lazy.close();
   }
 }
 
@@ -303,10 +526,10 @@ async function imagesSize(dir: string): Promise<number> {
   return total;
 }
 
-function progressTicker(report: Reporter, proxy: PageBridge, total: number): NodeJS.Timeout {
+function progressTicker(report: Reporter, sent: () => number, total: number): NodeJS.Timeout {
   const t0 = performance.now();
   return setInterval(() => {
-    const bytes = proxy.bytes();
+    const bytes = sent();
     const secs = (performance.now() - t0) / 1000;
     const rate = secs > 0 ? bytes / secs : 0;
     report.progress({

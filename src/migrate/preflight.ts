@@ -26,6 +26,8 @@ export interface TargetFacts {
   /** Exit status of `criu cpuinfo check` there against this host's CPU (absent: not checked). */
   cpuCheck?: number;
   cpuCheckOutput?: string[];
+  /** Exit status of `criu check --feature uffd-noncoop` there (post-copy only). */
+  uffd?: number;
   /** The target's addresses (canonical); undefined when `ip` is not there to list them. */
   addresses?: string[];
   /** TCP sockets listening there. */
@@ -39,6 +41,8 @@ export interface PreflightChecks {
   paths: string[];
   /** Regular files that must also have this size there (--map-path targets). */
   sized?: { path: string; size: number }[];
+  /** Post-copy: whether CRIU there can restore with lazy pages (userfaultfd). */
+  lazy?: boolean;
 }
 
 /**
@@ -64,6 +68,7 @@ export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buff
           '  grep -E \'Error|mismatch\' "$c/log" 2>/dev/null | tail -n 3 | sed \'s/^/cpuout=/\'; rm -rf "$c"',
         ]
       : []),
+    ...(checks.lazy ? ['  criu check --feature uffd-noncoop >/dev/null 2>&1; echo "uffd=$?"'] : []),
     'fi',
     'if command -v iptables >/dev/null 2>&1; then echo lock=iptables; elif command -v nft >/dev/null 2>&1; then echo lock=nftables; fi',
     `echo "disk=$(df -P -B1 ${shq(targetDir)} 2>/dev/null | awk 'NR==2 {print $4}')"`,
@@ -104,6 +109,7 @@ export function parsePreflight(out: string): TargetFacts {
     else if (k === 'missing') f.missingPaths.push(v);
     else if (k === 'cpu') f.cpuCheck = Number(v);
     else if (k === 'cpuout') (f.cpuCheckOutput ??= []).push(v);
+    else if (k === 'uffd') f.uffd = Number(v);
     else if (k === 'ipaddr') f.addresses ??= [];
     else if (k === 'addr') (f.addresses ??= []).push(canonicalAddress(v));
     else if (k === 'listen') {
@@ -128,6 +134,8 @@ export interface Needs {
   shipping?: string[];
   /** What the tree will listen on there (after --map-port). */
   listening?: { addr: string; port: number }[];
+  /** Post-copy: the target must restore with lazy pages. */
+  lazy?: boolean;
 }
 
 const isWildcard = (a: string): boolean => a === '0.0.0.0' || a === '::';
@@ -161,6 +169,11 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
   if (t.cpuCheck !== undefined && t.cpuCheck !== 0) {
     throw new CedanaError('CPU_INCOMPATIBLE', `the CPU of ${n.target} lacks features of this host's (criu cpuinfo check): ${(t.cpuCheckOutput ?? []).join(' | ') || `exit ${t.cpuCheck}`}`, {
       hint: 'a process using them would crash there: choose a target with a compatible CPU',
+    });
+  }
+  if (n.lazy && t.uffd !== 0) {
+    throw new CedanaError('TARGET_UNSUPPORTED', `post-copy: CRIU ${at} cannot restore with lazy pages (\`criu check --feature uffd-noncoop\` fails)`, {
+      hint: "the target's kernel lacks userfaultfd for CRIU: migrate without --postcopy",
     });
   }
   if (n.tcpEstablished && !t.networkLock) {

@@ -97,9 +97,28 @@ export interface PendingRestore {
  * CRIU. Starting it early keeps the remote shell's start-up (and the user's shell rc files, which
  * can take hundreds of milliseconds) out of the downtime.
  */
-export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string): Promise<PendingRestore> {
+export interface LazyRestore {
+  /** The target's loopback port that leads to the source's page server. */
+  port: number;
+  /** Image-relative names of the TLS CA, client certificate and key. */
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+/** Exit status of the remote script when the lazy-pages daemon does not start. */
+const LAZY_FAILED = 95;
+
+export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string, lazy?: LazyRestore): Promise<PendingRestore> {
   const log = `${d.dir}/restore.log`;
   const pidFile = `${d.dir}/restored.pid`;
+  // Post-copy: the daemon that pulls the pages from the source starts first; the restore hands it
+  // the restored tree's userfaultfds through a socket in the shared work directory.
+  const daemon = lazy
+    ? [
+        `criu lazy-pages --page-server --address 127.0.0.1 --port ${lazy.port} --tls --tls-no-cn-verify --tls-cacert ${shq(`${d.images}/${lazy.ca}`)} --tls-cert ${shq(`${d.images}/${lazy.cert}`)} --tls-key ${shq(`${d.images}/${lazy.key}`)} -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(`${d.dir}/lazy-pages.log`)} -v2 -d --pidfile ${shq(`${d.dir}/lazy-pages.pid`)} || { ${undoPlaced(d)}; exit ${LAZY_FAILED}; }`,
+      ]
+    : [];
   // The shipped files' placement is only known once the tree is frozen: it comes first in the
   // stream, as place.sh, and runs after every file has been checked.
   const script = [
@@ -108,7 +127,8 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
     `tar -xf - || exit ${CHECKSUM_FAILED}`,
     `sha256sum -c --quiet --strict cedana.sha256 >&2 || exit ${CHECKSUM_FAILED}`,
     `if [ -f place.sh ]; then sh -e place.sh || { rc=$?; ${undoPlaced(d)}; exit $rc; }; fi`,
-    `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(log)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(pidFile)} ${criuFlags.map(shq).join(' ')}`,
+    ...daemon,
+    `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(log)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(pidFile)} ${lazy ? '--lazy-pages ' : ''}${criuFlags.map(shq).join(' ')}`,
     'rc=$?',
     `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(pidFile)})"; else grep -E '(Error|BUG) ' ${shq(log)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; ${undoPlaced(d)}; fi`,
     'exit $rc',
@@ -128,6 +148,11 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
       await Promise.race([closed, s.lost()]);
       const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
       if (code === 0 && pid > 0) return { pid };
+      if (code === LAZY_FAILED) {
+        throw new CedanaError('TARGET_RESTORE_FAILED', `criu lazy-pages does not start on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
+          hint: `see ${d.dir}/lazy-pages.log there; the source was resumed`,
+        });
+      }
       if (code === PLACE_FAILED) {
         throw new CedanaError('FILE_CONFLICT', `a file the process uses cannot be put in place on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
           hint: 'something else is at that path there: move it away, or use --map-path OLD=NEW',
@@ -155,8 +180,9 @@ export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: numbe
   if (!s.isOpen) return false;
   const kill = killPids.length > 0 ? `kill -9 ${killPids.join(' ')} 2>/dev/null; ` : '';
   const unplace = undo ? `${undoPlaced(d)}; ` : '';
+  const daemons = ['page-server.pid', 'lazy-pages.pid'].map((f) => `p=$(cat ${shq(`${d.dir}/${f}`)} 2>/dev/null) && kill "$p" 2>/dev/null; `).join('');
   const r = await s
-    .exec(`${kill}${unplace}p=$(cat ${shq(`${d.dir}/page-server.pid`)} 2>/dev/null) && kill "$p" 2>/dev/null; rm -rf ${shq(d.dir)} && [ ! -e ${shq(d.dir)} ]`)
+    .exec(`${kill}${unplace}${daemons}rm -rf ${shq(d.dir)} && [ ! -e ${shq(d.dir)} ]`)
     .catch(() => undefined);
   return r?.code === 0;
 }

@@ -192,6 +192,29 @@ export class SshSession {
     });
   }
 
+  /**
+   * Remote forwarding (`ssh -R`): the target's sshd listens on its loopback, on a port it picks, and
+   * hands each connection to `onConnection` as a channel. Returns the port and a function to stop.
+   */
+  async forwardIn(onConnection: (ch: ClientChannel) => void): Promise<{ port: number; close(): void }> {
+    this.assertOpen();
+    const port = await new Promise<number>((resolve, reject) => {
+      this.client.forwardIn('127.0.0.1', 0, (e, p) => (e ? reject(this.channelError(e)) : resolve(p)));
+    });
+    const listener = (info: { destPort: number }, accept: () => ClientChannel, reject: () => void): void => {
+      if (info.destPort !== port) return reject();
+      onConnection(accept());
+    };
+    this.client.on('tcp connection', listener);
+    return {
+      port,
+      close: () => {
+        this.client.off('tcp connection', listener);
+        if (!this.closed) this.client.unforwardIn('127.0.0.1', port, () => undefined);
+      },
+    };
+  }
+
   /** Resolves never; rejects with CONNECTION_LOST when the connection goes. */
   lost(): Promise<never> {
     return new Promise<never>((_, reject) => {

@@ -87,8 +87,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .addOption(new Option('--tcp-close', 'restore established TCP connections closed').conflicts('tcpEstablished'))
     .option('--file-locks', 'dump file locks (automatic when the tree holds some)')
     .option('--force', 'replace an existing output')
+    .option('--parent <dir>', 'incremental checkpoint: store only the pages that changed since this earlier checkpoint of the process (a directory; the output must be one too)')
     .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
-    .action((pid: number, o: { output?: string; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; json?: boolean }) => {
+    .action((pid: number, o: { output?: string; parent?: string; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; json?: boolean }) => {
       onInvoke({
         command: 'dump',
         json: !!o.json,
@@ -101,6 +102,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             fileLocks: !!o.fileLocks,
             force: !!o.force,
             ship: shipPolicy(o),
+            parent: o.parent,
             stream: o.output === '-' ? (await import('./stdout.js')).imageStdout() : undefined,
             reporter: ctx.reporter,
             signal: ctx.signal,

@@ -7,8 +7,10 @@
  * aborts the gate and CRIU resumes the tree: a failed dump never loses the process.
  */
 import { createWriteStream } from 'node:fs';
-import { chmod, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { chmod, mkdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
+import { dedupeAgainstParent, openParent, PARENT_LINK, type ParentRef } from '../image/incremental.js';
+import type { ManifestParent } from '../image/manifest.js';
 import { Transform, type Writable } from 'node:stream';
 import { buildDumpArgs, decideDumpOptions, type TcpMode } from '../criu/options.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
@@ -36,6 +38,10 @@ export interface DumpArgs {
   force: boolean;
   /** Which files the process uses travel in the image (--ship-files / --no-ship-files; default auto). */
   ship?: ShipPolicy;
+  /** An incremental checkpoint: store only the pages that differ from this earlier image's. */
+  parent?: string;
+  /** Write the page index even without a parent (the first checkpoint of a chain). */
+  index?: boolean;
   /** Where `-o -` writes the tar stream (stdout in the CLI). */
   stream?: Writable;
   reporter?: Reporter;
@@ -59,6 +65,8 @@ export interface DumpResult {
   decisions: string[];
   /** Files and directories the image carries, by the path the process had them at. */
   shipped: string[];
+  /** An incremental checkpoint: its parent, and how many pages it stores and leaves there. */
+  incremental?: { parent: string; pagesWritten: number; pagesInParent: number };
 }
 
 export async function dump(args: DumpArgs): Promise<DumpResult> {
@@ -73,6 +81,15 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       hint: 'choose another --output, or add --force to replace it',
       details: { output: target.path },
     });
+  }
+
+  let parent: ParentRef | undefined;
+  if (args.parent !== undefined) {
+    if (target.kind !== 'dir') {
+      throw new CedanaError('USAGE', '--parent needs a directory output (-o DIR): a checkpoint chain is directories linked to their parents', { hint: 'drop the archive ending, or dump without --parent' });
+    }
+    report.phase(`reading the parent checkpoint ${args.parent}`);
+    parent = await openParent(args.parent, args.pid);
   }
 
   report.phase(`examining the tree of PID ${args.pid}`);
@@ -104,6 +121,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   let committed = false;
   let follower: PagesFollower | undefined;
   let shipped: ShippedEntry[] = [];
+  let incremental: DumpResult['incremental'];
   try {
     const gate = await ActionGate.create(work, 'post-dump');
     const criuArgs = buildDumpArgs(args.pid, decisions, {
@@ -125,19 +143,33 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       const host = await hostFacts();
       // Copied while the tree is frozen: the contents match the offsets CRIU recorded.
       shipped = await copyShipped(plan.ship, imagesDir);
-      const files = await checksumDir(imagesDir, await follower.finish());
-      const memoryBytes = pagesBytes(files);
-      const manifest = makeManifest({
-        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes, shipped,
-      });
-      await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
-      await privateFiles(imagesDir);
       if (args.signal?.aborted) throw interrupted();
-      // With --leave-running the tree survives either way: let it go before packing.
+      // With --leave-running the tree survives either way: let it go before the rest.
       if (args.leaveRunning) {
         await gate.commit();
         committed = true;
       }
+      let known = await follower.finish();
+      let parentRef: ManifestParent | undefined;
+      if (parent) {
+        report.phase('keeping only the pages that changed since the parent');
+        const r = await dedupeAgainstParent(imagesDir, parent.index);
+        const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
+        await symlink(linkText, join(imagesDir, PARENT_LINK));
+        parentRef = { path: linkText, manifestSha256: parent.manifestSha256, pagesInParent: r.pagesInParent, pagesWritten: r.pagesWritten };
+        incremental = { parent: parent.dir, pagesWritten: r.pagesWritten, pagesInParent: r.pagesInParent };
+        known = {}; // the pages files were rewritten
+      } else if (args.index) {
+        await dedupeAgainstParent(imagesDir);
+      }
+      const files = await checksumDir(imagesDir, known);
+      const memoryBytes = pagesBytes(files);
+      const manifest = makeManifest({
+        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes, shipped, parent: parentRef,
+      });
+      await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+      await privateFiles(imagesDir);
+      if (!committed && args.signal?.aborted) throw interrupted();
       finalized = await storeImage(target, imagesDir, args.stream, report, committed ? undefined : args.signal);
       if (!committed && args.signal?.aborted) throw interrupted();
       finalized.memoryBytes = memoryBytes;
@@ -166,6 +198,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       leftRunning: args.leaveRunning,
       decisions: decisions.notes,
       shipped: shipped.filter((e) => plan.ship.some((c) => c.path === e.path)).map((e) => e.path),
+      ...(incremental ? { incremental } : {}),
     };
   } catch (e) {
     const err = toCedanaError(e);

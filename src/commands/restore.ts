@@ -15,6 +15,7 @@ import { buildRestoreArgs, type TcpMode } from '../criu/options.js';
 import { decideConnections, localAddresses } from '../image/connections.js';
 import { decodeImage } from '../image/criu/codec.js';
 import { placeShipped } from '../image/ship.js';
+import { verifyChain } from '../image/incremental.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
 import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
 import { ActionGate } from '../criu/gate.js';
@@ -75,6 +76,15 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     report.phase('verifying the manifest, the file sizes and the metadata images');
     const manifest = await readManifest(dir);
     await verifyDir(dir, manifest, (name) => !isPagesImage(name));
+    if (manifest.parent) {
+      if (label === '-' || dir !== label) {
+        throw new CedanaError('IMAGE_INVALID', 'an incremental checkpoint is restored from its directory, where its parent is linked, not from an archive or a stream', {
+          hint: 'restore the checkpoint directory itself (its parents beside it)',
+        });
+      }
+      report.phase('verifying the parent checkpoints');
+      await verifyChain(dir, manifest);
+    }
     checkCompatible(manifest, await hostFacts(), criu);
     report.phase('waiting for the image\'s PIDs to be free');
     await waitPidsFree(manifest.processes.map((p) => p.pid), args.pidWaitMs);

@@ -1,7 +1,7 @@
 /** Builds the manifest of a fresh dump from what cedana knew and decided. Pure. */
 import type { CriuDecisions } from '../criu/options.js';
 import type { HostFacts } from '../host.js';
-import { FORMAT, FORMAT_VERSION, type FileEntry, type Manifest } from '../image/manifest.js';
+import { FORMAT, FORMAT_VERSION, type FileEntry, type Manifest, type ManifestParent } from '../image/manifest.js';
 import type { TreeFacts } from '../proc/tree.js';
 import type { ShippedEntry } from '../image/ship.js';
 import { CEDANA_VERSION } from '../version.js';
@@ -17,6 +17,7 @@ export interface ManifestInput {
   files: Record<string, FileEntry>;
   memoryBytes: number;
   shipped?: ShippedEntry[];
+  parent?: ManifestParent;
   now?: Date;
 }
 
@@ -47,6 +48,7 @@ export function makeManifest(i: ManifestInput): Manifest {
     notes: i.decisions.notes,
     files: i.files,
     ...(i.shipped && i.shipped.length > 0 ? { shipped: i.shipped } : {}),
+    ...(i.parent ? { parent: i.parent } : {}),
   };
 }
 

@@ -1,7 +1,7 @@
 /** sha256 of every file in an image directory, and verification against a manifest. */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { CedanaError } from '../errors.js';
@@ -133,7 +133,12 @@ export async function checksumDir(dir: string, known: Record<string, FileEntry> 
  * every size are always checked; `hash` picks the files whose contents are (all by default).
  */
 export async function verifyDir(dir: string, manifest: Manifest, hash: (name: string) => boolean = () => true): Promise<void> {
-  const { files, others } = await listImageFiles(dir);
+  const listing = await listImageFiles(dir);
+  const { files } = listing;
+  // An incremental checkpoint's one link: `parent`, pointing where its manifest says.
+  const others = manifest.parent && listing.others.includes('parent') && (await readlink(join(dir, 'parent')).catch(() => '')) === manifest.parent.path
+    ? listing.others.filter((o) => o !== 'parent')
+    : listing.others;
   if (others.length > 0) {
     throw new CedanaError('IMAGE_INVALID', `image contains entries that are not regular files: ${others.slice(0, 5).join(', ')}`, {
       hint: 'images hold only regular files; this one was altered',

@@ -57,6 +57,17 @@ export interface Manifest {
   files: Record<string, FileEntry>;
   /** Files and directories the image carries (--ship-files); absent in images that carry none. */
   shipped?: ShippedEntry[];
+  /** An incremental checkpoint: the image its unchanged pages are in (the `parent` link). */
+  parent?: ManifestParent;
+}
+
+export interface ManifestParent {
+  /** The `parent` link's target, relative to this image's directory. */
+  path: string;
+  /** sha256 of the parent's cedana.json: a parent replaced by another image is refused. */
+  manifestSha256: string;
+  pagesInParent: number;
+  pagesWritten: number;
 }
 
 function invalid(why: string): CedanaError {
@@ -117,6 +128,12 @@ export function validateManifest(raw: unknown): Manifest {
   }
   if (!Object.keys(raw.files).includes('inventory.img')) throw invalid('inventory.img is not listed: not a CRIU image');
   if (raw.shipped !== undefined) validateShipped(raw.shipped, raw.files);
+  if (raw.parent !== undefined) {
+    const pp = raw.parent;
+    if (!isObj(pp) || !isStr(pp.path) || pp.path === '' || pp.path.length > 4096 || /[\n\0]/.test(pp.path) || !isStr(pp.manifestSha256) || !/^[0-9a-f]{64}$/.test(pp.manifestSha256) || !isNat(pp.pagesInParent) || !isNat(pp.pagesWritten)) {
+      throw invalid('parent must name the parent image (path, manifestSha256, page counts)');
+    }
+  }
   return raw as unknown as Manifest;
 }
 

@@ -1,0 +1,95 @@
+/**
+ * Incremental checkpoints without soft-dirty tracking: pages are compared by content with the
+ * parent's and only the changed ones are stored. A chain of three checkpoints of a process that
+ * rewrites known pages between them: each link restores the memory as it was at that point (the
+ * process checks its own sha256), each child stores about what changed, and a missing parent is
+ * detected before CRIU runs.
+ */
+import { existsSync, lstatSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
+
+const owned = new Owned();
+let shared: string;
+beforeAll(async () => {
+  shared = await mkdtemp('/var/lib/cedana-test-');
+});
+afterAll(() => rm(shared, { recursive: true, force: true }));
+afterEach(() => owned.cleanup());
+
+const PAGE = 4096;
+
+describe('dump --parent', () => {
+  it('stores only what changed; every link of the chain restores its own state; a missing parent is refused', async () => {
+    const dir = await mkdtemp(join(shared, 'pager-'));
+    const ck = await mkdtemp(join(shared, 'chain-'));
+    const pid = owned.python('pager.py', ['64', dir]);
+    const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
+    const rewrite = async (pages: number, k: number): Promise<string> => {
+      writeFileSync(join(dir, 'rewrite'), String(pages));
+      process.kill(pid, 'SIGUSR2');
+      return waitFor('rewritten', () => {
+        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
+        return Number(n) === k ? sha : undefined;
+      });
+    };
+    const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((n) => join(ck, n)) as [string, string, string];
+
+    const full = await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1]);
+    expect(full.incremental).toBeUndefined();
+    const shaA = await rewrite(256, 1); // 1 MiB of 64
+    const d2 = await cedanaOk(['dump', String(pid), '--leave-running', '--parent', c1, '-o', c2]);
+    expect(d2.incremental).toMatchObject({ parent: c1 });
+    // The 256 rewritten pages, plus what the interpreter itself touched meanwhile; far from 64 MiB.
+    expect(d2.incremental.pagesWritten).toBeGreaterThanOrEqual(256);
+    expect(d2.incremental.pagesWritten).toBeLessThan(2048);
+    expect(d2.memoryBytes).toBe(d2.incremental.pagesWritten * PAGE);
+    expect(d2.incremental.pagesInParent).toBeGreaterThan(15_000);
+    expect(full.memoryBytes / d2.memoryBytes).toBeGreaterThan(8);
+    expect(readlinkSync(join(c2, 'parent'))).toBe('../c1');
+    const shaB = await rewrite(512, 2);
+    const d3 = await cedanaOk(['dump', String(pid), '--parent', c2, '-o', c3]); // the last one ends the process
+    expect(d3.incremental.pagesWritten).toBeGreaterThanOrEqual(512);
+    await waitGone(pid);
+
+    // Each link restores the memory of its moment (the process hashes its memory again).
+    for (const [img, want] of [[c3, shaB], [c2, shaA], [c1, sha0]] as const) {
+      const r = await cedanaOk(['restore', img]);
+      owned.own(r.pid);
+      await rm(join(dir, 'sha-1'), { force: true });
+      process.kill(pid, 'SIGUSR1');
+      expect(await waitFor(`checksum after restoring ${img}`, () => readText(join(dir, 'sha-1')), 30_000)).toBe(want);
+      process.kill(pid, 'SIGKILL');
+      await waitGone(pid);
+    }
+
+    // A parent that is gone, or changed, is found before CRIU runs.
+    renameSync(c2, `${c2}.away`);
+    const gone = await cedana(['restore', c3, '--json']);
+    expect(gone.exitCode).toBe(9);
+    expect(gone.json!.error).toMatchObject({ code: 'IMAGE_INVALID', missingParent: c2 });
+    expect(gone.json!.error.message).toMatch(/the parent of .*c3 is gone .*: \d+ of its pages are there/);
+    renameSync(`${c2}.away`, c2);
+    writeFileSync(join(c1, 'pages-1.img'), 'tampered', { flag: 'r+' });
+    const bad = await cedana(['restore', c3, '--json']);
+    expect(bad.json!.error.code).toBe('IMAGE_INVALID');
+    expect(bad.json!.error.message).toMatch(/pages-1\.img \(checksum mismatch\)/);
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+    expect(lstatSync(join(c3, 'parent')).isSymbolicLink()).toBe(true);
+  });
+
+  it('refuses a parent that is not a checkpoint of this process, and an archive output', async () => {
+    const { pid } = await owned.counter();
+    const other = await owned.counter();
+    const img = join(shared, 'other');
+    await cedanaOk(['dump', String(other.pid), '--leave-running', '-o', img]);
+    const r = await cedana(['dump', String(pid), '--leave-running', '--parent', img, '-o', join(shared, 'x'), '--json']);
+    expect(r.json!.error).toMatchObject({ code: 'USAGE' });
+    expect(r.json!.error.message).toContain(`checkpoint of PID ${other.pid}, not of ${pid}`);
+    const a = await cedana(['dump', String(other.pid), '--leave-running', '--parent', img, '-o', join(shared, 'x.tar'), '--json']);
+    expect(a.json!.error.message).toMatch(/--parent needs a directory output/);
+  });
+});

@@ -56,6 +56,11 @@ function parseMBps(value: string): number {
   return Number(value) * 1e6;
 }
 
+function parseCount(value: string): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1) throw new InvalidArgumentError('expected a positive integer');
+  return Number(value);
+}
+
 function parseMs(value: string): number {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected milliseconds');
   return Number(value);
@@ -88,8 +93,27 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--file-locks', 'dump file locks (automatic when the tree holds some)')
     .option('--force', 'replace an existing output')
     .option('--parent <dir>', 'incremental checkpoint: store only the pages that changed since this earlier checkpoint of the process (a directory; the output must be one too)')
+    .option('--every <interval>', 'checkpoint periodically (90s, 10m, 1h) into the directory -o, the process left running, each one incremental to the one before; ends when the process does, or on Ctrl-C')
+    .option('--keep <n>', 'with --every: keep the newest n checkpoints restorable (default 5); every n-th is a full one', parseCount, 5)
     .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
-    .action((pid: number, o: { output?: string; parent?: string; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; json?: boolean }) => {
+    .action((pid: number, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; json?: boolean }) => {
+      if (o.every !== undefined) {
+        onInvoke({
+          command: 'dump',
+          json: !!o.json,
+          events: true,
+          run: async (ctx) => {
+            const { dumpEvery, parseInterval } = await import('../commands/dump-every.js');
+            if (!o.output || o.output === '-') throw new CedanaError('USAGE', '--every needs -o DIR, the directory the checkpoints go to', { hint: 'e.g. cedana dump 1234 --every 10m --keep 5 -o /var/lib/ckpt/job' });
+            if (o.parent) throw new CedanaError('USAGE', '--every makes its own chain: --parent does not go with it');
+            return dumpEvery({
+              pid, output: o.output, everyMs: parseInterval(o.every!), keep: o.keep, tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
+              fileLocks: !!o.fileLocks, ship: shipPolicy(o), reporter: ctx.reporter, signal: ctx.signal,
+            });
+          },
+        });
+        return;
+      }
       onInvoke({
         command: 'dump',
         json: !!o.json,

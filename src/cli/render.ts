@@ -3,11 +3,12 @@ import type { ChalkInstance } from 'chalk';
 import { CedanaError } from '../errors.js';
 import type { CheckResultData } from '../commands/check.js';
 import type { DumpResult } from '../commands/dump.js';
+import type { DumpEveryResult } from '../commands/dump-every.js';
 import type { RestoreResult } from '../commands/restore.js';
 import type { MigrateResult } from '../commands/migrate.js';
 import type { InspectResult } from '../commands/inspect.js';
 
-export type CommandResult = DumpResult | RestoreResult | CheckResultData | MigrateResult | InspectResult;
+export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -59,6 +60,15 @@ export function renderError(command: string, err: CedanaError, c: ChalkInstance)
 export function renderHuman(r: CommandResult, c: ChalkInstance): string {
   switch (r.command) {
     case 'dump': {
+      if ('every' in r) {
+        const lines = [
+          `${c.green('✔')} made ${r.made} checkpoint(s) of PID ${r.pid} every ${formatMs(r.every.intervalMs)}; ${r.ended === 'process-exited' ? 'the process ended' : 'stopped'}`,
+          `  kept ${r.checkpoints.length} (the newest ${r.every.keep} restorable, with the parents they need)${r.failed > 0 ? `, ${r.failed} failed` : ''}:`,
+          ...r.checkpoints.map((k) => `    ${k.image} ${formatBytes(k.bytes)}${k.parent ? c.dim(' incremental') : c.dim(' full')}`),
+          ...r.errors.map((e) => `  ${c.red('failed')} ${e}`),
+        ];
+        return lines.join('\n');
+      }
       const lines = [
         `${c.green('✔')} dumped PID ${r.pid} (${r.processes} process${r.processes === 1 ? '' : 'es'}) to ${r.image === '-' ? 'stdout' : r.image}`,
         `  memory ${formatBytes(r.memoryBytes)}, image ${formatBytes(r.bytes)}, frozen ${formatMs(r.frozenMs)}, total ${formatMs(r.durationMs)}`,

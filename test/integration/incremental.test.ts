@@ -5,12 +5,13 @@
  * process checks its own sha256), each child stores about what changed, and a missing parent is
  * detected before CRIU runs.
  */
-import { existsSync, lstatSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, lstatSync, readdirSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { cedana, cedanaOk } from '../helpers/cedana.js';
-import { Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
+import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
 let shared: string;
@@ -93,3 +94,68 @@ describe('dump --parent', () => {
     expect(a.json!.error.message).toMatch(/--parent needs a directory output/);
   });
 });
+
+describe('dump --every --keep', () => {
+  it('checkpoints periodically, incremental between full ones, keeps the newest n restorable, and the newest restores the latest state', async () => {
+    const dir = await mkdtemp(join(shared, 'every-'));
+    const out = join(shared, 'every-ck');
+    const pid = owned.python('pager.py', ['16', dir]);
+    await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
+    writeFileSync(join(dir, 'rewrite'), '64');
+    const child = spawn('node', [BIN, 'dump', String(pid), '--every', '1s', '--keep', '2', '-o', out, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let events = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (events += d.toString()));
+    // Between checkpoints the process rewrites pages; then it is stopped with Ctrl-C.
+    let last = '';
+    for (let k = 1; k <= 4; k++) {
+      await waitFor(`checkpoint ${k}`, () => (events.match(/"phase":"saved /g) ?? []).length >= k, 20_000);
+      process.kill(pid, 'SIGUSR2');
+      last = await waitFor('rewritten', () => {
+        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
+        return Number(n) === k ? sha! : undefined;
+      });
+    }
+    // Two more, so that the newest surely follows the last rewrite.
+    await waitFor('checkpoint 6', () => (events.match(/"phase":"saved /g) ?? []).length >= 6, 20_000);
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(0);
+    const r = parseJsonLine(stdout)!;
+    expect(r).toMatchObject({ ok: true, command: 'dump', pid, ended: 'signal', failed: 0, every: { intervalMs: 1000, keep: 2 } });
+    expect(r.made).toBeGreaterThanOrEqual(6);
+    // Full, incremental, full, …: the chain is never longer than 2; what is on disk is exactly what is listed.
+    const cks = r.checkpoints as { image: string; parent: string | null; memoryBytes: number }[];
+    expect(readdirSync(out).sort()).toEqual(cks.map((c) => basename(c.image)).sort());
+    for (const c of cks) if (c.parent) expect(cks.find((p) => p.image === c.parent)!.parent).toBeNull();
+    expect(cks.length).toBeLessThanOrEqual(3);
+    const inc = cks.filter((c) => c.parent);
+    for (const c of inc) expect(c.memoryBytes).toBeLessThan(4 * 1024 * 1024); // 64 pages rewritten, not 16 MiB
+    expect(alive(pid)).toBe(true); // left running all along
+    // After a crash, the newest checkpoint brings back the latest state.
+    process.kill(pid, 'SIGKILL');
+    await waitGone(pid);
+    const newest = cks.at(-1)!.image;
+    const rr = await cedanaOk(['restore', newest]);
+    owned.own(rr.pid);
+    process.kill(pid, 'SIGUSR1');
+    expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')), 30_000)).toBe(last);
+  });
+
+  it('ends by itself when the process ends', async () => {
+    const { pid } = await owned.counter();
+    const out = join(shared, 'every-end');
+    const child = spawn('node', [BIN, 'dump', String(pid), '--every', '1s', '-o', out, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let events = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (events += d.toString()));
+    await waitFor('a checkpoint', () => events.includes('"phase":"saved '), 20_000);
+    process.kill(pid, 'SIGKILL');
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(0);
+    expect(parseJsonLine(stdout)).toMatchObject({ ok: true, ended: 'process-exited' });
+  });
+});
+

@@ -6,6 +6,7 @@
 import { execa } from 'execa';
 import { readFile } from 'node:fs/promises';
 import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } from '../criu/criu.js';
+import { checkLazySource } from '../migrate/postcopy.js';
 import { CedanaError, toCedanaError, type ErrorCode } from '../errors.js';
 import { decisiveLines } from '../criu/log.js';
 import { findOnPath } from '../util/paths.js';
@@ -49,7 +50,9 @@ export async function check(): Promise<CheckResultData> {
       });
     }
     out.features.push(await feature(criu, 'mem_dirty_track', 'memory dirty tracking', 'pre-copy migration and pre-dump (needs CONFIG_MEM_SOFT_DIRTY)'));
-    out.features.push(await feature(criu, 'uffd-noncoop', 'userfaultfd (non-cooperative)', 'post-copy migration (lazy pages)'));
+    out.features.push(await feature(criu, 'uffd-noncoop', 'userfaultfd (non-cooperative)', 'post-copy migration (lazy pages) to this host'));
+    const pipes = await checkLazySource().then(() => undefined, (e: CedanaError) => e.message);
+    out.features.push({ name: 'lazy-pages-server', available: pipes === undefined, enables: 'post-copy migration from this host (migrate --postcopy)', detail: pipes ?? 'CRIU can size its 4 MiB page pipes' });
   }
   if (!root) {
     error = new CedanaError('NOT_ROOT', 'cedana must run as root to dump and restore', { hint: 'run it with sudo' });

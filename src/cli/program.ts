@@ -190,11 +190,14 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--file-locks', 'migrate file locks (automatic when the tree holds some)')
     .option('--map-path <OLD=NEW>', 'on the target, files under OLD (open, mapped, working directory) are used from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW on the target; repeatable', collectPortMap, [] as PortMap[])
+    .addOption(new Option('--precopy', 'pre-copy: rounds of memory sent while the tree runs, then only what changed while frozen (default where the kernel tracks dirty pages; an error where it does not)'))
+    .addOption(new Option('--no-precopy', 'never pre-copy (stop-and-copy)'))
+    .option('--max-rounds <n>', 'pre-copy: at most this many rounds (default 8)', parseCount)
     .option('--postcopy', 'post-copy: the tree runs on the target at once and its memory follows on demand (CRIU lazy pages). The source is ended as soon as the target runs: if the link breaks after that, the process is LOST. Refused on a link slower than --min-throughput')
     .option('--min-throughput <MB/s>', 'post-copy is refused on a link measured slower than this (default 50)', parseMBps)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; postcopy?: boolean; minThroughput?: number; hook?: string; json?: boolean }) => {
+    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; json?: boolean }) => {
       onInvoke({
         command: 'migrate',
         json: !!o.json,
@@ -211,6 +214,8 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             mapPorts: o.mapPort,
             ship: shipPolicy(o),
             postcopy: !!o.postcopy,
+            precopy: o.precopy,
+            maxRounds: o.maxRounds,
             minThroughput: o.minThroughput,
             hook: o.hook,
             reporter: ctx.reporter,

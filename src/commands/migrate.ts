@@ -19,7 +19,8 @@ import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildDumpArgs, restoreFlagArgs, type CriuDecisions, type NetworkLock, type TcpMode } from '../criu/options.js';
 import { decideDumpOptions } from '../criu/options.js';
-import { keepLog, locateCriu, networkLockBackend, spawnCriu, type Criu } from '../criu/criu.js';
+import { criuFeature, keepLog, locateCriu, networkLockBackend, spawnCriu, type Criu } from '../criu/criu.js';
+import { readDumpStats } from '../image/criu/stats.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { packImage } from '../image/archive.js';
@@ -62,6 +63,10 @@ export interface MigrateArgs {
   ship?: ShipPolicy;
   /** Post-copy: the tree runs on the target before its memory has moved (CRIU lazy pages). */
   postcopy?: boolean;
+  /** Pre-copy rounds while the tree runs: true forces (an error without soft-dirty), false refuses, undefined picks when supported. */
+  precopy?: boolean;
+  /** Pre-copy stops after this many rounds at most (default 8). */
+  maxRounds?: number;
   /** Post-copy is refused on a link slower than this (bytes per second). */
   minThroughput?: number;
   /** Run with sh -c here at `pre-restore`, `post-restore` and, after a failure past pre-restore, `rollback` (CEDANA_HOOK). */
@@ -83,7 +88,9 @@ export interface MigrateResult {
   decisions: string[];
   /** Files and directories shipped because the target lacked them (their source paths). */
   shipped: string[];
-  mode: 'stop-and-copy' | 'postcopy';
+  mode: 'stop-and-copy' | 'precopy' | 'postcopy';
+  /** Pre-copy: each round while the tree ran, then the final (frozen) dump's share. */
+  precopy?: { rounds: PrecopyRound[]; finalPagesWritten: number; finalPagesInParent: number };
   /** Post-copy: the link measured in preflight, and how long the memory took to follow the tree. */
   postcopy?: { linkBytesPerSec: number; pullMs: number };
 }
@@ -122,7 +129,16 @@ interface Progress {
   shippedPaths: string[];
 }
 
+export interface PrecopyRound {
+  round: number;
+  pagesWritten: number;
+  pagesSkippedParent: number;
+  frozenMs: number;
+  durationMs: number;
+}
+
 interface Moved {
+  precopy?: MigrateResult['precopy'];
   restoredPid: number;
   downtimeMs: number;
   memoryBytes: number;
@@ -142,6 +158,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const networkLock = await networkLockBackend();
   if (!networkLock) throw new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed here', { hint: 'install iptables (scripts/setup does)' });
   if (args.postcopy) await checkLazySource();
+  const precopy = await choosePrecopy(args, criu);
 
   report.phase(`connecting to ${args.to}`);
   const session = await SshSession.connect(args.to, { acceptNewHostKey: args.acceptNewHostKey, sshDir: args.sshDir });
@@ -151,7 +168,8 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const prep = await prepare({ args, session, work, report, criu, networkLock }, state);
     if (args.signal?.aborted) throw interrupted();
     state.remote = await makeRemoteDir(session, args.targetDir);
-    const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state);
+    const pre = precopy ? await precopyRounds(prep, state) : undefined;
+    const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state, pre);
     // The connections live on the target now: lift the lock CRIU left on them here.
     if (prep.decisions.tcpEstablished) await releaseSourceLocks(prep.facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
     return {
@@ -166,7 +184,8 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       memoryBytes: moved.memoryBytes,
       decisions: prep.decisions.notes,
       shipped: state.shippedPaths,
-      mode: args.postcopy ? 'postcopy' : 'stop-and-copy',
+      mode: args.postcopy ? 'postcopy' : precopy ? 'precopy' : 'stop-and-copy',
+      ...(moved.precopy ? { precopy: moved.precopy } : {}),
       ...(args.postcopy ? { postcopy: { linkBytesPerSec: Math.round(prep.linkBytesPerSec ?? 0), pullMs: moved.pullMs ?? 0 } } : {}),
     };
   } catch (e) {
@@ -259,6 +278,107 @@ async function prepare(
   };
 }
 
+/**
+ * Pre-copy when asked, or by default where the kernel tracks dirty pages (soft-dirty); an explicit
+ * --precopy without it is an error that says what to use instead.
+ */
+async function choosePrecopy(args: MigrateArgs, criu: Criu): Promise<boolean> {
+  if (args.precopy === false) return false;
+  if (args.postcopy) {
+    if (args.precopy) throw new CedanaError('USAGE', '--precopy and --postcopy do not go together', { hint: 'choose one' });
+    return false;
+  }
+  const r = await criuFeature(criu, 'mem_dirty_track');
+  if (r.ok) return true;
+  if (args.precopy) {
+    throw new CedanaError('HOST_UNSUPPORTED', 'pre-copy needs the kernel to track dirty pages (soft-dirty, CONFIG_MEM_SOFT_DIRTY), which this kernel lacks: `criu check --feature mem_dirty_track` fails', {
+      hint: 'use --postcopy (the tree runs on the target at once, its memory follows), or the default stop-and-copy',
+    });
+  }
+  return false;
+}
+
+/**
+ * The pre-copy stop rule (P.Haul, go-criu's phaul): a round of 64 pages or fewer, a round over 110%
+ * of the one before (diverging), or --max-rounds; and one more, measured in the guest: a round within
+ * 10% of the one before has reached the process's floor of pages it rewrites all the time (there, 90
+ * pages a round, round after round), where more rounds only cost time. A reason to stop, or undefined. Pure.
+ */
+export function precopyStop(rounds: Pick<PrecopyRound, 'pagesWritten'>[], maxRounds: number): string | undefined {
+  const n = rounds.length;
+  const last = rounds[n - 1]!;
+  const prev = rounds[n - 2];
+  if (last.pagesWritten <= PRECOPY_SMALL_ROUND) return `round ${n} wrote ${last.pagesWritten} pages (≤ ${PRECOPY_SMALL_ROUND})`;
+  if (prev && last.pagesWritten > prev.pagesWritten * 1.1) {
+    return `not converging: round ${n} wrote ${last.pagesWritten} pages, over 110% of the ${prev.pagesWritten} before`;
+  }
+  // A floor: the pages the process rewrites all the time. More rounds would send the same again.
+  if (prev && last.pagesWritten >= prev.pagesWritten * 0.9) {
+    return `no longer shrinking: round ${n} wrote ${last.pagesWritten} pages, the ${prev.pagesWritten} before`;
+  }
+  if (n >= maxRounds) return `the last of --max-rounds ${maxRounds}`;
+  return undefined;
+}
+
+const PRECOPY_SMALL_ROUND = 64;
+
+/**
+ * Pre-copy: rounds of `criu pre-dump --track-mem` while the tree runs (each freezes it only to
+ * collect what changed), streamed to a page server on the target, each round the parent of the
+ * next; stops by precopyStop. The final dump then sends only the pages changed since.
+ */
+async function precopyRounds(p: Prepared, state: Progress): Promise<{ prev: string; rounds: PrecopyRound[] }> {
+  const { args, session, work, report } = p;
+  const remote = state.remote!;
+  const maxRounds = args.maxRounds ?? 8;
+  const rounds: PrecopyRound[] = [];
+  for (let n = 1; ; n++) {
+    if (args.signal?.aborted) throw interrupted();
+    const into = `pre-${n}`;
+    const prev = n > 1 ? `pre-${n - 1}` : undefined;
+    const port = await startPageServer(session, remote, { into, prev });
+    const bridge = await openPageChannel(session, port);
+    const local = join(work, into);
+    const roundWork = join(work, `${into}-work`);
+    await execa('mkdir', ['-m', '700', local, roundWork]);
+    const logFile = join(roundWork, 'pre-dump.log');
+    const criuArgs = [
+      'pre-dump', '-t', String(args.pid), '-D', local, '-W', roundWork, '-o', logFile, '-v4', '--track-mem', '--page-server', '--ps-socket', '3',
+      ...(prev ? ['--prev-images-dir', `../${prev}`] : []), ...(p.decisions.shellJob ? ['--shell-job'] : []),
+    ];
+    const t0 = performance.now();
+    report.phase(`pre-copy round ${n}: sending memory while the tree runs`);
+    const run = spawnCriu(p.criu, criuArgs, { logFile, label: `precopy-${args.pid}-${n}`, pageServerSocket: true });
+    const proxy = bridge(run.psSocket!);
+    const ticker = progressTicker(report, () => proxy.bytes(), n === 1 ? p.rssBytes : 0);
+    const onAbort = (): void => proxy.close();
+    args.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await Promise.race([run.done, session.lost(), proxy.failed]);
+    } catch (e) {
+      proxy.close();
+      await run.done.catch(() => undefined);
+      throw args.signal?.aborted ? interrupted() : e;
+    } finally {
+      clearInterval(ticker);
+      args.signal?.removeEventListener('abort', onAbort);
+      proxy.close();
+    }
+    const st = await readDumpStats(join(roundWork, 'stats-dump'));
+    const r: PrecopyRound = {
+      round: n, pagesWritten: st?.pagesWritten ?? 0, pagesSkippedParent: st?.pagesSkippedParent ?? 0,
+      frozenMs: Math.round((st?.frozenUs ?? 0) / 1000), durationMs: Math.round(performance.now() - t0),
+    };
+    rounds.push(r);
+    report.phase(`pre-copy round ${n}: ${r.pagesWritten} pages sent (${(r.pagesWritten / 256).toFixed(1)} MiB), ${r.pagesSkippedParent} unchanged, frozen ${r.frozenMs} ms`);
+    const why = precopyStop(rounds, maxRounds);
+    if (why) {
+      p.decisions.notes.push(`pre-copy: ${rounds.length} round(s) while the tree ran; stopped: ${why}`);
+      return { prev: into, rounds };
+    }
+  }
+}
+
 /** Post-copy is refused on a link slower than this, unless --min-throughput says otherwise. */
 export const DEFAULT_MIN_THROUGHPUT = 50e6;
 
@@ -307,10 +427,11 @@ async function frozenAtGate(p: Prepared, gate: ActionGate, run: { done: Promise<
 }
 
 /** Stop-and-copy: the memory moves while the tree is frozen; the source ends once the target runs. */
-async function stopAndCopy(p: Prepared, state: Progress): Promise<Moved> {
+async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; rounds: PrecopyRound[] }): Promise<Moved> {
   const { args, session, work, report } = p;
   const remote = state.remote!;
-  const psPort = await startPageServer(session, remote);
+  // After pre-copy, the final dump sends only what changed since the last round (CRIU's parent link).
+  const psPort = await startPageServer(session, remote, pre ? { into: 'img', prev: pre.prev } : undefined);
   const bridge = await openPageChannel(session, psPort);
   state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock);
 
@@ -321,9 +442,10 @@ async function stopAndCopy(p: Prepared, state: Progress): Promise<Moved> {
   const criuArgs = [
     ...buildDumpArgs(args.pid, p.decisions, { imagesDir: images, workDir: work, logFile, networkLock: p.networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: p.ghost }),
     '--page-server', '--ps-socket', '3',
+    ...(pre ? ['--track-mem', '--prev-images-dir', `../${pre.prev}`] : []),
   ];
   const frozenAt = performance.now();
-  report.phase(`freezing ${p.facts.processes.length} process(es) and sending memory`);
+  report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
   const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
   const proxy: PageBridge = bridge(run.psSocket!);
   try {
@@ -366,7 +488,10 @@ async function stopAndCopy(p: Prepared, state: Progress): Promise<Moved> {
     report.phase('ending the source');
     await run.done;
     if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
-    return { restoredPid: state.restoredPid, downtimeMs, memoryBytes, metadataBytes: await imagesSize(images) };
+    const stats = pre ? await readDumpStats(join(work, 'stats-dump')) : undefined;
+    const precopy = pre ? { rounds: pre.rounds, finalPagesWritten: stats?.pagesWritten ?? 0, finalPagesInParent: stats?.pagesSkippedParent ?? 0 } : undefined;
+    const preBytes = (pre?.rounds ?? []).reduce((a, r) => a + r.pagesWritten * 4096, 0);
+    return { restoredPid: state.restoredPid, downtimeMs, memoryBytes: memoryBytes + preBytes, metadataBytes: await imagesSize(images), precopy };
   } finally {
     proxy.close();
   }

@@ -25,13 +25,19 @@ export async function makeRemoteDir(s: SshSession, parent: string): Promise<Remo
   return { dir, images: `${dir}/img` };
 }
 
-/** Starts `criu page-server` in the background on the target's loopback; returns its port. */
-export async function startPageServer(s: SshSession, d: RemoteDir): Promise<number> {
+/**
+ * Starts `criu page-server` in the background on the target's loopback; returns its port. For a
+ * pre-copy round, `into` names the round's directory (under the work directory; created) and `prev`
+ * the one before, which CRIU links to as the parent of the pages it writes.
+ */
+export async function startPageServer(s: SshSession, d: RemoteDir, round?: { into: string; prev?: string }): Promise<number> {
   let last = '';
+  const into = round ? `${d.dir}/${round.into}` : d.images;
+  const prev = round?.prev ? ` --prev-images-dir ${shq(`../${round.prev}`)}` : '';
   for (let attempt = 0; attempt < 8; attempt++) {
     const port = randomInt(20000, 61000);
     const r = await s.exec(
-      `${REMOTE_PATH}; criu page-server -D ${shq(d.images)} -W ${shq(d.dir)} --address 127.0.0.1 --port ${port} -d --pidfile ${shq(`${d.dir}/page-server.pid`)} -o ${shq(`${d.dir}/page-server.log`)} -v2`,
+      `${REMOTE_PATH}; rm -f ${shq(`${d.dir}/page-server.pid`)}; mkdir -p ${shq(into)} && criu page-server -D ${shq(into)} -W ${shq(d.dir)}${prev} --address 127.0.0.1 --port ${port} -d --pidfile ${shq(`${d.dir}/page-server.pid`)} -o ${shq(`${d.dir}/page-server.log`)} -v2`,
     );
     if (r.code === 0) return port;
     last = r.stderr.trim() || `exit ${r.code}`;

@@ -1,0 +1,12 @@
+#!/bin/sh
+# Run inside the test guest first: the mounts and kernel modules a Debian system would have set up.
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+for m in veth nf_tables nft_ct nft_compat nft_chain_nat nf_conntrack xt_mark x_tables inet_diag tcp_diag udp_diag unix_diag netlink_diag packet_diag af_packet_diag; do
+  busybox modprobe "$m" 2>/dev/null
+done
+ip link set lo up
+hostname cedana-guest

@@ -29,6 +29,8 @@ export interface MigrateConfig {
   reps: number;
   /** Share of the pages rewritten every second. */
   dirtyPercent: number;
+  /** Also measure --postcopy against cedana's stop-and-copy. */
+  postcopy: boolean;
 }
 
 export interface MigrateCtx {
@@ -68,6 +70,8 @@ export interface SizeSamples {
   mib: number;
   naive: NaiveRep[];
   cedana: CedanaRep[];
+  /** cedana migrate --postcopy (empty when not measured). */
+  postcopy: CedanaRep[];
 }
 
 export interface MigrateSamples {
@@ -77,6 +81,8 @@ export interface MigrateSamples {
 }
 
 const GOAL_MIGRATE: Goal = { on: 'ratio', op: '<=', limit: 0.4 };
+/** Post-copy: the tree runs on the target within a tenth of stop-and-copy's downtime. */
+const GOAL_POSTCOPY: Goal = { on: 'ratio', op: '<=', limit: 0.1 };
 /** cedana streams the memory: its own RSS stays bounded whatever the process size. */
 const GOAL_RSS: Goal = { on: 'value', op: '<', limit: 200 };
 
@@ -133,9 +139,9 @@ async function naiveRound(m: MigrateCtx, fx: DirtyFixture, tag: string): Promise
   }
 }
 
-async function cedanaRound(m: MigrateCtx, fx: DirtyFixture): Promise<CedanaRep> {
+async function cedanaRound(m: MigrateCtx, fx: DirtyFixture, extra: string[] = []): Promise<CedanaRep> {
   await settle();
-  const run = startCedana(['migrate', String(fx.pid), '--to', m.bed.host.name, '--target-dir', TARGET_DIR, '--json'], { ...m.bed.env, TMPDIR: m.tmp });
+  const run = startCedana(['migrate', String(fx.pid), '--to', m.bed.host.name, '--target-dir', TARGET_DIR, ...extra, '--json'], { ...m.bed.env, TMPDIR: m.tmp });
   const peak = watchPeakRss(run);
   const exit = await run.done;
   const result = cedanaResult<CedanaMigrate>(exit, 'migrate', 'stdout');
@@ -205,11 +211,12 @@ export async function migrateRounds(m: MigrateCtx): Promise<MigrateSamples> {
   await round(m, 64, (fx) => cedanaRound(m, fx), cedanaPid);
   const sizes: SizeSamples[] = [];
   for (const mib of m.cfg.sizesMib) {
-    const s: SizeSamples = { mib, naive: [], cedana: [] };
+    const s: SizeSamples = { mib, naive: [], cedana: [], postcopy: [] };
     for (let i = 0; i < m.cfg.reps; i++) {
-      m.progress(`${i + 1}/${m.cfg.reps} migrate ${mib} MiB: naive (criu dump, tar | ssh, ssh criu restore), then cedana migrate`);
+      m.progress(`${i + 1}/${m.cfg.reps} migrate ${mib} MiB: naive (criu dump, tar | ssh, ssh criu restore), cedana migrate${m.cfg.postcopy ? ', cedana migrate --postcopy' : ''}`);
       s.naive.push(await round(m, mib, (fx) => naiveRound(m, fx, `${mib}-${i}`), naivePid));
       s.cedana.push(await round(m, mib, (fx) => cedanaRound(m, fx), cedanaPid));
+      if (m.cfg.postcopy) s.postcopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--postcopy']), cedanaPid));
     }
     sizes.push(s);
   }
@@ -224,6 +231,13 @@ export function migrateRows(s: MigrateSamples): Row[] {
     { name: `migrate ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.cedana, (r) => r.wallMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
     { name: `migrate ${z.mib} MiB: bytes sent`, unit: 'MB', value: med(z.cedana, (r) => r.result.bytesSent) / MB, baseline: med(z.naive, (r) => r.tarBytes) / MB, baselineLabel: 'naive tar' },
     { name: `migrate ${z.mib} MiB: cedana peak RSS`, unit: 'MB', value: med(z.cedana, (r) => r.peakRssBytes) / MB, goal: GOAL_RSS },
+    ...(z.postcopy.length > 0
+      ? ([
+          { name: `postcopy ${z.mib} MiB: time to running`, unit: 'ms', value: med(z.postcopy, (r) => r.result.downtimeMs), baseline: med(z.cedana, (r) => r.result.downtimeMs), baselineLabel: 'stop-and-copy downtime', goal: GOAL_POSTCOPY },
+          { name: `postcopy ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.postcopy, (r) => r.wallMs), baseline: med(z.cedana, (r) => r.wallMs), baselineLabel: 'stop-and-copy total' },
+          { name: `postcopy ${z.mib} MiB: memory pulled after start`, unit: 'ms', value: med(z.postcopy, (r) => r.result.postcopy?.pullMs ?? Number.NaN) },
+        ] satisfies Row[])
+      : []),
   ] satisfies Row[]);
 }
 

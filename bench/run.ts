@@ -6,6 +6,7 @@
  *   local    cedana dump/restore against plain criu on one process (directory, archives, stream, RSS)
  *   migrate  cedana migrate against criu dump + tar | ssh + ssh criu restore, to a test-bed host
  *   ssh      one SSH stream's throughput: OpenSSH against cedana's transport (ssh2), same link
+ *   incremental  dump --parent: bytes stored against the bytes the process changed
  *
  *   CEDANA_BENCH_ONLY          phases to run, comma-separated (default: local,migrate,ssh)
  *   CEDANA_BENCH_MIB           memory of the local phase's process (default 1024)
@@ -14,6 +15,9 @@
  *   CEDANA_BENCH_DIRTY_PERCENT share of its pages the migrated process rewrites every second (default 1)
  *   CEDANA_BENCH_STREAM_MIB    bytes per SSH stream, in MiB (default 1024)
  *   CEDANA_BENCH_HOST          test-bed host index for migrate and ssh (default 40; 10.231.<n>.0/24)
+ *   CEDANA_BENCH_POSTCOPY      0 leaves out migrate --postcopy (measured against cedana's stop-and-copy)
+ *   CEDANA_BENCH_INCREMENTAL_MIB      memory of the incremental phase's process (default 1024)
+ *   CEDANA_BENCH_INCREMENTAL_PERCENT  shares of its pages rewritten before each incremental checkpoint (default 1,10,50)
  *
  * Needs root and CRIU. Prints tables on stdout, progress on stderr, and writes everything measured
  * to .bench/results-<UTC time>.json. Images live in a temporary directory under /var/tmp, the
@@ -37,9 +41,10 @@ import { describeMachine, machineState, start, stopActive, watchPeakRss } from '
 import { Fixture } from './fixture.js';
 import { migrateRounds, migrateRows, renderMigrateBreakdown, type MigrateCtx } from './migrate.js';
 import { streamRounds, streamRows, type StreamCtx } from './ssh-stream.js';
+import { incrementalRounds, incrementalRows } from './incremental.js';
 import { evaluate, MB, median, renderTable, type Row } from './stats.js';
 
-const PHASES = ['local', 'migrate', 'ssh'] as const;
+const PHASES = ['local', 'migrate', 'ssh', 'incremental'] as const;
 type Phase = (typeof PHASES)[number];
 
 interface Config {
@@ -50,6 +55,9 @@ interface Config {
   dirtyPercent: number;
   streamMib: number;
   hostIndex: number;
+  postcopy: boolean;
+  incrementalMib: number;
+  incrementalPercent: number[];
 }
 
 interface Ctx {
@@ -114,6 +122,9 @@ function readConfig(): Config {
     dirtyPercent,
     streamMib: positiveInt('CEDANA_BENCH_STREAM_MIB', 1024),
     hostIndex,
+    postcopy: process.env.CEDANA_BENCH_POSTCOPY !== '0',
+    incrementalMib: positiveInt('CEDANA_BENCH_INCREMENTAL_MIB', 1024),
+    incrementalPercent: positiveInts('CEDANA_BENCH_INCREMENTAL_PERCENT', [1, 10, 50]),
   };
 }
 
@@ -415,7 +426,7 @@ async function localPhase(cfg: Config, criu: CriuSetup, tmp: string, fixture: Fi
 
 async function migratePhase(cfg: Config, m: Omit<MigrateCtx, 'cfg' | 'progress'>): Promise<Section> {
   const machine = await machineState();
-  const samples = await migrateRounds({ ...m, cfg: { sizesMib: cfg.migrateMib, reps: cfg.reps, dirtyPercent: cfg.dirtyPercent }, progress });
+  const samples = await migrateRounds({ ...m, cfg: { sizesMib: cfg.migrateMib, reps: cfg.reps, dirtyPercent: cfg.dirtyPercent, postcopy: cfg.postcopy }, progress });
   const rows = migrateRows(samples).map(evaluate);
   const text = [
     `cedana migrate: ${cfg.migrateMib.join(' and ')} MiB processes rewriting ${cfg.dirtyPercent}% of their pages every second, to test-bed host ${m.bed.host.name}; ${cfg.reps} repetition(s), medians`,
@@ -498,6 +509,19 @@ async function main(): Promise<number> {
         sections.push(ssh.text);
         doc.ssh = ssh.doc;
       }
+    }
+    if (cfg.phases.includes('incremental')) {
+      const machine = await machineState();
+      const samples = await incrementalRounds(cfg.incrementalMib, cfg.incrementalPercent, tmp, progress);
+      const rows = incrementalRows(samples).map(evaluate);
+      sections.push([
+        `cedana dump --parent: a ${samples.mib} MiB process rewriting ${cfg.incrementalPercent.join('%, ')}% of its pages between checkpoints (one chain; full checkpoint ${(samples.full.bytes / MB).toFixed(0)} MB, frozen ${samples.full.frozenMs} ms)`,
+        'baseline: the bytes of the pages it rewrote (4 KiB each); what the interpreter itself touches meanwhile is stored too',
+        describeMachine(machine),
+        '',
+        renderTable(rows),
+      ].join('\n'));
+      doc.incremental = { machine, rows, samples };
     }
     doc.finishedAt = new Date().toISOString();
     const path = await writeResults(doc);

@@ -1,0 +1,95 @@
+/**
+ * The incremental phase: how much an incremental checkpoint (dump --parent) stores against the bytes
+ * the process actually changed. test/fixtures/pager.py holds N MiB of random memory and, when told,
+ * rewrites exactly K pages with new random bytes; after a full checkpoint, each step rewrites a share
+ * of its pages and takes a checkpoint with the one before as parent. Goal: stored ≤ 1.2 × changed.
+ */
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DumpResult } from '../src/commands/dump.js';
+import { cedanaResult, startCedana, REPO_ROOT } from './contestants.js';
+import { start } from './exec.js';
+import { MB, type Goal, type Row } from './stats.js';
+
+export interface IncrementalStep {
+  percent: number;
+  pagesRewritten: number;
+  changedBytes: number;
+  storedBytes: number;
+  pagesWritten: number;
+  pagesInParent: number;
+  frozenMs: number;
+  durationMs: number;
+}
+
+export interface IncrementalSamples {
+  mib: number;
+  full: { bytes: number; frozenMs: number; durationMs: number };
+  steps: IncrementalStep[];
+}
+
+const GOAL_SIZE: Goal = { on: 'ratio', op: '<=', limit: 1.2 };
+
+async function waitFor<T>(what: string, f: () => Promise<T | undefined>, ms = 300_000): Promise<T> {
+  const end = performance.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+export async function incrementalRounds(mib: number, percents: number[], tmp: string, progress: (m: string) => void): Promise<IncrementalSamples> {
+  const dir = await mkdtemp(join(tmp, 'pager-'));
+  const ck = join(tmp, 'chain');
+  await mkdir(ck);
+  const proc = start('python3', [join(REPO_ROOT, 'test/fixtures/pager.py'), String(mib), dir], { detached: true, stdio: 'ignore' });
+  const pid = proc.pid;
+  try {
+    progress(`incremental: filling ${mib} MiB`);
+    await waitFor('the pager fixture', async () => (await readFile(join(dir, 'sha0'), 'utf8').catch(() => undefined)) || undefined);
+    const dump = async (out: string, parent?: string): Promise<{ r: DumpResult; ms: number }> => {
+      const run = startCedana(['dump', String(pid), '--leave-running', '-o', out, ...(parent ? ['--parent', parent] : []), '--json'], { ...process.env, TMPDIR: tmp });
+      const exit = await run.done;
+      return { r: cedanaResult<DumpResult & { ok: true }>(exit, 'dump', 'stdout'), ms: exit.ms };
+    };
+    progress('incremental: full checkpoint');
+    let prev = join(ck, 'c0');
+    const first = await dump(prev);
+    const full = { bytes: first.r.memoryBytes, frozenMs: first.r.frozenMs, durationMs: first.ms };
+    const pages = (mib * 1024 * 1024) / 4096;
+    const steps: IncrementalStep[] = [];
+    for (const [i, percent] of percents.entries()) {
+      const k = Math.round((pages * percent) / 100);
+      await writeFile(join(dir, 'rewrite'), String(k));
+      process.kill(pid, 'SIGUSR2');
+      await waitFor('the rewrite', async () => ((await readFile(join(dir, 'rewritten'), 'utf8').catch(() => '')).startsWith(`${i + 1} `) ? true : undefined));
+      progress(`incremental: ${percent}% of the pages rewritten (${k}), checkpoint with the one before as parent`);
+      const out = join(ck, `c${i + 1}`);
+      const d = await dump(out, prev);
+      steps.push({
+        percent, pagesRewritten: k, changedBytes: k * 4096, storedBytes: d.r.memoryBytes, pagesWritten: d.r.incremental?.pagesWritten ?? 0,
+        pagesInParent: d.r.incremental?.pagesInParent ?? 0, frozenMs: d.r.frozenMs, durationMs: d.ms,
+      });
+      prev = out;
+    }
+    return { mib, full, steps };
+  } finally {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+    await rm(dir, { recursive: true, force: true });
+    await rm(ck, { recursive: true, force: true });
+  }
+}
+
+export function incrementalRows(s: IncrementalSamples): Row[] {
+  return s.steps.flatMap((x) => [
+    { name: `incremental after ${x.percent}% rewritten: stored`, unit: 'MB', value: x.storedBytes / MB, baseline: x.changedBytes / MB, baselineLabel: 'bytes changed', goal: GOAL_SIZE },
+    { name: `incremental after ${x.percent}% rewritten: frozen`, unit: 'ms', value: x.frozenMs, baseline: s.full.frozenMs, baselineLabel: 'full dump frozen' },
+  ] satisfies Row[]);
+}

@@ -130,7 +130,9 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     report.phase(`freezing and dumping ${facts.processes.length} process(es)`);
     const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}` });
     // Hash the memory while CRIU writes it, not after with the tree frozen.
-    follower = new PagesFollower(imagesDir);
+    // (Not for an incremental checkpoint: its pages files are rewritten afterwards, and hashing
+    // them now would only take CPU from CRIU while the tree is frozen.)
+    follower = parent ? undefined : new PagesFollower(imagesDir);
     const event = await gate.waitReady(run.done);
     if (event === 'exited') {
       await run.done; // rejects with CRIU_FAILED (CRIU resumed the tree)
@@ -149,7 +151,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
         await gate.commit();
         committed = true;
       }
-      let known = await follower.finish();
+      let known = (await follower?.finish()) ?? {};
       let parentRef: ManifestParent | undefined;
       if (parent) {
         report.phase('keeping only the pages that changed since the parent');

@@ -7,6 +7,7 @@
  *   migrate  cedana migrate against criu dump + tar | ssh + ssh criu restore, to a test-bed host
  *   ssh      one SSH stream's throughput: OpenSSH against cedana's transport (ssh2), same link
  *   incremental  dump --parent: bytes stored against the bytes the process changed
+ *   overhead a job's throughput with `dump --every` running against without (not in the default run: minutes)
  *
  *   CEDANA_BENCH_ONLY          phases to run, comma-separated (default: local,migrate,ssh)
  *   CEDANA_BENCH_MIB           memory of the local phase's process (default 1024)
@@ -18,6 +19,8 @@
  *   CEDANA_BENCH_POSTCOPY      0 leaves out migrate --postcopy (measured against cedana's stop-and-copy)
  *   CEDANA_BENCH_INCREMENTAL_MIB      memory of the incremental phase's process (default 1024)
  *   CEDANA_BENCH_INCREMENTAL_PERCENT  shares of its pages rewritten before each incremental checkpoint (default 1,10,50)
+ *   CEDANA_BENCH_OVERHEAD_MIB / _INTERVAL / _WINDOW   the overhead phase's job memory (1024), checkpoint
+ *                              interval in seconds (60) and measuring window in seconds (125)
  *
  * Needs root and CRIU. Prints tables on stdout, progress on stderr, and writes everything measured
  * to .bench/results-<UTC time>.json. Images live in a temporary directory under /var/tmp, the
@@ -42,9 +45,10 @@ import { Fixture } from './fixture.js';
 import { migrateRounds, migrateRows, renderMigrateBreakdown, type MigrateCtx } from './migrate.js';
 import { streamRounds, streamRows, type StreamCtx } from './ssh-stream.js';
 import { incrementalRounds, incrementalRows } from './incremental.js';
+import { overheadRounds, overheadRows } from './overhead.js';
 import { evaluate, MB, median, renderTable, type Row } from './stats.js';
 
-const PHASES = ['local', 'migrate', 'ssh', 'incremental'] as const;
+const PHASES = ['local', 'migrate', 'ssh', 'incremental', 'overhead'] as const;
 type Phase = (typeof PHASES)[number];
 
 interface Config {
@@ -58,6 +62,9 @@ interface Config {
   postcopy: boolean;
   incrementalMib: number;
   incrementalPercent: number[];
+  overheadMib: number;
+  overheadIntervalS: number;
+  overheadWindowS: number;
 }
 
 interface Ctx {
@@ -115,7 +122,7 @@ function readConfig(): Config {
   const hostIndex = positiveInt('CEDANA_BENCH_HOST', 40);
   if (hostIndex > 200) throw new Error('CEDANA_BENCH_HOST must be a test-bed index, 1 to 200');
   return {
-    phases: only.length > 0 ? PHASES.filter((p) => only.includes(p)) : [...PHASES],
+    phases: only.length > 0 ? PHASES.filter((p) => only.includes(p)) : PHASES.filter((p) => p !== 'overhead'),
     mib: positiveInt('CEDANA_BENCH_MIB', 1024),
     reps: positiveInt('CEDANA_BENCH_REPS', 3),
     migrateMib: positiveInts('CEDANA_BENCH_MIGRATE_MIB', [256, 1024]),
@@ -125,6 +132,9 @@ function readConfig(): Config {
     postcopy: process.env.CEDANA_BENCH_POSTCOPY !== '0',
     incrementalMib: positiveInt('CEDANA_BENCH_INCREMENTAL_MIB', 1024),
     incrementalPercent: positiveInts('CEDANA_BENCH_INCREMENTAL_PERCENT', [1, 10, 50]),
+    overheadMib: positiveInt('CEDANA_BENCH_OVERHEAD_MIB', 1024),
+    overheadIntervalS: positiveInt('CEDANA_BENCH_OVERHEAD_INTERVAL', 60),
+    overheadWindowS: positiveInt('CEDANA_BENCH_OVERHEAD_WINDOW', 125),
   };
 }
 
@@ -522,6 +532,19 @@ async function main(): Promise<number> {
         renderTable(rows),
       ].join('\n'));
       doc.incremental = { machine, rows, samples };
+    }
+    if (cfg.phases.includes('overhead')) {
+      const machine = await machineState();
+      const samples = await overheadRounds(cfg.overheadMib, cfg.overheadIntervalS, cfg.overheadWindowS, cfg.reps, tmp, progress);
+      const rows = overheadRows(samples).map(evaluate);
+      sections.push([
+        `cedana dump --every ${samples.intervalS}s: a ${samples.mib} MiB job's throughput (hashing its memory), ${cfg.overheadWindowS} s windows without and with checkpoints, alternated ×${cfg.reps}`,
+        `windows: ${samples.windows.map((w) => `${w.checkpoints ? 'with' : 'without'} ${w.perSecond.toFixed(1)}/s${w.made !== undefined ? ` (${w.made} checkpoint(s))` : ''}`).join(', ')}`,
+        describeMachine(machine),
+        '',
+        renderTable(rows),
+      ].join('\n'));
+      doc.overhead = { machine, rows, samples };
     }
     doc.finishedAt = new Date().toISOString();
     const path = await writeResults(doc);

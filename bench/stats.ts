@@ -7,7 +7,7 @@ export function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
-export type Unit = 'ms' | 'MB' | 'MB/s';
+export type Unit = 'ms' | 'MB' | 'MB/s' | 'units/s';
 
 /** A goal on the ratio value/baseline, or on the value itself. */
 export interface Goal {

@@ -7,6 +7,7 @@
  *   migrate  cedana migrate against criu dump + tar | ssh + ssh criu restore, to a test-bed host
  *   ssh      one SSH stream's throughput: OpenSSH against cedana's transport (ssh2), same link
  *   incremental  dump --parent: bytes stored against the bytes the process changed
+ *   precopy  pre-copy against stop-and-copy, in the test guest (its kernel tracks dirty pages; emulated)
  *   overhead a job's throughput with `dump --every` running against without (not in the default run: minutes)
  *
  *   CEDANA_BENCH_ONLY          phases to run, comma-separated (default: local,migrate,ssh)
@@ -19,6 +20,8 @@
  *   CEDANA_BENCH_POSTCOPY      0 leaves out migrate --postcopy (measured against cedana's stop-and-copy)
  *   CEDANA_BENCH_INCREMENTAL_MIB      memory of the incremental phase's process (default 1024)
  *   CEDANA_BENCH_INCREMENTAL_PERCENT  shares of its pages rewritten before each incremental checkpoint (default 1,10,50)
+ *   CEDANA_BENCH_PRECOPY_MIB   memory of the precopy phase's process (default 256; it rewrites CEDANA_BENCH_DIRTY_PERCENT)
+ *   CEDANA_BENCH_THP           transparent huge pages in the guest for precopy: madvise (default, as here) or always (its kernel's default)
  *   CEDANA_BENCH_OVERHEAD_MIB / _INTERVAL / _WINDOW   the overhead phase's job memory (1024), checkpoint
  *                              interval in seconds (60) and measuring window in seconds (125)
  *
@@ -46,9 +49,10 @@ import { migrateRounds, migrateRows, renderMigrateBreakdown, type MigrateCtx } f
 import { streamRounds, streamRows, type StreamCtx } from './ssh-stream.js';
 import { incrementalRounds, incrementalRows } from './incremental.js';
 import { overheadRounds, overheadRows } from './overhead.js';
+import { precopyRounds, precopyRows } from './precopy.js';
 import { evaluate, MB, median, renderTable, type Row } from './stats.js';
 
-const PHASES = ['local', 'migrate', 'ssh', 'incremental', 'overhead'] as const;
+const PHASES = ['local', 'migrate', 'ssh', 'incremental', 'precopy', 'overhead'] as const;
 type Phase = (typeof PHASES)[number];
 
 interface Config {
@@ -62,6 +66,7 @@ interface Config {
   postcopy: boolean;
   incrementalMib: number;
   incrementalPercent: number[];
+  precopyMib: number;
   overheadMib: number;
   overheadIntervalS: number;
   overheadWindowS: number;
@@ -132,6 +137,7 @@ function readConfig(): Config {
     postcopy: process.env.CEDANA_BENCH_POSTCOPY !== '0',
     incrementalMib: positiveInt('CEDANA_BENCH_INCREMENTAL_MIB', 1024),
     incrementalPercent: positiveInts('CEDANA_BENCH_INCREMENTAL_PERCENT', [1, 10, 50]),
+    precopyMib: positiveInt('CEDANA_BENCH_PRECOPY_MIB', 256),
     overheadMib: positiveInt('CEDANA_BENCH_OVERHEAD_MIB', 1024),
     overheadIntervalS: positiveInt('CEDANA_BENCH_OVERHEAD_INTERVAL', 60),
     overheadWindowS: positiveInt('CEDANA_BENCH_OVERHEAD_WINDOW', 125),
@@ -532,6 +538,19 @@ async function main(): Promise<number> {
         renderTable(rows),
       ].join('\n'));
       doc.incremental = { machine, rows, samples };
+    }
+    if (cfg.phases.includes('precopy')) {
+      const machine = await machineState();
+      const samples = await precopyRounds(cfg.precopyMib, cfg.dirtyPercent, cfg.reps, process.env.CEDANA_BENCH_THP ?? 'madvise', progress);
+      const rows = precopyRows(samples).map(evaluate);
+      sections.push([
+        `cedana migrate, pre-copy against stop-and-copy: a ${samples.mib} MiB process rewriting ${samples.dirty}% of its pages a second, in the test guest (kernel ${samples.kernel}, emulated by qemu TCG: absolute times are not a real machine's, the ratio is the measure); ${cfg.reps} repetition(s) of each, medians`,
+        `pre-copy rounds (pages written): ${samples.runs.filter((x) => x.precopy).map((x) => `${x.precopy!.rounds.map((q) => q.pagesWritten).join(' → ')} → final ${x.precopy!.finalPagesWritten}`).join('; ')}`,
+        describeMachine(machine),
+        '',
+        renderTable(rows),
+      ].join('\n'));
+      doc.precopy = { machine, rows, samples };
     }
     if (cfg.phases.includes('overhead')) {
       const machine = await machineState();

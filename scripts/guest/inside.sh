@@ -10,3 +10,6 @@ for m in veth nf_tables nft_ct nft_compat nft_chain_nat nf_conntrack xt_mark x_t
 done
 ip link set lo up
 hostname cedana-guest
+# cedana.thp=madvise|always|never sets transparent huge pages (this kernel's default is always).
+thp=$(sed -n 's/.*cedana\.thp=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ -n "$thp" ] && echo "$thp" > /sys/kernel/mm/transparent_hugepage/enabled

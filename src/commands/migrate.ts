@@ -332,6 +332,10 @@ async function precopyRounds(p: Prepared, state: Progress): Promise<{ prev: stri
   const remote = state.remote!;
   const maxRounds = args.maxRounds ?? 8;
   const rounds: PrecopyRound[] = [];
+  const thp = await readFile('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8').catch(() => '');
+  if (thp.includes('[always]')) {
+    p.decisions.notes.push('pre-copy: transparent huge pages are "always" here: memory in huge pages is tracked per 2 MiB, so a process writing all over its memory may not converge (THP "madvise" avoids it)');
+  }
   for (let n = 1; ; n++) {
     if (args.signal?.aborted) throw interrupted();
     const into = `pre-${n}`;

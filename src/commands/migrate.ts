@@ -430,6 +430,19 @@ async function frozenAtGate(p: Prepared, gate: ActionGate, run: { done: Promise<
   }
 }
 
+/** The final dump's images directory, post-dump gate and log, and CRIU's arguments with the mode's `extra` ones. */
+async function finalDump(p: Prepared, extra: string[]): Promise<{ images: string; gate: ActionGate; logFile: string; criuArgs: string[] }> {
+  const images = join(p.work, 'img');
+  await execa('mkdir', ['-m', '700', images]);
+  const gate = await ActionGate.create(p.work, 'post-dump');
+  const logFile = join(p.work, 'dump.log');
+  const criuArgs = [
+    ...buildDumpArgs(p.args.pid, p.decisions, { imagesDir: images, workDir: p.work, logFile, networkLock: p.networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: p.ghost }),
+    ...extra,
+  ];
+  return { images, gate, logFile, criuArgs };
+}
+
 /** Stop-and-copy: the memory moves while the tree is frozen; the source ends once the target runs. */
 async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; rounds: PrecopyRound[] }): Promise<Moved> {
   const { args, session, work, report } = p;
@@ -439,15 +452,10 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
   const bridge = await openPageChannel(session, psPort);
   state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock);
 
-  const images = join(work, 'img');
-  await execa('mkdir', ['-m', '700', images]);
-  const gate = await ActionGate.create(work, 'post-dump');
-  const logFile = join(work, 'dump.log');
-  const criuArgs = [
-    ...buildDumpArgs(args.pid, p.decisions, { imagesDir: images, workDir: work, logFile, networkLock: p.networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: p.ghost }),
+  const { images, gate, logFile, criuArgs } = await finalDump(p, [
     '--page-server', '--ps-socket', '3',
     ...(pre ? ['--track-mem', '--prev-images-dir', `../${pre.prev}`] : []),
-  ];
+  ]);
   const frozenAt = performance.now();
   report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
   const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
@@ -518,14 +526,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
   const lazy = await bridgeLazyPages(session, criuPort);
   try {
     state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { port: lazy.port, ca: 'tls-ca.pem', cert: 'tls-client.pem', key: 'tls-client.key' });
-    const images = join(work, 'img');
-    await execa('mkdir', ['-m', '700', images]);
-    const gate = await ActionGate.create(work, 'post-dump');
-    const logFile = join(work, 'dump.log');
-    const criuArgs = [
-      ...buildDumpArgs(args.pid, p.decisions, { imagesDir: images, workDir: work, logFile, networkLock: p.networkLock, actionScript: gate.script, leaveRunning: false, ghostLimit: p.ghost }),
-      '--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs,
-    ];
+    const { images, gate, logFile, criuArgs } = await finalDump(p, ['--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs]);
     const frozenAt = performance.now();
     report.phase(`freezing ${p.facts.processes.length} process(es) and dumping all but their memory`);
     const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}` });

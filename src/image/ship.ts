@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rename, rm, rmdir, stat, utimes } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
+import type { Stats } from 'node:fs';
 import { CedanaError } from '../errors.js';
 import { PROC } from '../proc/procfs.js';
 import { mappedPaths } from '../migrate/footprint.js';
@@ -174,19 +175,24 @@ export async function copyShipped(plan: Candidate[], dir: string): Promise<Shipp
     for (const a of ancestors(c.path)) {
       if (entries.has(a)) continue;
       const ast = await stat(`${c.root}${a}`).catch(() => undefined);
-      if (ast?.isDirectory()) entries.set(a, { path: a, kind: 'dir', mode: ast.mode & 0o7777, uid: ast.uid, gid: ast.gid, size: 0, mtimeMs: Math.trunc(ast.mtimeMs) });
+      if (ast?.isDirectory()) entries.set(a, entryOf(a, 'dir', ast));
     }
     if (c.kind === 'dir') {
-      entries.set(c.path, { path: c.path, kind: 'dir', mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: 0, mtimeMs: Math.trunc(st.mtimeMs) });
+      entries.set(c.path, entryOf(c.path, 'dir', st));
       continue;
     }
     const image = `shipped/${n++}`;
     await copyFile(c.source, join(dir, image));
     const copied = await stat(join(dir, image));
     if (copied.size !== st.size) throw new CedanaError('IO_ERROR', `${c.path} changed size while it was copied into the image`, { hint: 'a process outside the tree writes to it; dump again' });
-    entries.set(c.path, { path: c.path, kind: 'file', mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: st.size, mtimeMs: Math.trunc(st.mtimeMs), image });
+    entries.set(c.path, { ...entryOf(c.path, 'file', st), image });
   }
   return [...entries.values()].sort((a, b) => a.path.localeCompare(b.path));
+}
+
+/** A manifest entry for path from its stat: owner, mode and mtime kept; a directory's size is 0. */
+function entryOf(path: string, kind: ShippedEntry['kind'], st: Stats): ShippedEntry {
+  return { path, kind, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: kind === 'dir' ? 0 : st.size, mtimeMs: Math.trunc(st.mtimeMs) };
 }
 
 /** Where an entry goes on restore: its path, or under NEW for --map-path OLD=NEW. Pure. */

@@ -1,4 +1,4 @@
-import { access, mkdir, mkdtemp } from 'node:fs/promises';
+import { access, lstat, mkdir, mkdtemp, open, readdir } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -44,4 +44,35 @@ export function logDir(): string {
 
 export function utcStamp(d = new Date()): string {
   return d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+/**
+ * Makes a file or a directory tree durable: every regular file below it and every directory is
+ * fsync'ed, so that a checkpoint reported saved survives a crash of the host (the case it exists for).
+ */
+export async function syncTree(path: string): Promise<void> {
+  const st = await lstat(path);
+  if (st.isDirectory()) {
+    for (const e of await readdir(path, { withFileTypes: true })) {
+      if (e.isDirectory() || e.isFile()) await syncTree(join(path, e.name));
+    }
+  } else if (!st.isFile()) {
+    return;
+  }
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Makes a rename in dir durable. */
+export async function syncDirEntry(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }

@@ -40,6 +40,9 @@ export const ERROR_CODES = {
   TARGET_PORT_IN_USE: { exit: 36, what: 'a TCP port the tree listens on is taken on the target (--map-port moves it)' },
   LINK_TOO_SLOW: { exit: 37, what: 'post-copy refused: the link to the target is slower than --min-throughput' },
   PROCESS_LOST: { exit: 38, what: 'post-copy: the page stream broke after the target started; the process is lost' },
+  GPU_UNSUPPORTED: { exit: 40, what: 'the tree uses the GPU (or the image holds GPU state) and cuda-checkpoint or a driver that can step it is missing' },
+  GPU_FAILED: { exit: 41, what: 'a cuda-checkpoint step failed; every process was brought back to running on its GPU' },
+  GPU_MISMATCH: { exit: 42, what: "this host's (or the target's) GPUs, free GPU memory or driver do not fit the image's GPU state" },
   INTERRUPTED: { exit: 130, what: 'interrupted by SIGINT or SIGTERM; the process was left running' },
 } as const;
 

@@ -66,6 +66,9 @@ function parseMs(value: string): number {
   return Number(value);
 }
 
+/** --cuda-checkpoint PATH: where NVIDIA's cuda-checkpoint is (else on PATH). */
+const cudaOption = (cmd: Command): Command => cmd.option('--cuda-checkpoint <path>', "NVIDIA's cuda-checkpoint, for processes that use the GPU (default: found on PATH; nvidia-smi on PATH or beside it)");
+
 /** Builds the program; `onInvoke` receives the chosen command, to run outside commander. */
 export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
   const program = new Command('cedana')
@@ -74,16 +77,16 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .showSuggestionAfterError(true)
     .exitOverride();
 
-  program
-    .command('check')
+  cudaOption(program
+    .command('check'))
     .description('can this host dump and restore? (root, CRIU >= 4.2, criu check, optional features)')
     .option('--json', 'print one JSON object on stdout')
-    .action((o: { json?: boolean }) => {
-      onInvoke({ command: 'check', json: !!o.json, run: async () => (await import('../commands/check.js')).check() });
+    .action((o: { json?: boolean; cudaCheckpoint?: string }) => {
+      onInvoke({ command: 'check', json: !!o.json, run: async () => (await import('../commands/check.js')).check({ cudaCheckpoint: o.cudaCheckpoint }) });
     });
 
-  shipOptions(program
-    .command('dump'))
+  cudaOption(shipOptions(program
+    .command('dump')))
     .description('checkpoint the process tree rooted at <pid>')
     .argument('<pid>', 'root of the process tree', parsePid)
     .option('-o, --output <path>', 'image directory, archive (.tar, .tar.gz, .tar.zst) or - for a tar stream on stdout (default ./cedana-<pid>-<UTC time>)')
@@ -95,8 +98,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--parent <dir>', 'incremental checkpoint: store only the pages that changed since this earlier checkpoint of the process (a directory; the output must be one too)')
     .option('--every <interval>', 'checkpoint periodically (90s, 10m, 1h) into the directory -o, the process left running, each one incremental to the one before; ends when the process does, or on Ctrl-C')
     .option('--keep <n>', 'with --every: keep the newest n checkpoints restorable (default 5); every n-th is a full one', parseCount, 5)
+    .option('--gpu-lock-timeout <ms>', 'how long cuda-checkpoint may wait to lock a CUDA process (its running kernels finish first); default 10000', parseMs)
     .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
-    .action((pid: number, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; json?: boolean }) => {
+    .action((pid: number, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; json?: boolean }) => {
       if (o.every !== undefined) {
         onInvoke({
           command: 'dump',
@@ -108,7 +112,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             if (o.parent) throw new CedanaError('USAGE', '--every makes its own chain: --parent does not go with it');
             return dumpEvery({
               pid, output: o.output, everyMs: parseInterval(o.every!), keep: o.keep, tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
-              fileLocks: !!o.fileLocks, ship: shipPolicy(o), reporter: ctx.reporter, signal: ctx.signal,
+              fileLocks: !!o.fileLocks, ship: shipPolicy(o), reporter: ctx.reporter, signal: ctx.signal, cudaCheckpoint: o.cudaCheckpoint, gpuLockTimeoutMs: o.gpuLockTimeout,
             });
           },
         });
@@ -130,12 +134,14 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             stream: o.output === '-' ? (await import('./stdout.js')).imageStdout() : undefined,
             reporter: ctx.reporter,
             signal: ctx.signal,
+            cudaCheckpoint: o.cudaCheckpoint,
+            gpuLockTimeoutMs: o.gpuLockTimeout,
           }),
       });
     });
 
-  program
-    .command('restore')
+  cudaOption(program
+    .command('restore'))
     .description('restore an image (directory, archive, or - for stdin); the process runs detached')
     .argument('<image>', 'image directory, archive, or - to read a tar stream from stdin')
     .option('--pid-file <file>', 'write the restored root PID to this file')
@@ -145,7 +151,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--map-path <OLD=NEW>', 'restore files under OLD (open, mapped, working directory) from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW after the restore; repeatable', collectPortMap, [] as PortMap[])
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; cudaCheckpoint?: string; json?: boolean }) => {
       onInvoke({
         command: 'restore',
         json: !!o.json,
@@ -158,6 +164,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             pidWaitMs: o.pidWait,
             mapPaths: o.mapPath,
             mapPorts: o.mapPort,
+            cudaCheckpoint: o.cudaCheckpoint,
             reporter: ctx.reporter,
             signal: ctx.signal,
           });
@@ -178,8 +185,8 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
       });
     });
 
-  shipOptions(program
-    .command('migrate'))
+  cudaOption(shipOptions(program
+    .command('migrate')))
     .description('move the process tree rooted at <pid> to another host over SSH; the source is resumed on any failure')
     .argument('<pid>', 'root of the process tree', parsePid)
     .requiredOption('--to <destination>', '[user@]host[:port], or a Host alias from ~/.ssh/config')
@@ -195,9 +202,10 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--max-rounds <n>', 'pre-copy: at most this many rounds (default 8)', parseCount)
     .option('--postcopy', 'post-copy: the tree runs on the target at once and its memory follows on demand (CRIU lazy pages). The source is ended as soon as the target runs: if the link breaks after that, the process is LOST. Refused on a link slower than --min-throughput')
     .option('--min-throughput <MB/s>', 'post-copy is refused on a link measured slower than this (default 50)', parseMBps)
+    .option('--gpu-lock-timeout <ms>', 'how long cuda-checkpoint may wait to lock a CUDA process; default 10000', parseMs)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; json?: boolean }) => {
+    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; cudaCheckpoint?: string; gpuLockTimeout?: number; json?: boolean }) => {
       onInvoke({
         command: 'migrate',
         json: !!o.json,
@@ -218,6 +226,8 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             maxRounds: o.maxRounds,
             minThroughput: o.minThroughput,
             hook: o.hook,
+            cudaCheckpoint: o.cudaCheckpoint,
+            gpuLockTimeoutMs: o.gpuLockTimeout,
             reporter: ctx.reporter,
             signal: ctx.signal,
           }),

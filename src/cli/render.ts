@@ -85,6 +85,7 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         ...r.remappedPorts.map((m) => `  ${c.dim('remapped')} port ${m.from} → ${m.to}`),
         ...r.placed.map((p) => `  ${c.dim('put in place')} ${p} (carried by the image)`),
         ...r.decisions.map((d) => `  ${c.dim('decided')} ${d}`),
+        ...(r.gpu ? [`  GPU state of PID ${r.gpu.pids.join(', ')} back on the GPU`] : []),
       ].join('\n');
     case 'migrate': {
       const lines = [
@@ -140,7 +141,14 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
     for (const p of r.checksums.problems) lines.push(`    ${p}`);
   }
   for (const u of r.undecodable) lines.push(`  ${c.red('undecodable')} ${u}`);
-  lines.push(`  GPU: ${r.gpu ?? 'none'}`);
+  if (r.gpu) {
+    const g = r.gpu;
+    lines.push(`  GPU: ${g.memoryUsedMiB} MiB of device memory (held in host memory), NVIDIA driver ${g.driverVersion}`);
+    for (const d of g.devices) lines.push(`    ${d.name} ${c.dim(`${d.uuid}, ${d.memoryTotalMiB} MiB`)}`);
+    for (const p of g.processes) lines.push(`    PID ${p.pid}: ${p.memoryUsedMiB} MiB on ${p.uuids.join(', ') || 'no GPU listed'}`);
+  } else {
+    lines.push('  GPU: none');
+  }
   lines.push(`  processes (${r.processes.length}):`);
 
   const pids = new Set(r.processes.map((p) => p.pid));

@@ -3,19 +3,19 @@
  * It never throws for a missing capability: it reports each item, and `ok` says whether dump and
  * restore can work (root, CRIU >= 4.2, `criu check` passing).
  */
-import { execa } from 'execa';
-import { readFile } from 'node:fs/promises';
 import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } from '../criu/criu.js';
 import { checkLazySource } from '../migrate/postcopy.js';
 import { CedanaError, toCedanaError, type ErrorCode } from '../errors.js';
 import { decisiveLines } from '../criu/log.js';
-import { findOnPath } from '../util/paths.js';
+import { DRIVER_ACTIONS, driverMajor, localGpuHost, type GpuHost } from '../gpu/cuda.js';
 
 export interface Feature {
   name: string;
   available: boolean;
   enables: string;
   detail?: string;
+  /** cuda-checkpoint only: what was found. */
+  gpu?: { cudaCheckpoint: string; driverVersion: string | null; gpus: { uuid: string; name: string; memoryTotalMiB: number }[] };
 }
 
 export interface CheckResultData {
@@ -28,7 +28,7 @@ export interface CheckResultData {
   error?: CedanaError;
 }
 
-export async function check(): Promise<CheckResultData> {
+export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<CheckResultData> {
   const root = typeof process.getuid !== 'function' || process.getuid() === 0;
   let criu: Criu | undefined;
   let error: CedanaError | undefined;
@@ -59,7 +59,7 @@ export async function check(): Promise<CheckResultData> {
   }
   const lock = await networkLockBackend();
   out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'TCP connections kept across dump/restore (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
-  out.features.push(await cudaFeature());
+  out.features.push(await cudaFeature(opts.cudaCheckpoint));
   out.ok = error === undefined && out.criu.check === 'ok';
   if (!out.ok) out.error = error ?? new CedanaError('HOST_UNSUPPORTED', 'criu check could not run');
   return out;
@@ -70,18 +70,25 @@ async function feature(criu: Criu, name: string, label: string, enables: string)
   return { name, available: r.ok, enables, detail: r.ok ? label : `${label}: ${decisiveLines(r.output, 1)[0] ?? 'not supported'}` };
 }
 
-async function cudaFeature(): Promise<Feature> {
+async function cudaFeature(explicit?: string): Promise<Feature> {
   const enables = 'checkpointing CUDA processes (GPU memory and contexts)';
-  const path = await findOnPath(process.env.CEDANA_CUDA_CHECKPOINT ?? 'cuda-checkpoint');
-  let driver: string | undefined;
+  let host: GpuHost;
   try {
-    driver = /Kernel Module\s+([\d.]+)/.exec(await readFile('/proc/driver/nvidia/version', 'utf8'))?.[1];
-  } catch {
-    driver = undefined;
+    host = await localGpuHost(explicit);
+  } catch (e) {
+    return { name: 'cuda-checkpoint', available: false, enables, detail: (e as Error).message };
   }
-  if (!path) return { name: 'cuda-checkpoint', available: false, enables, detail: `cuda-checkpoint not found${driver ? ` (NVIDIA driver ${driver})` : '; no NVIDIA driver'}` };
-  const v = await execa(path, ['--help'], { reject: false, timeout: 10_000 });
-  return { name: 'cuda-checkpoint', available: v.exitCode === 0 && driver !== undefined, enables, detail: `${path}${driver ? `, NVIDIA driver ${driver}` : ', no NVIDIA driver loaded'}` };
+  const gpus = host.gpus.length ? `; ${host.gpus.length} GPU(s): ${[...new Set(host.gpus.map((g) => g.name))].join(', ')}` : '';
+  const driver = host.driver ? `NVIDIA driver ${host.driver}` : 'no NVIDIA driver';
+  if (!host.cudaCheckpoint) return { name: 'cuda-checkpoint', available: false, enables, detail: `cuda-checkpoint not found (${driver}${gpus})` };
+  const steps = driverMajor(host.driver) >= DRIVER_ACTIONS && host.help.includes('--action');
+  return {
+    name: 'cuda-checkpoint',
+    available: steps,
+    enables,
+    detail: `${host.cudaCheckpoint}, ${driver}${gpus}${steps ? '' : ` (lock/checkpoint/restore/unlock need driver ≥ ${DRIVER_ACTIONS})`}`,
+    gpu: { cudaCheckpoint: host.cudaCheckpoint, driverVersion: host.driver ?? null, gpus: host.gpus.map((g) => ({ uuid: g.uuid, name: g.name, memoryTotalMiB: g.memoryTotalMiB })) },
+  };
 }
 
 export function checkExitCode(r: CheckResultData): ErrorCode | undefined {

@@ -28,6 +28,8 @@ export interface DumpEveryArgs {
   ship?: ShipPolicy;
   reporter?: Reporter;
   signal?: AbortSignal;
+  cudaCheckpoint?: string;
+  gpuLockTimeoutMs?: number;
   /** Called after each checkpoint (the CLI prints it as a JSON event with --json). */
   onCheckpoint?: (c: CheckpointRecord) => void;
 }
@@ -105,7 +107,7 @@ export async function dumpEvery(args: DumpEveryArgs): Promise<DumpEveryResult> {
     try {
       const r = await dump({
         pid: args.pid, output: image, leaveRunning: true, tcp: args.tcp, fileLocks: args.fileLocks, force: false, ship: args.ship,
-        parent: parent ?? undefined, index: !parent, signal: args.signal,
+        parent: parent ?? undefined, index: !parent, signal: args.signal, cudaCheckpoint: args.cudaCheckpoint, gpuLockTimeoutMs: args.gpuLockTimeoutMs,
       });
       const rec: CheckpointRecord = { image, parent, bytes: r.bytes, memoryBytes: r.memoryBytes, frozenMs: r.frozenMs, at: new Date().toISOString() };
       made.push(rec);

@@ -26,6 +26,7 @@ import { examineTree, validateTarget } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { parseOutput, type OutputTarget } from '../dump/output.js';
 import { ActionGate } from '../criu/gate.js';
+import { CudaCheckpoint, cudaProcesses, DRIVER_TREES, driverMajor, GpuSuspension, localGpuHost, planGpuDump, type ManifestGpu } from '../gpu/cuda.js';
 import { pathExists, privateTempDir, syncDirEntry, syncTree } from '../util/paths.js';
 import { copyShipped, deletedOpenFiles, ghostLimit, planShipping, shipCandidates, shippingNotes, type ShipPolicy, type ShippedEntry } from '../image/ship.js';
 
@@ -47,7 +48,14 @@ export interface DumpArgs {
   reporter?: Reporter;
   /** Aborted on SIGINT/SIGTERM: before the commit point the tree is resumed and nothing is kept. */
   signal?: AbortSignal;
+  /** --cuda-checkpoint PATH (else found on PATH, when the tree uses the GPU). */
+  cudaCheckpoint?: string;
+  /** How long cuda-checkpoint may wait to lock a CUDA process (--gpu-lock-timeout). */
+  gpuLockTimeoutMs?: number;
 }
+
+/** The default --gpu-lock-timeout: long enough for a running kernel to finish. */
+export const DEFAULT_GPU_LOCK_TIMEOUT_MS = 10_000;
 
 export interface DumpResult {
   command: 'dump';
@@ -67,6 +75,8 @@ export interface DumpResult {
   shipped: string[];
   /** An incremental checkpoint: its parent, and how many pages it stores and leaves there. */
   incremental?: { parent: string; pagesWritten: number; pagesInParent: number };
+  /** The tree's CUDA processes and their device memory, moved through host memory. */
+  gpu?: { pids: number[]; memoryUsedMiB: number; driverVersion: string };
 }
 
 export async function dump(args: DumpArgs): Promise<DumpResult> {
@@ -98,6 +108,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   const pids = facts.processes.map((p) => p.pid);
   const policy = args.ship ?? 'auto';
   const ghost = ghostLimit(await deletedOpenFiles(pids), policy);
+  const gpuPlan = await planGpu(pids, args, decisions.notes);
   // Open files and working directories: the program's own executable and libraries are software the
   // restoring host is expected to have (a migration, which knows what its target lacks, ships those too).
   const plan = planShipping((await shipCandidates(pids)).filter((c) => c.use === 'open' || c.use === 'cwd'), policy);
@@ -122,7 +133,13 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   let follower: PagesFollower | undefined;
   let shipped: ShippedEntry[] = [];
   let incremental: DumpResult['incremental'];
+  let gpu: GpuSuspension | undefined;
+  let gpuBack: Promise<unknown> | undefined;
   try {
+    if (gpuPlan) {
+      // Before the freeze, with the tree running: GPU work locked, then its state copied into host memory.
+      gpu = await GpuSuspension.suspend(gpuPlan.cc, gpuPlan.pids, { lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: gpuPlan.lockTimeout, progress: (m) => report.phase(m) });
+    }
     const gate = await ActionGate.create(work, 'post-dump');
     const criuArgs = buildDumpArgs(args.pid, decisions, {
       imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning, ghostLimit: ghost,
@@ -151,6 +168,8 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       if (args.leaveRunning) {
         await gate.commit();
         committed = true;
+        // Back onto the GPU as soon as CRIU lets the tree go, while the image is finished.
+        gpuBack = gpu?.resume((m) => report.phase(m)).then(() => undefined, (e: unknown) => e);
       }
       let known = (await follower?.finish()) ?? {};
       let parentRef: ManifestParent | undefined;
@@ -168,7 +187,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       const files = await checksumDir(imagesDir, known);
       const memoryBytes = pagesBytes(files);
       const manifest = makeManifest({
-        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes, shipped, parent: parentRef,
+        criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes, shipped, parent: parentRef, gpu: gpuPlan?.manifest,
       });
       await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
       await privateFiles(imagesDir);
@@ -194,6 +213,13 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     }
     report.phase(args.leaveRunning ? 'resuming the tree' : 'ending the dumped tree');
     await run.done;
+    const gpuErr = await gpuBack;
+    gpuBack = undefined;
+    if (gpuErr) {
+      const err = toCedanaError(gpuErr);
+      err.details.image = finalized.image;
+      throw err;
+    }
     const stats = await readDumpStats(join(work, 'stats-dump'));
     return {
       command: 'dump',
@@ -208,9 +234,13 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       decisions: decisions.notes,
       shipped: shipped.filter((e) => plan.ship.some((c) => c.path === e.path)).map((e) => e.path),
       ...(incremental ? { incremental } : {}),
+      ...(gpuPlan ? { gpu: { pids: gpuPlan.pids, memoryUsedMiB: gpuPlan.manifest.memoryUsedMiB, driverVersion: gpuPlan.manifest.driverVersion } } : {}),
     };
   } catch (e) {
     const err = toCedanaError(e);
+    // CRIU resumed the tree (or never froze it): its GPU state goes back onto the GPU.
+    const gpuErr = committed ? await gpuBack : await gpu?.resume((m) => report.phase(m)).then(() => undefined, (r: unknown) => r);
+    if (gpuErr) err.details.gpuNotResumed = (gpuErr as Error).message;
     if (!committed) {
       err.details.processRunning = await processExists(args.pid);
       if (target.kind === 'archive') await rm(partialArchive(target.path), { force: true });
@@ -329,4 +359,22 @@ async function moveIntoPlace(imagesDir: string, path: string): Promise<void> {
   } else {
     await rename(imagesDir, path);
   }
+}
+
+export interface GpuPlan {
+  cc: CudaCheckpoint;
+  pids: number[];
+  manifest: ManifestGpu;
+  /** Whether this cuda-checkpoint takes --timeout for lock (driver ≥ 570). */
+  lockTimeout: boolean;
+}
+
+/** The tree's CUDA processes, and what this host's cuda-checkpoint and driver make of them; undefined without any. */
+export async function planGpu(pids: number[], args: Pick<DumpArgs, 'cudaCheckpoint'>, notes: string[]): Promise<GpuPlan | undefined> {
+  const cudaPids = await cudaProcesses(pids);
+  if (cudaPids.length === 0) return undefined;
+  const host = await localGpuHost(args.cudaCheckpoint);
+  const manifest = planGpuDump(cudaPids, host);
+  notes.push(`GPU: PID ${cudaPids.join(', ')} use${cudaPids.length === 1 ? 's' : ''} CUDA (driver ${manifest.driverVersion}): ${manifest.memoryUsedMiB} MiB of device memory move through host memory (cuda-checkpoint lock, checkpoint; restore, unlock after)`);
+  return { cc: new CudaCheckpoint(host.cudaCheckpoint!), pids: cudaPids, manifest, lockTimeout: driverMajor(host.driver) >= DRIVER_TREES && host.help.includes('--timeout') };
 }

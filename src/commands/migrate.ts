@@ -45,6 +45,9 @@ import { copyFile } from 'node:fs/promises';
 import { placementScript } from '../migrate/remote.js';
 import type { TcpSocket } from '../proc/sockets.js';
 import { privateTempDir } from '../util/paths.js';
+import { CudaCheckpoint, deviceMapArg, GpuSuspension, planGpuRestore, resumeRestored } from '../gpu/cuda.js';
+import { remoteGpuHost, sshExec } from '../gpu/remote.js';
+import { DEFAULT_GPU_LOCK_TIMEOUT_MS, planGpu, type GpuPlan } from './dump.js';
 
 export interface MigrateArgs {
   pid: number;
@@ -73,6 +76,9 @@ export interface MigrateArgs {
   hook?: string;
   reporter?: Reporter;
   signal?: AbortSignal;
+  /** --cuda-checkpoint PATH, here and (the same path) on the target; else on PATH on each. */
+  cudaCheckpoint?: string;
+  gpuLockTimeoutMs?: number;
 }
 
 export interface MigrateResult {
@@ -93,6 +99,8 @@ export interface MigrateResult {
   precopy?: { rounds: PrecopyRound[]; finalPagesWritten: number; finalPagesInParent: number };
   /** Post-copy: the link measured in preflight, and how long the memory took to follow the tree. */
   postcopy?: { linkBytesPerSec: number; pullMs: number };
+  /** The tree's CUDA processes: their device memory (moved while frozen) and the GPUs they went to. */
+  gpu?: { pids: number[]; memoryUsedMiB: number; deviceMap: Record<string, string> };
 }
 
 /** What preflight established, for either way of moving the tree. */
@@ -116,6 +124,8 @@ interface Prepared {
   targetLock: string;
   closeSome: Set<number>;
   linkBytesPerSec?: number;
+  /** The tree uses the GPU: what moves, and how the target's cuda-checkpoint puts it back. */
+  gpu?: { plan: GpuPlan; target: CudaCheckpoint; deviceMap: Map<string, string> };
 }
 
 /** What a failure must undo, filled in as the migration goes. */
@@ -127,6 +137,8 @@ interface Progress {
   committed: boolean;
   treePids: number[];
   shippedPaths: string[];
+  /** The source's CUDA processes, locked and checkpointed: resumed on failure. */
+  gpu?: GpuSuspension;
 }
 
 export interface PrecopyRound {
@@ -169,6 +181,12 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     if (args.signal?.aborted) throw interrupted();
     state.remote = await makeRemoteDir(session, args.targetDir);
     const pre = precopy ? await precopyRounds(prep, state) : undefined;
+    // GPU memory cannot be pre-copied: it is moved into host memory just before the final freeze.
+    if (prep.gpu) {
+      state.gpu = await GpuSuspension.suspend(prep.gpu.plan.cc, prep.gpu.plan.pids, {
+        lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: prep.gpu.plan.lockTimeout, progress: (m) => report.phase(m),
+      });
+    }
     const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state, pre);
     // The connections live on the target now: lift the lock CRIU left on them here.
     if (prep.decisions.tcpEstablished) await releaseSourceLocks(prep.facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
@@ -187,11 +205,15 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       mode: args.postcopy ? 'postcopy' : precopy ? 'precopy' : 'stop-and-copy',
       ...(moved.precopy ? { precopy: moved.precopy } : {}),
       ...(args.postcopy ? { postcopy: { linkBytesPerSec: Math.round(prep.linkBytesPerSec ?? 0), pullMs: moved.pullMs ?? 0 } } : {}),
+      ...(prep.gpu ? { gpu: { pids: prep.gpu.plan.pids, memoryUsedMiB: prep.gpu.plan.manifest.memoryUsedMiB, deviceMap: Object.fromEntries(prep.gpu.deviceMap) } } : {}),
     };
   } catch (e) {
     const err = toCedanaError(e);
     if (!state.committed) {
       if (!state.restoredPid) state.pending?.cancel();
+      // CRIU resumed the source tree: its GPU state goes back onto its GPUs.
+      const gpuErr = await state.gpu?.resume((m) => report.phase(m)).then(() => undefined, (r: unknown) => r as Error);
+      if (gpuErr) err.details.gpuNotResumed = gpuErr.message;
       err.details.sourceResumed = await processExists(args.pid);
       if (state.remote) err.details.targetCleanedUp = await cleanUpAfterFailure(session, state.remote, state.restoredPid ? state.treePids : [], args);
     }
@@ -223,6 +245,12 @@ async function prepare(
   const cands = await shipCandidates(pids);
   const dest = (p: string): string => remapPath(p, maps) ?? p;
   const listening = checkPortMaps(facts.tcp, ports);
+  const gpuPlan = await planGpu(pids, args, decisions.notes);
+  if (gpuPlan && args.postcopy) {
+    throw new CedanaError('GPU_UNSUPPORTED', `post-copy cannot move GPU state: cuda-checkpoint restore reads all ${gpuPlan.manifest.memoryUsedMiB} MiB of it at once on the target`, {
+      hint: 'migrate without --postcopy',
+    });
+  }
   const host = await hostFacts();
   await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
   const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')), {
@@ -241,6 +269,14 @@ async function prepare(
     shipping: plan.ship.map((x) => dest(x.path)), listening, lazy: !!args.postcopy,
   });
   decisions.notes.push(...tcpPlan.notes, ...shippingNotes({ ship: plan.ship, left: [] }));
+  let gpu: Prepared['gpu'];
+  if (gpuPlan) {
+    report.phase(`checking the GPUs on ${args.to}`);
+    const there = await remoteGpuHost(session, args.cudaCheckpoint);
+    const r = planGpuRestore(gpuPlan.manifest, there, `on ${args.to}`);
+    decisions.notes.push(...r.notes, `GPU memory cannot be pre-copied: ${gpuPlan.manifest.memoryUsedMiB} MiB of it move while the tree is frozen`);
+    gpu = { plan: gpuPlan, target: new CudaCheckpoint(there.cudaCheckpoint!, sshExec(session)), deviceMap: r.deviceMap };
+  }
   if (plan.ship.length > 0) report.phase(`will ship to ${args.to}: ${plan.ship.slice(0, 3).map(describeShipped).join(', ')}${plan.ship.length > 3 ? ` and ${plan.ship.length - 3} more` : ''}`);
   let linkBytesPerSec: number | undefined;
   if (args.postcopy) {
@@ -275,6 +311,7 @@ async function prepare(
     targetLock: target.networkLock ?? 'iptables',
     closeSome: closeAll ? new Set<number>() : new Set(tcpPlan.close.map((x) => x.ino)),
     linkBytesPerSec,
+    gpu,
   };
 }
 
@@ -482,6 +519,10 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
       // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
       const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
       state.restoredPid = restored.pid;
+      if (p.gpu) {
+        // On the target: GPU state back onto its GPUs, then unlocked; a failure kills it there and resumes the source.
+        await resumeRestored(p.gpu.target, p.gpu.plan.pids, deviceMapArg(p.gpu.deviceMap), (m) => report.phase(`${m} on ${args.to}`));
+      }
       if (args.hook) {
         report.phase('running the post-restore hook');
         await runHook(args, 'post-restore');

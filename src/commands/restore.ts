@@ -30,6 +30,15 @@ import { readRestoreStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { privateTempDir } from '../util/paths.js';
+import { CudaCheckpoint, deviceMapArg, localGpuHost, planGpuRestore, resumeRestored } from '../gpu/cuda.js';
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
 
 export interface RestoreArgs {
   image: string;
@@ -45,6 +54,8 @@ export interface RestoreArgs {
   mapPaths?: PathMap[];
   /** --map-port: listening TCP sockets on `from` come back on `to`. */
   mapPorts?: PortMap[];
+  /** --cuda-checkpoint PATH, for an image with GPU state (else found on PATH). */
+  cudaCheckpoint?: string;
 }
 
 export interface RestoreResult {
@@ -63,6 +74,8 @@ export interface RestoreResult {
   placed: string[];
   /** What was decided for the established connections, and why. */
   decisions: string[];
+  /** The CUDA processes whose GPU state went back onto the GPU, and onto which GPUs. */
+  gpu?: { pids: number[]; deviceMap: Record<string, string> };
 }
 
 export async function restore(args: RestoreArgs): Promise<RestoreResult> {
@@ -86,6 +99,12 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       await verifyChain(dir, manifest);
     }
     checkCompatible(manifest, await hostFacts(), criu);
+    let gpu: { cc: CudaCheckpoint; deviceMap: Map<string, string>; notes: string[] } | undefined;
+    if (manifest.gpu) {
+      report.phase('checking the GPUs and the driver against the image');
+      const host = await localGpuHost(args.cudaCheckpoint);
+      gpu = { cc: new CudaCheckpoint(host.cudaCheckpoint ?? ''), ...planGpuRestore(manifest.gpu, host) };
+    }
     report.phase('waiting for the image\'s PIDs to be free');
     await waitPidsFree(manifest.processes.map((p) => p.pid), args.pidWaitMs);
 
@@ -115,6 +134,20 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
       const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
       const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, signal: args.signal });
+      if (gpu && manifest.gpu) {
+        const pids = manifest.gpu.processes.map((p) => p.pid);
+        try {
+          gpu.notes.push(...(await resumeRestored(gpu.cc, pids, deviceMapArg(gpu.deviceMap), (m) => report.phase(m))));
+        } catch (e) {
+          // A tree whose GPU state did not come back would hang on its first CUDA call: end it; the image is intact.
+          for (const p of manifest.processes) killQuietly(p.pid);
+          throw new CedanaError('GPU_FAILED', (e as Error).message, {
+            hint: 'the restored tree was ended (the image is intact): fix what cuda-checkpoint reports and restore again',
+            details: { ...(e as CedanaError).details, restoredTreeEnded: true },
+            cause: e,
+          });
+        }
+      }
       if (args.pidFile) await writeFile(resolve(args.pidFile), `${restored.pid}\n`);
       // The dump's network lock still drops the closed connections' packets here: lift it, so their peers get a reset.
       await releaseSourceLocks(plan.close);
@@ -128,7 +161,8 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
         remapped,
         remappedPorts,
         placed: placement.created,
-        decisions: plan.notes,
+        decisions: [...plan.notes, ...(gpu?.notes ?? [])],
+        ...(gpu && manifest.gpu ? { gpu: { pids: manifest.gpu.processes.map((p) => p.pid), deviceMap: Object.fromEntries(gpu.deviceMap) } } : {}),
       };
     } catch (e) {
       await placement.undo();

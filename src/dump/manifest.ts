@@ -4,6 +4,7 @@ import type { HostFacts } from '../host.js';
 import { FORMAT, FORMAT_VERSION, type FileEntry, type Manifest, type ManifestParent } from '../image/manifest.js';
 import type { TreeFacts } from '../proc/tree.js';
 import type { ShippedEntry } from '../image/ship.js';
+import type { ManifestGpu } from '../gpu/cuda.js';
 import { CEDANA_VERSION } from '../version.js';
 
 export interface ManifestInput {
@@ -18,6 +19,7 @@ export interface ManifestInput {
   memoryBytes: number;
   shipped?: ShippedEntry[];
   parent?: ManifestParent;
+  gpu?: ManifestGpu;
   now?: Date;
 }
 
@@ -49,6 +51,7 @@ export function makeManifest(i: ManifestInput): Manifest {
     files: i.files,
     ...(i.shipped && i.shipped.length > 0 ? { shipped: i.shipped } : {}),
     ...(i.parent ? { parent: i.parent } : {}),
+    ...(i.gpu ? { gpu: i.gpu } : {}),
   };
 }
 

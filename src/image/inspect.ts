@@ -14,6 +14,7 @@ import { PAGE_SIZE, PE_PRESENT } from './criu/kinds.js';
 import type { Message } from './criu/message.js';
 import { isPagesImage } from './checksum.js';
 import { MANIFEST_NAME, type Manifest } from './manifest.js';
+import type { ManifestGpu } from '../gpu/cuda.js';
 
 export interface InspectMapping {
   start: number;
@@ -84,8 +85,8 @@ export type InspectManifest = Omit<Manifest, 'files'>;
 export interface Inspection {
   manifest: InspectManifest | null;
   processes: InspectProcess[];
-  /** GPU state in the image: none until cedana checkpoints GPUs. */
-  gpu: null;
+  /** GPU state in the image (its CUDA processes, GPUs, driver, device memory), or null. */
+  gpu: ManifestGpu | null;
   sizes: InspectSizes;
 }
 
@@ -346,5 +347,5 @@ export function assembleInspection(input: InspectInput): Inspection {
     delete rest.files;
     m = rest as InspectManifest;
   }
-  return { manifest: m, processes, gpu: null, sizes: imageSizes(input.fileSizes) };
+  return { manifest: m, processes, gpu: manifest?.gpu ?? null, sizes: imageSizes(input.fileSizes) };
 }

@@ -5,6 +5,7 @@
 import { posix } from 'node:path';
 import { CedanaError } from '../errors.js';
 import type { ShippedEntry } from './ship.js';
+import type { ManifestGpu } from '../gpu/cuda.js';
 
 export const MANIFEST_NAME = 'cedana.json';
 export const FORMAT = 'cedana-image';
@@ -59,6 +60,8 @@ export interface Manifest {
   shipped?: ShippedEntry[];
   /** An incremental checkpoint: the image its unchanged pages are in (the `parent` link). */
   parent?: ManifestParent;
+  /** The tree used the GPU: its GPUs, driver and device memory (moved through host memory). */
+  gpu?: ManifestGpu;
 }
 
 export interface ManifestParent {
@@ -134,7 +137,19 @@ export function validateManifest(raw: unknown): Manifest {
       throw invalid('parent must name the parent image (path, manifestSha256, page counts)');
     }
   }
+  if (raw.gpu !== undefined) validateGpu(raw.gpu, raw.processes as ManifestProcess[]);
   return raw as unknown as Manifest;
+}
+
+function validateGpu(g: unknown, processes: ManifestProcess[]): void {
+  const uuid = (v: unknown): boolean => isStr(v) && /^[A-Za-z0-9-]{1,128}$/.test(v);
+  if (!isObj(g) || !isStr(g.driverVersion) || !isNat(g.memoryUsedMiB)) throw invalid('gpu must give driverVersion and memoryUsedMiB');
+  if (!Array.isArray(g.devices) || !g.devices.every((d) => isObj(d) && uuid(d.uuid) && isStr(d.name) && isNat(d.memoryTotalMiB))) throw invalid('gpu.devices must list uuid, name, memoryTotalMiB');
+  if (!Array.isArray(g.processes) || g.processes.length === 0) throw invalid('gpu.processes must list the CUDA processes');
+  for (const p of g.processes) {
+    if (!isObj(p) || !isNat(p.pid) || !isNat(p.memoryUsedMiB) || !Array.isArray(p.uuids) || !p.uuids.every(uuid)) throw invalid('malformed gpu.processes entry');
+    if (!processes.some((x) => x.pid === p.pid)) throw invalid(`gpu.processes names PID ${p.pid}, which is not in the image`);
+  }
 }
 
 /** Shipped entries go where they say on restore: each must be a clean absolute path, and a file's copy one of the image's files. */

@@ -242,3 +242,28 @@ describe('shipped entries', () => {
     }
   });
 });
+
+describe('manifest gpu', () => {
+  const gpu = (): Record<string, any> => ({
+    driverVersion: '580.65.06',
+    memoryUsedMiB: 8,
+    devices: [{ uuid: 'GPU-0a1b', name: 'NVIDIA H100 80GB HBM3', memoryTotalMiB: 81559 }],
+    processes: [{ pid: 4243, uuids: ['GPU-0a1b'], memoryUsedMiB: 8 }],
+  });
+  const withGpu = (g: unknown): Record<string, any> => ({ ...good(), gpu: g });
+
+  it('accepts the GPU state of a process of the image', () => {
+    expect(validateManifest(withGpu(gpu())).gpu?.processes[0]?.pid).toBe(4243);
+  });
+
+  it.each([
+    ['a process not in the image', { ...gpu(), processes: [{ pid: 9, uuids: ['GPU-0a1b'], memoryUsedMiB: 8 }] }],
+    ['no processes', { ...gpu(), processes: [] }],
+    ['a UUID with shell characters', { ...gpu(), devices: [{ uuid: 'GPU-$(reboot)', name: 'x', memoryTotalMiB: 1 }] }],
+    ['a missing driver', { ...gpu(), driverVersion: 580 }],
+    ['a negative memory', { ...gpu(), memoryUsedMiB: -1 }],
+    ['not an object', 'H100'],
+  ])('refuses %s with IMAGE_INVALID', (_why, g) => {
+    expect(refusal(withGpu(g)).code).toBe('IMAGE_INVALID');
+  });
+});

@@ -346,7 +346,7 @@ export class GpuSuspension {
 
   /** Back to the state each process was found in: restore what was checkpointed, unlock what was locked. */
   async resume(progress?: (m: string) => void): Promise<void> {
-    const errors: string[] = [];
+    const errors: CedanaError[] = [];
     for (const pid of [...this.pids].reverse()) {
       const st = this.states.get(pid);
       if (!st) continue;
@@ -361,12 +361,13 @@ export class GpuSuspension {
           st.now = 'running';
         }
       } catch (e) {
-        errors.push((e as Error).message);
+        errors.push(e instanceof CedanaError ? e : gpuFailed(String(e), pid, 'resume'));
       }
     }
     if (errors.length > 0) {
-      throw new CedanaError('GPU_FAILED', `the GPU state could not be brought back: ${errors.join('; ')}`, {
+      throw new CedanaError('GPU_FAILED', `the GPU state could not be brought back: ${errors.map((e) => e.message).join('; ')}`, {
         hint: 'the process runs on the CPU but its GPU work is held; try `cuda-checkpoint --action restore` / `--action unlock` on it',
+        details: { gpuPid: errors[0]!.details.gpuPid, gpuStep: errors[0]!.details.gpuStep },
       });
     }
   }

@@ -134,6 +134,24 @@ describe('GPU processes (stand-in cuda-checkpoint)', () => {
     await expectComputing(app.status);
   });
 
+  it('--leave-running whose GPU restore fails after the dump: GPU_FAILED, the image kept and restorable', async () => {
+    const s = await standin();
+    s.fail('restore:1');
+    const app = await cudaApp(s);
+    const img = join(await owned.tempDir(), 'img');
+    const r = await cedana(['dump', String(app.pid), '-o', img, '--leave-running', '--cuda-checkpoint', s.cc, '--json']);
+    expect(r.exitCode).toBe(41);
+    expect(r.json?.error).toMatchObject({ code: 'GPU_FAILED', image: img, gpuStep: 'restore' });
+    // It runs on the CPU, its GPU work held: exactly what the error says; the image restores it.
+    expect(app.status()).toMatchObject({ locked: true, onDevice: false, deviceOk: true });
+    await cedanaOk(['inspect', img, '--json']);
+    process.kill(app.pid, 'SIGKILL');
+    await waitGone(app.pid);
+    const back = await cedanaOk(['restore', img, '--cuda-checkpoint', s.cc, '--json']);
+    owned.own(back.pid);
+    await expectComputing(app.status);
+  });
+
   describe('a failure at any step brings the program back to running on its GPU; no image is left', () => {
     const cases: { name: string; fail?: string; undumpable?: boolean; code: string; calls: string[] }[] = [
       { name: 'lock fails', fail: 'lock', code: 'GPU_FAILED', calls: ['get-state', 'lock'] },

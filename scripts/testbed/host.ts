@@ -1,13 +1,15 @@
 /**
  * A second "host" on this machine, for tests, the demo and the benchmarks: its own network namespace
  * (a veth pair to the main namespace, addresses in 10.231.<n>.0/24), PID, mount and UTS namespaces,
- * private /tmp, /var/tmp and /run, and a real OpenSSH server with generated keys. Only the
+ * private /tmp, /var/tmp and /run, its own cgroup in every hierarchy (so that what runs there — a
+ * container runc makes — gets cgroups of its own, as on another machine), and a real OpenSSH server
+ * with generated keys. Only the
  * addresses of these namespaces are ever contacted. Everything is torn down by PID and name.
  */
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
-import { appendFile, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -88,6 +90,8 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
     // nsenter execs unshare in place: this PID is unshare's; its one child is the host's init (sshd).
     unsharePid = child.pid!;
     const initPid = await waitForChild(unsharePid);
+    // Before sshd forks anything: what it starts inherits the host's own cgroups.
+    await joinOwnCgroups(netns, initPid);
     await waitForPort(address, 22, 10_000, stateDir);
     const hostKeyLine = `${address} ${(await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')}`;
     await appendFile(
@@ -188,6 +192,7 @@ export async function destroyHost(h: { netns: string; unsharePid: number; initPi
   for (const pid of [h.initPid, h.unsharePid]) {
     for (let i = 0; pid > 0 && i < 250 && existsSync(`/proc/${pid}`); i++) await sleep(20);
   }
+  await dropOwnCgroups(h.netns);
   await execa('ip', ['netns', 'del', h.netns], { reject: false });
   if (h.vethOut) await execa('ip', ['link', 'del', h.vethOut], { reject: false });
   await rm(h.stateDir, { recursive: true, force: true });
@@ -196,4 +201,46 @@ export async function destroyHost(h: { netns: string; unsharePid: number; initPi
 /** A path inside the host's private file system view (its /tmp, /var/tmp and /run are its own). */
 export function hostPath(h: TestHost, path: string): string {
   return `/proc/${h.initPid}/root${path}`;
+}
+
+/** Each cgroup hierarchy this process is in: where it is mounted, and this process's cgroup in it. */
+function hierarchies(): { mount: string; own: string; cpuset: boolean }[] {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => {
+    const [pre, post] = l.split(' - ');
+    const f = (post ?? '').split(' ');
+    return { point: (pre ?? '').split(' ')[4] ?? '', fstype: f[0] ?? '', opts: (f[2] ?? '').split(',') };
+  });
+  const out: { mount: string; own: string; cpuset: boolean }[] = [];
+  for (const line of readFileSync('/proc/self/cgroup', 'utf8').trim().split('\n')) {
+    const [, ctrls = '', own = '/'] = /^\d+:([^:]*):(.*)$/.exec(line) ?? [];
+    const names = ctrls.split(',').filter(Boolean);
+    const m = names.length === 0 ? mounts.find((x) => x.fstype === 'cgroup2') : mounts.find((x) => x.fstype === 'cgroup' && names.every((n) => x.opts.includes(n)));
+    if (m) out.push({ mount: m.point, own, cpuset: names.includes('cpuset') });
+  }
+  return out;
+}
+
+const ownCgroup = (netns: string): string => `cedana-bed-${netns}`;
+
+/** Moves the host's init into a cgroup of its own, under this process's, in every hierarchy. */
+async function joinOwnCgroups(netns: string, pid: number): Promise<void> {
+  for (const h of hierarchies()) {
+    const parent = join(h.mount, h.own);
+    const dir = join(parent, ownCgroup(netns));
+    await mkdir(dir, { recursive: true });
+    if (h.cpuset) {
+      for (const f of ['cpuset.cpus', 'cpuset.mems']) await writeFile(join(dir, f), (await readFile(join(parent, f), 'utf8')).trim());
+    }
+    await writeFile(join(dir, 'cgroup.procs'), String(pid));
+  }
+}
+
+/** Removes the host's cgroups, deepest first (what runc left there included, once empty). */
+async function dropOwnCgroups(netns: string): Promise<void> {
+  const drop = async (dir: string): Promise<void> => {
+    const kids = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    for (const k of kids) if (k.isDirectory()) await drop(join(dir, k.name));
+    await rmdir(dir).catch(() => undefined);
+  };
+  for (const h of hierarchies()) await drop(join(h.mount, h.own, ownCgroup(netns)));
 }

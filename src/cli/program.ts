@@ -71,6 +71,10 @@ const cudaOption = (cmd: Command): Command => cmd.option('--cuda-checkpoint <pat
 
 /** Builds the program; `onInvoke` receives the chosen command, to run outside commander. */
 export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
+  /** A command line that parsed but does not make sense: reported like any other error. */
+  const refuse = (command: string, json: boolean, err: CedanaError): void =>
+    onInvoke({ command, json, run: async () => { throw err; } });
+
   const program = new Command('cedana')
     .description('Checkpoint, restore and migrate running Linux processes with CRIU')
     .version(CEDANA_VERSION, '-V, --version')
@@ -87,8 +91,11 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
 
   cudaOption(shipOptions(program
     .command('dump')))
-    .description('checkpoint the process tree rooted at <pid>')
-    .argument('<pid>', 'root of the process tree', parsePid)
+    .description('checkpoint the process tree rooted at <pid>, or a container (--container ID)')
+    .argument('[pid]', 'root of the process tree', parsePid)
+    .option('--container <id>', 'checkpoint this container (runc or crun) instead of a process tree')
+    .option('--runtime <name>', 'with --container: runc or crun (default: the one that has the container)')
+    .option('--rootfs', "with --container: carry the container's root file system in the image (restores where it is missing)")
     .option('-o, --output <path>', 'image directory, archive (.tar, .tar.gz, .tar.zst) or - for a tar stream on stdout (default ./cedana-<pid>-<UTC time>)')
     .option('--leave-running', 'keep the process running after the dump')
     .addOption(new Option('--tcp-established', 'keep established TCP connections (default when the tree has some)').conflicts('tcpClose'))
@@ -100,7 +107,28 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--keep <n>', 'with --every: keep the newest n checkpoints restorable (default 5); every n-th is a full one', parseCount, 5)
     .option('--gpu-lock-timeout <ms>', 'how long cuda-checkpoint may wait to lock a CUDA process (its running kernels finish first); default 10000', parseMs)
     .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
-    .action((pid: number, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; json?: boolean }) => {
+    .action((pidArg: number | undefined, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
+      if (o.container !== undefined) {
+        onInvoke({
+          command: 'dump',
+          json: !!o.json,
+          run: async (ctx) => {
+            if (pidArg !== undefined) throw new CedanaError('USAGE', 'give a PID or --container, not both');
+            if (o.every || o.parent) throw new CedanaError('USAGE', '--every and --parent are for process trees, not containers');
+            return (await import('../commands/container.js')).dumpContainer({
+              id: o.container!, runtime: o.runtime, output: o.output, leaveRunning: !!o.leaveRunning, tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
+              fileLocks: !!o.fileLocks, force: !!o.force, rootfs: !!o.rootfs,
+              stream: o.output === '-' ? (await import('./stdout.js')).imageStdout() : undefined, reporter: ctx.reporter, signal: ctx.signal,
+            });
+          },
+        });
+        return;
+      }
+      const misuse = pidArg === undefined
+        ? new CedanaError('USAGE', 'dump needs a PID, or --container ID', { hint: 'cedana dump 1234, or cedana dump --container web' })
+        : o.runtime !== undefined || o.rootfs ? new CedanaError('USAGE', '--runtime and --rootfs go with --container') : undefined;
+      if (misuse) return refuse('dump', !!o.json, misuse);
+      const pid = pidArg!;
       if (o.every !== undefined) {
         onInvoke({
           command: 'dump',
@@ -150,8 +178,19 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--pid-wait <ms>', 'how long to wait for the image\'s PIDs to become free', parseMs, 5000)
     .option('--map-path <OLD=NEW>', 'restore files under OLD (open, mapped, working directory) from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW after the restore; repeatable', collectPortMap, [] as PortMap[])
+    .option('--container [new-id]', "restore a container's image as a container (its own id, or NEW-ID)")
+    .option('--runtime <name>', 'with --container: runc or crun (default: the one that made it, if installed)')
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; cudaCheckpoint?: string; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; cudaCheckpoint?: string; container?: string | boolean; runtime?: string; json?: boolean }) => {
+      if (o.container !== undefined) {
+        onInvoke({
+          command: 'restore',
+          json: !!o.json,
+          run: async (ctx) =>
+            (await import('../commands/container.js')).restoreContainer({ image, id: typeof o.container === 'string' ? o.container : undefined, runtime: o.runtime, reporter: ctx.reporter }),
+        });
+        return;
+      }
       onInvoke({
         command: 'restore',
         json: !!o.json,
@@ -187,8 +226,11 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
 
   cudaOption(shipOptions(program
     .command('migrate')))
-    .description('move the process tree rooted at <pid> to another host over SSH; the source is resumed on any failure')
-    .argument('<pid>', 'root of the process tree', parsePid)
+    .description('move the process tree rooted at <pid>, or a container (--container ID), to another host over SSH; the source is resumed on any failure')
+    .argument('[pid]', 'root of the process tree', parsePid)
+    .option('--container <id>', 'move this container (runc or crun) instead of a process tree')
+    .option('--runtime <name>', 'with --container: runc or crun (default: the one that has the container)')
+    .option('--rootfs', "with --container: send the container's root file system when the target lacks it")
     .requiredOption('--to <destination>', '[user@]host[:port], or a Host alias from ~/.ssh/config')
     .option('--accept-new-host-key', 'record the key of a host not yet in known_hosts (a changed key is always refused)')
     .option('--target-dir <dir>', 'where the target keeps the image while it restores', '/var/tmp')
@@ -205,7 +247,28 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--gpu-lock-timeout <ms>', 'how long cuda-checkpoint may wait to lock a CUDA process; default 10000', parseMs)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pid: number, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; cudaCheckpoint?: string; gpuLockTimeout?: number; json?: boolean }) => {
+    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
+      if (o.container !== undefined) {
+        onInvoke({
+          command: 'migrate',
+          json: !!o.json,
+          events: true,
+          run: async (ctx) => {
+            if (pidArg !== undefined) throw new CedanaError('USAGE', 'give a PID or --container, not both');
+            if (o.postcopy || o.precopy || o.mapPath.length || o.mapPort.length || o.hook) throw new CedanaError('USAGE', '--postcopy, --precopy, --map-path, --map-port and --hook are for process trees; a container moves stop-and-copy');
+            return (await import('../commands/container.js')).migrateContainer({
+              id: o.container!, runtime: o.runtime, to: o.to, acceptNewHostKey: !!o.acceptNewHostKey, targetDir: o.targetDir,
+              tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto', fileLocks: !!o.fileLocks, rootfs: !!o.rootfs, reporter: ctx.reporter, signal: ctx.signal,
+            });
+          },
+        });
+        return;
+      }
+      const misuse = pidArg === undefined
+        ? new CedanaError('USAGE', 'migrate needs a PID, or --container ID', { hint: 'cedana migrate 1234 --to host, or cedana migrate --container web --to host' })
+        : o.runtime !== undefined || o.rootfs ? new CedanaError('USAGE', '--runtime and --rootfs go with --container') : undefined;
+      if (misuse) return refuse('migrate', !!o.json, misuse);
+      const pid = pidArg!;
       onInvoke({
         command: 'migrate',
         json: !!o.json,

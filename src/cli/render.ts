@@ -7,8 +7,9 @@ import type { DumpEveryResult } from '../commands/dump-every.js';
 import type { RestoreResult } from '../commands/restore.js';
 import type { MigrateResult } from '../commands/migrate.js';
 import type { InspectResult } from '../commands/inspect.js';
+import type { ContainerDumpResult, ContainerMigrateResult, ContainerRestoreResult } from '../commands/container.js';
 
-export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult;
+export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult | ContainerDumpResult | ContainerRestoreResult | ContainerMigrateResult;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -60,6 +61,14 @@ export function renderError(command: string, err: CedanaError, c: ChalkInstance)
 export function renderHuman(r: CommandResult, c: ChalkInstance): string {
   switch (r.command) {
     case 'dump': {
+      if ('container' in r) {
+        return [
+          `${c.green('✔')} dumped container ${r.container} (${r.runtime}, ${r.processes} process${r.processes === 1 ? '' : 'es'}) to ${r.image === '-' ? 'stdout' : r.image}`,
+          `  memory ${formatBytes(r.memoryBytes)}, image ${formatBytes(r.bytes)}, total ${formatMs(r.durationMs)}; root file system ${r.rootfs === 'full' ? 'carried in the image' : 'left in place'}`,
+          `  ${r.leftRunning ? 'the container was left running' : 'the container was ended after the dump; `cedana restore IMAGE --container` brings it back'}`,
+          ...r.decisions.map((d) => `  ${c.dim('decided')} ${d}`),
+        ].join('\n');
+      }
       if ('every' in r) {
         const lines = [
           `${c.green('✔')} made ${r.made} checkpoint(s) of PID ${r.pid} every ${formatMs(r.every.intervalMs)}; ${r.ended === 'process-exited' ? 'the process ended' : 'stopped'}`,
@@ -78,6 +87,12 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       return lines.join('\n');
     }
     case 'restore':
+      if ('container' in r) {
+        return [
+          `${c.green('✔')} restored container ${r.container} (${r.runtime}) from ${r.image === '-' ? 'stdin' : r.image}: its init is PID ${r.pid}`,
+          `  bundle ${r.bundle}${r.bundleCreated === 'none' ? '' : ` (put in place: ${r.bundleCreated === 'config' ? 'config.json' : 'config.json and the root file system'})`}; total ${formatMs(r.durationMs)}`,
+        ].join('\n');
+      }
       return [
         `${c.green('✔')} restored PID ${r.pid} (${r.processes} process${r.processes === 1 ? '' : 'es'}) from ${r.image === '-' ? 'stdin' : r.image}`,
         `  CRIU restore ${formatMs(r.restoreMs)}, total ${formatMs(r.durationMs)}; it runs detached from cedana`,
@@ -88,6 +103,13 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         ...(r.gpu ? [`  GPU state of PID ${r.gpu.pids.join(', ')} back on the GPU`] : []),
       ].join('\n');
     case 'migrate': {
+      if ('container' in r) {
+        return [
+          `${c.green('✔')} migrated container ${r.container} (${r.runtime}) to ${r.target}: its init is PID ${r.targetPid} there`,
+          `  downtime ${formatMs(r.downtimeMs)}, total ${formatMs(r.durationMs)}, sent ${formatBytes(r.bytesSent)}; root file system ${r.rootfs === 'full' ? 'sent' : 'already there'}`,
+          ...r.decisions.map((d) => `  ${c.dim('decided')} ${d}`),
+        ].join('\n');
+      }
       const lines = [
         `${c.green('✔')} migrated PID ${r.pid} (${r.processes} process${r.processes === 1 ? '' : 'es'}) to ${r.target}: it runs there as PID ${r.targetPid}`,
         `  downtime ${formatMs(r.downtimeMs)}, total ${formatMs(r.durationMs)}, sent ${formatBytes(r.bytesSent)} (memory ${formatBytes(r.memoryBytes)})`,

@@ -260,15 +260,15 @@ function interrupted(): CedanaError {
   });
 }
 
-const partialArchive = (path: string): string => join(dirname(path), `.${basename(path)}.partial`);
+export const partialArchive = (path: string): string => join(dirname(path), `.${basename(path)}.partial`);
 
-async function privateFiles(dir: string): Promise<void> {
+export async function privateFiles(dir: string): Promise<void> {
   const { files } = await listImageFiles(dir);
   await Promise.all(files.map((f) => chmod(join(dir, f), 0o600)));
 }
 
 /** Writes the archive or stream; for a directory, nothing moves yet (see moveIntoPlace). */
-async function storeImage(
+export async function storeImage(
   target: OutputTarget,
   imagesDir: string,
   stream: Writable | undefined,
@@ -350,7 +350,7 @@ async function pack(dir: string, files: string[], dest: Writable, compression: '
 }
 
 /** Renames the finished image directory into place; with --force the old one is removed only after. */
-async function moveIntoPlace(imagesDir: string, path: string): Promise<void> {
+export async function moveIntoPlace(imagesDir: string, path: string): Promise<void> {
   if (await pathExists(path)) {
     const old = `${path}.old-${process.pid}`;
     await rename(path, old);

@@ -1,7 +1,7 @@
 /** Builds the manifest of a fresh dump from what cedana knew and decided. Pure. */
 import type { CriuDecisions } from '../criu/options.js';
 import type { HostFacts } from '../host.js';
-import { FORMAT, FORMAT_VERSION, type FileEntry, type Manifest, type ManifestParent } from '../image/manifest.js';
+import { FORMAT, FORMAT_VERSION, type FileEntry, type Manifest, type ManifestContainer, type ManifestParent } from '../image/manifest.js';
 import type { TreeFacts } from '../proc/tree.js';
 import type { ShippedEntry } from '../image/ship.js';
 import type { ManifestGpu } from '../gpu/cuda.js';
@@ -20,6 +20,7 @@ export interface ManifestInput {
   shipped?: ShippedEntry[];
   parent?: ManifestParent;
   gpu?: ManifestGpu;
+  container?: ManifestContainer;
   now?: Date;
 }
 
@@ -52,6 +53,7 @@ export function makeManifest(i: ManifestInput): Manifest {
     ...(i.shipped && i.shipped.length > 0 ? { shipped: i.shipped } : {}),
     ...(i.parent ? { parent: i.parent } : {}),
     ...(i.gpu ? { gpu: i.gpu } : {}),
+    ...(i.container ? { container: i.container } : {}),
   };
 }
 

@@ -62,6 +62,22 @@ export interface Manifest {
   parent?: ManifestParent;
   /** The tree used the GPU: its GPUs, driver and device memory (moved through host memory). */
   gpu?: ManifestGpu;
+  /** A container's image: its id, runtime, bundle and what of its root file system travels. */
+  container?: ManifestContainer;
+}
+
+export interface ManifestContainer {
+  id: string;
+  runtime: 'runc' | 'crun';
+  /** The bundle's absolute path where it was dumped (re-created there where missing). */
+  bundle: string;
+  /** The bundle's config.json, as an image file. */
+  config: string;
+  /**
+   * none: the root file system is expected where it was (`path`); full: the image carries all of it
+   * (`image`, a tar of `bytes` bytes), so the container restores on a host that has nothing of it.
+   */
+  rootfs: { mode: 'none' | 'full'; path: string; image?: string; bytes?: number };
 }
 
 export interface ManifestParent {
@@ -138,7 +154,19 @@ export function validateManifest(raw: unknown): Manifest {
     }
   }
   if (raw.gpu !== undefined) validateGpu(raw.gpu, raw.processes as ManifestProcess[]);
+  if (raw.container !== undefined) validateContainer(raw.container, raw.files);
   return raw as unknown as Manifest;
+}
+
+function validateContainer(c: unknown, files: Record<string, unknown>): void {
+  const absolute = (p: unknown): boolean => isStr(p) && p.startsWith('/') && p.length < 4096 && !/[\n\0]/.test(p) && !p.split('/').includes('..');
+  if (!isObj(c) || !isStr(c.id) || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(c.id)) throw invalid('container.id must be a container id');
+  if (c.runtime !== 'runc' && c.runtime !== 'crun') throw invalid('container.runtime must be runc or crun');
+  if (!absolute(c.bundle)) throw invalid('container.bundle must be an absolute path');
+  if (c.config !== 'container/config.json' || !isObj(files['container/config.json'])) throw invalid('container.config must be the image file container/config.json');
+  const r = c.rootfs;
+  if (!isObj(r) || (r.mode !== 'none' && r.mode !== 'full') || !absolute(r.path)) throw invalid('container.rootfs must give mode (none, full) and an absolute path');
+  if (r.mode === 'full' && (r.image !== 'container/rootfs.tar' || !isObj(files['container/rootfs.tar']) || !isNat(r.bytes))) throw invalid('container.rootfs: a full root file system is the image file container/rootfs.tar');
 }
 
 function validateGpu(g: unknown, processes: ManifestProcess[]): void {

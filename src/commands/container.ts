@@ -1,0 +1,529 @@
+/**
+ * Containers: `cedana dump --container ID`, `cedana restore IMAGE --container [NEW-ID]`. The OCI
+ * runtime (runc or crun, found by the id) checkpoints and restores — it drives CRIU, so namespaces,
+ * cgroups and mounts are handled as it expects — and cedana adds what it gives processes: the
+ * manifest and checksums, private files, archives and streams, the JSON and exit-code contract, and
+ * the transaction. A dump pauses the container (its cgroup frozen), checkpoints it leaving it
+ * paused, writes the image with the bundle's config.json and, with --rootfs, its root file system;
+ * only when all of that is stored does it end the container (or resume it, --leave-running). Any
+ * failure before resumes it as it was.
+ */
+import { execa } from 'execa';
+import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { decideDumpOptions, type TcpMode } from '../criu/options.js';
+import { locateCriu } from '../criu/criu.js';
+import { CedanaError, toCedanaError } from '../errors.js';
+import { hostFacts, requireRoot } from '../host.js';
+import { checksumDir, verifyDir } from '../image/checksum.js';
+import { MANIFEST_NAME, type ManifestContainer } from '../image/manifest.js';
+import { openImage, readManifest } from '../image/open.js';
+import { makeManifest, pagesBytes } from '../dump/manifest.js';
+import { parseOutput } from '../dump/output.js';
+import { examineTree } from '../proc/tree.js';
+import { silentReporter, type Reporter } from '../cli/reporter.js';
+import { pathExists, privateTempDir, syncDirEntry, syncTree } from '../util/paths.js';
+import { checkContainerId, checkpointArgs, findContainer, restoreArgs, Runtime, type RuntimeName } from '../container/runtime.js';
+import { moveIntoPlace, partialArchive, privateFiles, storeImage } from './dump.js';
+import { Transform } from 'node:stream';
+import { SshSession, shq } from '../transport/ssh.js';
+import { REMOTE_PATH } from '../migrate/preflight.js';
+import { packImage } from '../image/archive.js';
+import { listImageFiles } from '../image/checksum.js';
+import { checkCompatible } from './restore.js';
+
+export const CONFIG_IMAGE = 'container/config.json';
+export const ROOTFS_IMAGE = 'container/rootfs.tar';
+/** Where a restored container's runtime bundle lives: its config for the restore (see restoreConfig). */
+export const RESTORE_BUNDLES = '/run/cedana/bundles';
+/** In a migration's image: the config the target restores with. */
+export const RESTORE_CONFIG_IMAGE = 'container/restore.json';
+const LO_HOOK_MARK = 'cedana: network namespace back up after a restore';
+
+/** A bundle cedana made for a restore goes with its container (the image keeps its config). */
+async function forgetRestoreBundle(bundle: string): Promise<void> {
+  if (dirname(bundle) === RESTORE_BUNDLES) await rm(bundle, { recursive: true, force: true });
+}
+
+/**
+ * The config a container is restored with. runc never checkpoints the network namespace's
+ * configuration ("runc doesn't manage network devices": it always passes CRIU --empty-ns network),
+ * so CRIU restores the container into a new network namespace whose loopback is down, and every TCP
+ * socket on it fails to come back ("Network is unreachable"). A prestart hook — runc runs those when
+ * CRIU has made the namespaces, before it restores the sockets — brings loopback up. The root file
+ * system is named by its absolute path (the restore bundle lives elsewhere). Pure.
+ */
+export function restoreConfig(config: Record<string, any>, rootfs: string): Record<string, any> {
+  const c = structuredClone(config) as Record<string, any>;
+  c.root = { ...(c.root ?? {}), path: rootfs };
+  const ours = {
+    path: '/bin/sh',
+    args: ['sh', '-c', `# ${LO_HOOK_MARK}\npid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p'); [ -n "$pid" ] && nsenter -t "$pid" -n ip link set lo up`],
+  };
+  const prestart = ((c.hooks?.prestart ?? []) as { args?: string[] }[]).filter((h) => !(h.args ?? []).some((a) => a.includes(LO_HOOK_MARK)));
+  c.hooks = { ...(c.hooks ?? {}), prestart: [...prestart, ours] };
+  return c;
+}
+
+export interface ContainerDumpArgs {
+  id: string;
+  runtime?: string;
+  output?: string;
+  leaveRunning: boolean;
+  tcp: TcpMode;
+  fileLocks: boolean;
+  force: boolean;
+  /** Carry the whole root file system in the image. */
+  rootfs: boolean;
+  stream?: Writable;
+  reporter?: Reporter;
+  signal?: AbortSignal;
+}
+
+export interface ContainerDumpResult {
+  command: 'dump';
+  container: string;
+  runtime: RuntimeName;
+  pid: number;
+  image: string;
+  bytes: number;
+  memoryBytes: number;
+  processes: number;
+  durationMs: number;
+  leftRunning: boolean;
+  rootfs: 'none' | 'full';
+  decisions: string[];
+}
+
+/** The bundle's config and the root file system's absolute path. */
+export async function readBundle(bundle: string): Promise<{ config: Record<string, any>; rootfs: string }> {
+  let config: Record<string, any>;
+  try {
+    config = JSON.parse(await readFile(join(bundle, 'config.json'), 'utf8')) as Record<string, any>;
+  } catch (e) {
+    throw new CedanaError('IO_ERROR', `cannot read the bundle's config.json in ${bundle}: ${(e as Error).message}`, { hint: 'the container must have been started from an OCI bundle' });
+  }
+  const root = typeof config.root?.path === 'string' ? (config.root.path as string) : 'rootfs';
+  return { config, rootfs: isAbsolute(root) ? root : resolve(bundle, root) };
+}
+
+/** Where the CRIU images and the container's files are written, then packed, while the container is paused. */
+export async function checkpointContainer(
+  c: { runtime: Runtime; id: string; pid: number; rootfs: boolean; tcp: TcpMode; fileLocks: boolean; bundle: string },
+  imagesDir: string,
+  work: string,
+  report: Reporter,
+): Promise<{ manifestExtra: ManifestContainer; facts: Awaited<ReturnType<typeof examineTree>>; decisions: ReturnType<typeof decideDumpOptions> }> {
+  const facts = await examineTree(c.pid);
+  const decisions = decideDumpOptions(facts, { tcp: c.tcp, fileLocks: c.fileLocks, leaveRunning: true });
+  const bundle = await readBundle(c.bundle);
+  report.phase(`checkpointing container ${c.id} (${c.runtime.name}; ${facts.processes.length} process(es))`);
+  const log = join(work, 'dump.log');
+  await c.runtime.run(checkpointArgs(c.id, { imagesDir, workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
+    log, label: `${c.runtime.name}-dump-${c.id}`,
+  });
+  await mkdir(join(imagesDir, 'container'), { mode: 0o700 });
+  await copyFile(join(c.bundle, 'config.json'), join(imagesDir, CONFIG_IMAGE));
+  const extra: ManifestContainer = { id: c.id, runtime: c.runtime.name, bundle: c.bundle, config: CONFIG_IMAGE, rootfs: { mode: 'none', path: bundle.rootfs } };
+  if (c.rootfs) {
+    report.phase(`packing the root file system ${bundle.rootfs}`);
+    // The container is paused: the files are as its processes left them at the checkpoint.
+    const tar = join(imagesDir, ROOTFS_IMAGE);
+    const r = await execa('tar', ['--create', '--file', tar, '--numeric-owner', '--xattrs', '--acls', '--one-file-system', '-C', bundle.rootfs, '.'], { reject: false, all: true });
+    if (r.exitCode !== 0) throw new CedanaError('IO_ERROR', `packing ${bundle.rootfs} failed: ${String(r.all).trim().split('\n').slice(-2).join(' ')}`);
+    extra.rootfs = { mode: 'full', path: bundle.rootfs, image: ROOTFS_IMAGE, bytes: (await stat(tar)).size };
+    decisions.notes.push(`--rootfs: the root file system ${bundle.rootfs} travels in the image (${(extra.rootfs.bytes! / 1048576).toFixed(1)} MiB)`);
+  } else {
+    decisions.notes.push(`the root file system stays where it is (${bundle.rootfs}): a restore needs it there (--rootfs carries it)`);
+  }
+  return { manifestExtra: extra, facts, decisions };
+}
+
+export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerDumpResult> {
+  const started = performance.now();
+  const report = args.reporter ?? silentReporter;
+  requireRoot('dump');
+  const criu = await locateCriu();
+  const { runtime, state } = await findContainer(args.id, args.runtime);
+  const target = parseOutput(args.output, state.pid);
+  if (target.kind !== 'stream' && (await pathExists(target.path)) && !args.force) {
+    throw new CedanaError('OUTPUT_EXISTS', `${target.path} already exists`, { hint: 'choose another --output, or add --force to replace it', details: { output: target.path } });
+  }
+  const work = await privateTempDir('cedana-ctr-');
+  const imagesParent = target.kind === 'stream' ? work : dirname(target.path);
+  await mkdir(imagesParent, { recursive: true });
+  const imagesDir = target.kind === 'stream' ? join(work, 'image') : await privateTempDir(`.${basename(target.path)}.partial-`, imagesParent);
+  await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+  const wasPaused = state.status === 'paused';
+  let paused = false;
+  let committed = false;
+  try {
+    if (!wasPaused) {
+      report.phase(`pausing container ${args.id}`);
+      await runtime.pause(args.id);
+      paused = true;
+    }
+    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: args.rootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle }, imagesDir, join(work, 'criu'), report);
+    if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'dump interrupted; the container was resumed');
+    report.phase('writing the manifest and checksums (container paused)');
+    const files = await checksumDir(imagesDir);
+    const memoryBytes = pagesBytes(files);
+    const manifest = makeManifest({
+      criuVersion: criu.version.text, host: await hostFacts(), pid: state.pid, facts: ck.facts, decisions: ck.decisions, leaveRunning: args.leaveRunning,
+      networkLock: 'iptables', files, memoryBytes, container: ck.manifestExtra,
+    });
+    await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+    await privateFiles(imagesDir);
+    const stored = await storeImage(target, imagesDir, args.stream, report, args.signal);
+    if (target.kind === 'dir') {
+      await syncTree(imagesDir);
+      await moveIntoPlace(imagesDir, target.path);
+      await syncDirEntry(dirname(target.path));
+    }
+    // The commit point: the image is stored. Now the container ends, or goes on.
+    committed = true;
+    if (args.leaveRunning) {
+      if (paused) await runtime.resume(args.id);
+    } else {
+      report.phase(`ending container ${args.id}`);
+      await runtime.destroy(args.id);
+      await forgetRestoreBundle(state.bundle);
+    }
+    return {
+      command: 'dump',
+      container: args.id,
+      runtime: runtime.name,
+      pid: state.pid,
+      image: stored.image,
+      bytes: stored.bytes,
+      memoryBytes,
+      processes: ck.facts.processes.length,
+      durationMs: Math.round(performance.now() - started),
+      leftRunning: args.leaveRunning,
+      rootfs: ck.manifestExtra.rootfs.mode,
+      decisions: ck.decisions.notes,
+    };
+  } catch (e) {
+    const err = toCedanaError(e);
+    if (!committed) {
+      if (paused) await runtime.resume(args.id).catch(() => undefined);
+      const s = await runtime.state(args.id);
+      err.details.containerRunning = s?.status === (wasPaused ? 'paused' : 'running');
+      if (target.kind === 'archive') await rm(partialArchive(target.path), { force: true });
+    }
+    throw err;
+  } finally {
+    report.stop();
+    if (target.kind !== 'stream' && (await pathExists(imagesDir))) await rm(imagesDir, { recursive: true, force: true });
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+export interface ContainerRestoreArgs {
+  image: string;
+  /** The id to restore as (default: the image's). */
+  id?: string;
+  runtime?: string;
+  stdin?: Readable;
+  reporter?: Reporter;
+}
+
+export interface ContainerRestoreResult {
+  command: 'restore';
+  container: string;
+  runtime: RuntimeName;
+  pid: number;
+  image: string;
+  /** The container's bundle (its config.json and root file system), as where it was dumped. */
+  bundle: string;
+  /** The bundle runc restored it from (the config with the hook that brings its loopback up). */
+  restoreBundle: string;
+  /** What was put in place for the bundle: nothing (it was there), its config, or config and root file system. */
+  bundleCreated: 'none' | 'config' | 'config+rootfs';
+  processes: number;
+  durationMs: number;
+}
+
+/**
+ * Puts the bundle where the image says, unless it is there: config.json, and the root file system
+ * from the image (full) or required in place (none). Returns what it created, and an undo.
+ */
+export async function placeBundle(dir: string, c: ManifestContainer): Promise<{ created: ContainerRestoreResult['bundleCreated']; undo: () => Promise<void> }> {
+  const nothing = async (): Promise<void> => undefined;
+  if (await pathExists(join(c.bundle, 'config.json'))) {
+    if (!(await pathExists(c.rootfs.path))) {
+      throw new CedanaError('ROOTFS_MISSING', `the bundle ${c.bundle} is here but its root file system ${c.rootfs.path} is not`, { hint: 'put the root file system back, or restore an image made with --rootfs' });
+    }
+    return { created: 'none', undo: nothing };
+  }
+  if (c.rootfs.mode === 'none' && !(await pathExists(c.rootfs.path))) {
+    throw new CedanaError('ROOTFS_MISSING', `the container's root file system ${c.rootfs.path} is not on this host, and the image does not carry it`, { hint: 'dump with --rootfs to carry it, or put it in place first' });
+  }
+  const made = !(await pathExists(c.bundle));
+  await mkdir(c.bundle, { recursive: true, mode: 0o700 });
+  const undo = async (): Promise<void> => {
+    if (made) await rm(c.bundle, { recursive: true, force: true });
+    else await rm(join(c.bundle, 'config.json'), { force: true });
+  };
+  try {
+    await copyFile(join(dir, c.config), join(c.bundle, 'config.json'));
+    if (c.rootfs.mode === 'full' && !(await pathExists(c.rootfs.path))) {
+      await mkdir(c.rootfs.path, { recursive: true, mode: 0o755 });
+      const r = await execa('tar', ['--extract', '--file', join(dir, c.rootfs.image!), '--numeric-owner', '--xattrs', '--acls', '--same-permissions', '-C', c.rootfs.path], { reject: false, all: true });
+      if (r.exitCode !== 0) throw new CedanaError('IO_ERROR', `unpacking the root file system into ${c.rootfs.path} failed: ${String(r.all).trim().split('\n').slice(-2).join(' ')}`);
+      return { created: 'config+rootfs', undo: async () => (await rm(c.rootfs.path, { recursive: true, force: true }), undo()) };
+    }
+    return { created: 'config', undo };
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+}
+
+export async function restoreContainer(args: ContainerRestoreArgs): Promise<ContainerRestoreResult> {
+  const started = performance.now();
+  const report = args.reporter ?? silentReporter;
+  requireRoot('restore');
+  const criu = await locateCriu();
+  const work = await privateTempDir('cedana-ctr-restore-');
+  try {
+    const { dir, label } = await openImage(args.image, work, report, args.stdin);
+    report.phase('verifying the image');
+    const manifest = await readManifest(dir);
+    if (!manifest.container) {
+      throw new CedanaError('USAGE', 'this image is of a process tree, not of a container', { hint: 'restore it without --container' });
+    }
+    await verifyDir(dir, manifest);
+    checkCompatible(manifest, await hostFacts(), criu);
+    const c = manifest.container;
+    const id = args.id ?? c.id;
+    checkContainerId(id);
+    const runtimes = await Runtime.available(args.runtime);
+    const runtime = runtimes.find((r) => r.name === c.runtime) ?? runtimes[0]!;
+    for (const r of await Runtime.available().catch(() => [] as Runtime[])) {
+      if (await r.state(id)) throw new CedanaError('CONTAINER_EXISTS', `a container ${id} exists already (${r.name})`, { hint: 'restore under another id: --container NEW-ID, or delete that one' });
+    }
+    const placed = await placeBundle(dir, c);
+    const restoreBundle = join(RESTORE_BUNDLES, id);
+    try {
+      report.phase(`restoring container ${id} (${runtime.name})`);
+      const criuWork = join(work, 'criu');
+      await mkdir(criuWork, { mode: 0o700 });
+      await mkdir(restoreBundle, { recursive: true, mode: 0o700 });
+      const config = JSON.parse(await readFile(join(dir, c.config), 'utf8')) as Record<string, any>;
+      await writeFile(join(restoreBundle, 'config.json'), JSON.stringify(restoreConfig(config, c.rootfs.path), null, 1), { mode: 0o600 });
+      const o = manifest.options;
+      await runtime.run(restoreArgs(id, { imagesDir: dir, workDir: criuWork, bundle: restoreBundle, tcpEstablished: o.tcpEstablished, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 }), {
+        log: join(criuWork, 'restore.log'), label: `${runtime.name}-restore-${id}`,
+      });
+      const s = await runtime.state(id);
+      if (!s || s.status !== 'running') throw new CedanaError('RUNTIME_FAILED', `${runtime.name} restored container ${id}, and it is ${s?.status ?? 'gone'}`);
+      return {
+        command: 'restore', container: id, runtime: runtime.name, pid: s.pid, image: label, bundle: c.bundle, restoreBundle, bundleCreated: placed.created,
+        processes: manifest.processes.length, durationMs: Math.round(performance.now() - started),
+      };
+    } catch (e) {
+      await runtime.run(['delete', '--force', id]).catch(() => undefined);
+      await rm(restoreBundle, { recursive: true, force: true });
+      await placed.undo();
+      throw e;
+    }
+  } finally {
+    report.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+
+export interface ContainerMigrateArgs {
+  id: string;
+  runtime?: string;
+  to: string;
+  acceptNewHostKey: boolean;
+  sshDir?: string;
+  /** Where the target keeps the image while it restores (removed afterwards). */
+  targetDir: string;
+  tcp: TcpMode;
+  fileLocks: boolean;
+  rootfs: boolean;
+  reporter?: Reporter;
+  signal?: AbortSignal;
+}
+
+export interface ContainerMigrateResult {
+  command: 'migrate';
+  container: string;
+  runtime: RuntimeName;
+  target: string;
+  targetPid: number;
+  processes: number;
+  downtimeMs: number;
+  durationMs: number;
+  bytesSent: number;
+  rootfs: 'none' | 'full';
+  decisions: string[];
+}
+
+/** The target's answers before anything is paused: runtime, CRIU, the id free, the bundle and root file system there. */
+export function containerPreflightScript(rt: RuntimeName, id: string, bundle: string, rootfs: string, parent: string): string {
+  return [
+    REMOTE_PATH,
+    `echo "RT=$(command -v ${rt})"`,
+    'echo "CRIU=$(criu --version 2>/dev/null | sed -n "s/^Version: *//p")"',
+    `command -v ${rt} >/dev/null && ${rt} state ${shq(id)} >/dev/null 2>&1 && echo EXISTS=1`,
+    `[ -f ${shq(`${bundle}/config.json`)} ] && echo BUNDLE=1`,
+    `[ -d ${shq(rootfs)} ] && echo ROOTFS=1`,
+    `umask 077; d=$(mktemp -d ${shq(`${parent}/cedana-container.XXXXXX`)}) && mkdir "$d/img" "$d/work" && echo "DIR=$d"`,
+    'exit 0',
+  ].join('\n');
+}
+
+/** Parses containerPreflightScript's answers. Pure. */
+export function parseContainerPreflight(text: string): { runtime?: string; criu?: string; exists: boolean; bundle: boolean; rootfs: boolean; dir?: string } {
+  const v = (k: string): string | undefined => new RegExp(`^${k}=(.*)$`, 'm').exec(text)?.[1]?.trim() || undefined;
+  return { runtime: v('RT'), criu: v('CRIU'), exists: v('EXISTS') === '1', bundle: v('BUNDLE') === '1', rootfs: v('ROOTFS') === '1', dir: v('DIR') };
+}
+
+/**
+ * The target's side: the image arrives as a tar on stdin, is checked against cedana.sha256, the bundle
+ * is put in place where missing (each path created is listed in `created`, for the undo), and the
+ * runtime restores the container detached. Prints pid=N, or the runtime's and CRIU's errors.
+ */
+export function containerRestoreScript(rt: RuntimeName, id: string, dir: string, c: ManifestContainer, flags: string[]): string {
+  const B = shq(c.bundle);
+  const R = shq(c.rootfs.path);
+  const D = shq(dir);
+  return [
+    REMOTE_PATH,
+    `cd ${D}/img || exit 99`,
+    'tar -xf - || exit 97',
+    'sha256sum -c --quiet --strict cedana.sha256 >&2 || exit 97',
+    `: > ${D}/created`,
+    `if [ ! -f ${B}/config.json ]; then`,
+    `  if [ ! -d ${B} ]; then mkdir -p ${B} && echo ${B} >> ${D}/created || exit 95; fi`,
+    `  cp ${CONFIG_IMAGE} ${B}/config.json && echo ${B}/config.json >> ${D}/created || exit 95`,
+    'fi',
+    `if [ ! -d ${R} ]; then`,
+    `  [ -f ${ROOTFS_IMAGE} ] || exit 96`,
+    `  mkdir -p ${R} && echo ${R} >> ${D}/created && tar -xpf ${ROOTFS_IMAGE} --numeric-owner -C ${R} || exit 95`,
+    'fi',
+    `RB=${shq(`${RESTORE_BUNDLES}/${id}`)}`,
+    `mkdir -p "$RB" && echo "$RB" >> ${D}/created && cp ${RESTORE_CONFIG_IMAGE} "$RB/config.json" || exit 95`,
+    `${rt} restore --detach --image-path ${D}/img --work-path ${D}/work --bundle "$RB" ${flags.map(shq).join(' ')} ${shq(id)} </dev/null >/dev/null 2>${D}/runtime.err`,
+    'rc=$?',
+    `if [ $rc -eq 0 ]; then ${rt} state ${shq(id)} | sed -n 's/^ *"pid": *\\([0-9]*\\).*/pid=\\1/p'; else tail -n 3 ${D}/runtime.err | sed 's/^/rt=/'; grep -E '(Error|BUG) ' ${D}/work/restore.log 2>/dev/null | grep -v RLIMIT_NOFILE | tail -n 5 | sed 's/^/criu=/'; fi`,
+    'exit $rc',
+  ].join('\n');
+}
+
+/** Undoes the target's side: the container there, what was put in place for its bundle, the work directory. */
+export function containerCleanupScript(rt: RuntimeName, id: string, dir: string, restored: boolean): string {
+  const D = shq(dir);
+  return [
+    REMOTE_PATH,
+    restored ? `${rt} kill ${shq(id)} KILL 2>/dev/null; sleep 0.2; ${rt} delete --force ${shq(id)} 2>/dev/null` : ':',
+    `[ -f ${D}/created ] && tac ${D}/created | while IFS= read -r p; do rm -rf "$p"; done`,
+    `rm -rf ${D} && [ ! -e ${D} ]`,
+  ].join('\n');
+}
+
+export async function migrateContainer(args: ContainerMigrateArgs): Promise<ContainerMigrateResult> {
+  const started = performance.now();
+  const report = args.reporter ?? silentReporter;
+  requireRoot('migrate');
+  const criu = await locateCriu();
+  const { runtime, state } = await findContainer(args.id, args.runtime);
+  const bundle = await readBundle(state.bundle);
+  report.phase(`connecting to ${args.to}`);
+  const session = await SshSession.connect(args.to, { acceptNewHostKey: args.acceptNewHostKey, sshDir: args.sshDir });
+  const work = await privateTempDir('cedana-ctr-migrate-');
+  const imagesDir = join(work, 'image');
+  let remoteDir: string | undefined;
+  let restoreStarted = false;
+  let paused = false;
+  let committed = false;
+  try {
+    report.phase(`preflight on ${args.to}`);
+    const pre = parseContainerPreflight((await session.exec('sh -s', containerPreflightScript(runtime.name, args.id, state.bundle, bundle.rootfs, args.targetDir))).stdout);
+    remoteDir = pre.dir;
+    if (!pre.runtime) throw new CedanaError('TARGET_UNSUPPORTED', `${runtime.name} is not installed on ${args.to}`, { hint: `install ${runtime.name} there` });
+    if (!pre.criu) throw new CedanaError('TARGET_CRIU_MISSING', `CRIU is not installed on ${args.to}`, { hint: 'install CRIU 4.2 or newer there' });
+    if (pre.exists) throw new CedanaError('CONTAINER_EXISTS', `a container ${args.id} exists already on ${args.to}`, { hint: `delete it there first (${runtime.name} delete ${args.id})` });
+    if (!pre.rootfs && !args.rootfs) {
+      throw new CedanaError('ROOTFS_MISSING', `the container's root file system ${bundle.rootfs} is not on ${args.to}`, { hint: 'add --rootfs to send it with the container' });
+    }
+    if (!remoteDir) throw new CedanaError('TARGET_NO_SPACE', `cannot create a work directory in ${args.targetDir} on ${args.to}`, { hint: 'choose another --target-dir' });
+    const sendRootfs = args.rootfs && !pre.rootfs;
+
+    const frozenAt = performance.now();
+    if (state.status !== 'paused') {
+      report.phase(`pausing container ${args.id}`);
+      await runtime.pause(args.id);
+      paused = true;
+    }
+    await mkdir(imagesDir, { mode: 0o700 });
+    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: sendRootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle }, imagesDir, join(work, 'criu'), report);
+    if (args.rootfs && !sendRootfs) ck.decisions.notes.push(`--rootfs: ${bundle.rootfs} is on ${args.to} already; not sent`);
+    if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'migration interrupted; the container was resumed here');
+    await writeFile(join(imagesDir, RESTORE_CONFIG_IMAGE), JSON.stringify(restoreConfig(bundle.config, bundle.rootfs), null, 1), { mode: 0o600 });
+    const files = await checksumDir(imagesDir);
+    const manifest = makeManifest({
+      criuVersion: criu.version.text, host: await hostFacts(), pid: state.pid, facts: ck.facts, decisions: ck.decisions, leaveRunning: false, networkLock: 'iptables',
+      files, memoryBytes: pagesBytes(files), container: ck.manifestExtra,
+    });
+    await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+    await writeFile(join(imagesDir, 'cedana.sha256'), Object.entries(files).map(([n, f]) => `${f.sha256}  ${n}\n`).join(''), { mode: 0o600 });
+    const names = (await listImageFiles(imagesDir)).files;
+    const flags = [...(ck.decisions.tcpEstablished ? ['--tcp-established'] : []), ...(ck.decisions.fileLocks ? ['--file-locks'] : []), ...(ck.decisions.externalUnix.length ? ['--ext-unix-sk'] : [])];
+
+    report.phase(`sending container ${args.id} to ${args.to} and restoring it there`);
+    restoreStarted = true;
+    const ch = await session.channel(`sh -c ${shq(containerRestoreScript(runtime.name, args.id, remoteDir, ck.manifestExtra, flags))}`);
+    let stdout = '';
+    let stderr = '';
+    let bytesSent = 0;
+    ch.on('data', (b: Buffer) => (stdout += b.toString()));
+    ch.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const exited = new Promise<number | null>((r) => ch.on('exit', (code: number | null) => r(code)));
+    const closed = new Promise<void>((r) => ch.on('close', () => r()));
+    const counting = new Transform({ transform(chunk: Buffer, _e, cb) { bytesSent += chunk.length; cb(null, chunk); } });
+    counting.pipe(ch);
+    await Promise.race([packImage(imagesDir, [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)], counting, 'none', true), session.lost()]);
+    const code = await Promise.race([exited, session.lost()]);
+    await Promise.race([closed, session.lost()]);
+    const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
+    if (code !== 0 || !(pid > 0)) {
+      const lines = stdout.split('\n').filter((l) => /^(rt|criu)=/.test(l)).map((l) => l.replace(/^(rt|criu)=/, '').replace(/^\(\s*\d+\.\d+\)\s*/, ''));
+      if (code === 97) throw new CedanaError('IMAGE_INVALID', `the image did not arrive intact on ${args.to}: ${stderr.trim().split('\n').slice(0, 3).join(' | ')}`, { hint: 'the source was resumed' });
+      if (code === 95 || code === 96) throw new CedanaError('ROOTFS_MISSING', `the bundle could not be put in place on ${args.to} (exit ${code}): ${stderr.trim().split('\n').slice(-2).join(' | ')}`, { hint: 'the source was resumed; --rootfs sends the root file system' });
+      throw new CedanaError('TARGET_RESTORE_FAILED', `${runtime.name} restore failed on ${args.to} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, { hint: 'the source was resumed; the target was cleaned up', details: { criuLines: lines } });
+    }
+    // The commit point: the container runs there. Here it ends.
+    committed = true;
+    report.phase(`ending container ${args.id} here`);
+    await runtime.destroy(args.id);
+    await forgetRestoreBundle(state.bundle);
+    const downtimeMs = Math.round(performance.now() - frozenAt);
+    await session.exec(`rm -rf ${shq(remoteDir)}`).catch(() => undefined);
+    return {
+      command: 'migrate', container: args.id, runtime: runtime.name, target: args.to, targetPid: pid, processes: ck.facts.processes.length,
+      downtimeMs, durationMs: Math.round(performance.now() - started), bytesSent, rootfs: ck.manifestExtra.rootfs.mode, decisions: ck.decisions.notes,
+    };
+  } catch (e) {
+    const err = toCedanaError(e);
+    if (!committed) {
+      if (remoteDir && session.isOpen) {
+        const r = await session.exec(containerCleanupScript(runtime.name, args.id, remoteDir, restoreStarted)).catch(() => undefined);
+        err.details.targetCleanedUp = r?.code === 0;
+      }
+      if (paused) await runtime.resume(args.id).catch(() => undefined);
+      err.details.sourceResumed = (await runtime.state(args.id))?.status === state.status;
+    }
+    throw err;
+  } finally {
+    report.stop();
+    session.close();
+    await rm(work, { recursive: true, force: true });
+  }
+}

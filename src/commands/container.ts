@@ -9,7 +9,8 @@
  * failure before resumes it as it was.
  */
 import { execa } from 'execa';
-import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { decideDumpOptions, type TcpMode } from '../criu/options.js';
@@ -35,6 +36,31 @@ import { checkCompatible } from './restore.js';
 
 export const CONFIG_IMAGE = 'container/config.json';
 export const ROOTFS_IMAGE = 'container/rootfs.tar';
+export const CHANGES_IMAGE = 'container/rootfs-changes.tar';
+
+/** Unescapes a mountinfo field (\040 for a space…). Pure. */
+const unescapeMount = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+/** Where an overlay mounted at `path` keeps its layers, from /proc/self/mountinfo text. Pure. */
+export function overlayAt(mountinfo: string, path: string): { base: string[]; upper: string; work: string } | undefined {
+  let found: { base: string[]; upper: string; work: string } | undefined;
+  for (const line of mountinfo.split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!pre || !post) continue;
+    if (unescapeMount(pre.split(' ')[4] ?? '') !== path) continue;
+    const [fstype, , opts = ''] = post.split(' ');
+    if (fstype !== 'overlay') {
+      found = undefined; // a later mount over it hides the overlay
+      continue;
+    }
+    const o = new Map(opts.split(',').map((kv) => [kv.split('=')[0]!, unescapeMount(kv.slice(kv.indexOf('=') + 1))]));
+    const lower = o.get('lowerdir');
+    const upper = o.get('upperdir');
+    const work = o.get('workdir');
+    found = lower && upper && work ? { base: lower.split(':'), upper, work } : undefined;
+  }
+  return found;
+}
 /** Where a restored container's runtime bundle lives: its config for the restore (see restoreConfig). */
 export const RESTORE_BUNDLES = '/run/cedana/bundles';
 /** In a migration's image: the config the target restores with. */
@@ -92,7 +118,7 @@ export interface ContainerDumpResult {
   processes: number;
   durationMs: number;
   leftRunning: boolean;
-  rootfs: 'none' | 'full';
+  rootfs: 'none' | 'full' | 'changes';
   decisions: string[];
 }
 
@@ -126,7 +152,16 @@ export async function checkpointContainer(
   await mkdir(join(imagesDir, 'container'), { mode: 0o700 });
   await copyFile(join(c.bundle, 'config.json'), join(imagesDir, CONFIG_IMAGE));
   const extra: ManifestContainer = { id: c.id, runtime: c.runtime.name, bundle: c.bundle, config: CONFIG_IMAGE, rootfs: { mode: 'none', path: bundle.rootfs } };
-  if (c.rootfs) {
+  const overlay = c.rootfs ? overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) : undefined;
+  if (overlay) {
+    report.phase(`packing the container's changes to its root file system (${overlay.upper})`);
+    // An overlay: its upper directory holds everything the container changed (whiteouts included).
+    const tar = join(imagesDir, CHANGES_IMAGE);
+    const r = await execa('tar', ['--create', '--file', tar, '--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '-C', overlay.upper, '.'], { reject: false, all: true });
+    if (r.exitCode !== 0) throw new CedanaError('IO_ERROR', `packing ${overlay.upper} failed: ${String(r.all).trim().split('\n').slice(-2).join(' ')}`);
+    extra.rootfs = { mode: 'changes', path: bundle.rootfs, image: CHANGES_IMAGE, bytes: (await stat(tar)).size, ...overlay };
+    decisions.notes.push(`--rootfs: ${bundle.rootfs} is an overlay: its changes (${(extra.rootfs.bytes! / 1048576).toFixed(1)} MiB) travel in the image; the base ${overlay.base.join(':')} must be where it is restored`);
+  } else if (c.rootfs) {
     report.phase(`packing the root file system ${bundle.rootfs}`);
     // The container is paused: the files are as its processes left them at the checkpoint.
     const tar = join(imagesDir, ROOTFS_IMAGE);
@@ -245,40 +280,78 @@ export interface ContainerRestoreResult {
   durationMs: number;
 }
 
+/** Whether a root file system is in place: a non-empty directory (a mounted overlay shows its base). */
+async function rootfsPresent(path: string): Promise<boolean> {
+  return (await readdir(path).catch(() => [] as string[])).length > 0;
+}
+
 /**
- * Puts the bundle where the image says, unless it is there: config.json, and the root file system
- * from the image (full) or required in place (none). Returns what it created, and an undo.
+ * Puts the bundle where the image says, as far as it is not there: config.json, and the root file
+ * system — unpacked from the image (full), rebuilt as an overlay of the image's changes over the base
+ * that must be here (changes), or required in place (none). Returns what it created, and an undo.
  */
 export async function placeBundle(dir: string, c: ManifestContainer): Promise<{ created: ContainerRestoreResult['bundleCreated']; undo: () => Promise<void> }> {
-  const nothing = async (): Promise<void> => undefined;
-  if (await pathExists(join(c.bundle, 'config.json'))) {
-    if (!(await pathExists(c.rootfs.path))) {
-      throw new CedanaError('ROOTFS_MISSING', `the bundle ${c.bundle} is here but its root file system ${c.rootfs.path} is not`, { hint: 'put the root file system back, or restore an image made with --rootfs' });
+  const r = c.rootfs;
+  const present = await rootfsPresent(r.path);
+  if (!present && r.mode === 'none') {
+    throw new CedanaError('ROOTFS_MISSING', `the container's root file system ${r.path} is not on this host (or is empty), and the image does not carry it`, { hint: 'dump with --rootfs to carry it, or put it in place first' });
+  }
+  if (!present && r.mode === 'changes') {
+    const missing = r.base!.filter((b) => !existsSync(b));
+    if (missing.length) throw new CedanaError('ROOTFS_MISSING', `the base image of the container's root file system is not here: ${missing.join(', ')}`, { hint: 'unpack the same base image there first' });
+    for (const d of [r.upper!, r.work!]) {
+      if ((await readdir(d).catch(() => [] as string[])).length > 0) throw new CedanaError('ROOTFS_MISSING', `the overlay's ${d} is here and not empty; cedana will not mix the image's changes into it`, { hint: 'move it away, or mount the root file system yourself' });
     }
-    return { created: 'none', undo: nothing };
   }
-  if (c.rootfs.mode === 'none' && !(await pathExists(c.rootfs.path))) {
-    throw new CedanaError('ROOTFS_MISSING', `the container's root file system ${c.rootfs.path} is not on this host, and the image does not carry it`, { hint: 'dump with --rootfs to carry it, or put it in place first' });
-  }
-  const made = !(await pathExists(c.bundle));
-  await mkdir(c.bundle, { recursive: true, mode: 0o700 });
+  const made: string[] = [];
+  const filled: string[] = [];
+  let mounted = false;
   const undo = async (): Promise<void> => {
-    if (made) await rm(c.bundle, { recursive: true, force: true });
-    else await rm(join(c.bundle, 'config.json'), { force: true });
+    if (mounted) await execa('umount', [r.path], { reject: false });
+    for (const d of [...made].reverse()) await rm(d, { recursive: true, force: true });
+    // Directories that were there, empty: emptied again.
+    for (const d of filled) for (const n of await readdir(d).catch(() => [] as string[])) await rm(join(d, n), { recursive: true, force: true });
   };
+  const mk = async (d: string): Promise<void> => {
+    if (existsSync(d)) return;
+    // The topmost directory created is what the undo removes.
+    let top = d;
+    while (!existsSync(dirname(top))) top = dirname(top);
+    await mkdir(d, { recursive: true, mode: 0o755 });
+    made.push(top);
+  };
+  const unpack = async (tar: string, into: string, extra: string[] = []): Promise<void> => {
+    const x = await execa('tar', ['--extract', '--file', join(dir, tar), '--numeric-owner', '--xattrs', ...extra, '--acls', '--same-permissions', '-C', into], { reject: false, all: true });
+    if (x.exitCode !== 0) throw new CedanaError('IO_ERROR', `unpacking into ${into} failed: ${String(x.all).trim().split('\n').slice(-2).join(' ')}`);
+  };
+  let created: ContainerRestoreResult['bundleCreated'] = 'none';
   try {
-    await copyFile(join(dir, c.config), join(c.bundle, 'config.json'));
-    if (c.rootfs.mode === 'full' && !(await pathExists(c.rootfs.path))) {
-      await mkdir(c.rootfs.path, { recursive: true, mode: 0o755 });
-      const r = await execa('tar', ['--extract', '--file', join(dir, c.rootfs.image!), '--numeric-owner', '--xattrs', '--acls', '--same-permissions', '-C', c.rootfs.path], { reject: false, all: true });
-      if (r.exitCode !== 0) throw new CedanaError('IO_ERROR', `unpacking the root file system into ${c.rootfs.path} failed: ${String(r.all).trim().split('\n').slice(-2).join(' ')}`);
-      return { created: 'config+rootfs', undo: async () => (await rm(c.rootfs.path, { recursive: true, force: true }), undo()) };
+    if (!existsSync(join(c.bundle, 'config.json'))) {
+      await mk(c.bundle);
+      await copyFile(join(dir, c.config), join(c.bundle, 'config.json'));
+      if (!made.includes(c.bundle)) made.push(join(c.bundle, 'config.json'));
+      created = 'config';
     }
-    return { created: 'config', undo };
+    if (!present && r.mode === 'full') {
+      if (existsSync(r.path)) filled.push(r.path);
+      await mk(r.path);
+      await unpack(r.image!, r.path);
+      created = 'config+rootfs';
+    }
+    if (!present && r.mode === 'changes') {
+      for (const d of [r.upper!, r.work!]) if (existsSync(d)) filled.push(d);
+      for (const d of [r.upper!, r.work!, r.path]) await mk(d);
+      await unpack(r.image!, r.upper!, ['--xattrs-include=*']);
+      const m = await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${r.base!.join(':')},upperdir=${r.upper},workdir=${r.work}`, r.path], { reject: false, all: true });
+      if (m.exitCode !== 0) throw new CedanaError('IO_ERROR', `mounting the overlay at ${r.path} failed: ${String(m.all).trim()}`);
+      mounted = true;
+      created = 'config+rootfs';
+    }
   } catch (e) {
     await undo();
     throw e;
   }
+  return { created, undo };
 }
 
 export async function restoreContainer(args: ContainerRestoreArgs): Promise<ContainerRestoreResult> {
@@ -361,28 +434,29 @@ export interface ContainerMigrateResult {
   downtimeMs: number;
   durationMs: number;
   bytesSent: number;
-  rootfs: 'none' | 'full';
+  rootfs: 'none' | 'full' | 'changes';
   decisions: string[];
 }
 
 /** The target's answers before anything is paused: runtime, CRIU, the id free, the bundle and root file system there. */
-export function containerPreflightScript(rt: RuntimeName, id: string, bundle: string, rootfs: string, parent: string): string {
+export function containerPreflightScript(rt: RuntimeName, id: string, bundle: string, rootfs: string, parent: string, base: string[] = []): string {
   return [
     REMOTE_PATH,
     `echo "RT=$(command -v ${rt})"`,
     'echo "CRIU=$(criu --version 2>/dev/null | sed -n "s/^Version: *//p")"',
     `command -v ${rt} >/dev/null && ${rt} state ${shq(id)} >/dev/null 2>&1 && echo EXISTS=1`,
     `[ -f ${shq(`${bundle}/config.json`)} ] && echo BUNDLE=1`,
-    `[ -d ${shq(rootfs)} ] && echo ROOTFS=1`,
+    `[ -n "$(ls -A ${shq(rootfs)} 2>/dev/null)" ] && echo ROOTFS=1`,
+    base.length ? `${base.map((b) => `[ -d ${shq(b)} ]`).join(' && ')} && echo BASE=1` : ':',
     `umask 077; d=$(mktemp -d ${shq(`${parent}/cedana-container.XXXXXX`)}) && mkdir "$d/img" "$d/work" && echo "DIR=$d"`,
     'exit 0',
   ].join('\n');
 }
 
 /** Parses containerPreflightScript's answers. Pure. */
-export function parseContainerPreflight(text: string): { runtime?: string; criu?: string; exists: boolean; bundle: boolean; rootfs: boolean; dir?: string } {
+export function parseContainerPreflight(text: string): { runtime?: string; criu?: string; exists: boolean; bundle: boolean; rootfs: boolean; base: boolean; dir?: string } {
   const v = (k: string): string | undefined => new RegExp(`^${k}=(.*)$`, 'm').exec(text)?.[1]?.trim() || undefined;
-  return { runtime: v('RT'), criu: v('CRIU'), exists: v('EXISTS') === '1', bundle: v('BUNDLE') === '1', rootfs: v('ROOTFS') === '1', dir: v('DIR') };
+  return { runtime: v('RT'), criu: v('CRIU'), exists: v('EXISTS') === '1', bundle: v('BUNDLE') === '1', rootfs: v('ROOTFS') === '1', base: v('BASE') === '1', dir: v('DIR') };
 }
 
 /**
@@ -404,10 +478,23 @@ export function containerRestoreScript(rt: RuntimeName, id: string, dir: string,
     `  if [ ! -d ${B} ]; then mkdir -p ${B} && echo ${B} >> ${D}/created || exit 95; fi`,
     `  cp ${CONFIG_IMAGE} ${B}/config.json && echo ${B}/config.json >> ${D}/created || exit 95`,
     'fi',
-    `if [ ! -d ${R} ]; then`,
-    `  [ -f ${ROOTFS_IMAGE} ] || exit 96`,
-    `  mkdir -p ${R} && echo ${R} >> ${D}/created && tar -xpf ${ROOTFS_IMAGE} --numeric-owner -C ${R} || exit 95`,
-    'fi',
+    ...(c.rootfs.mode === 'changes'
+      ? [
+          `if [ -z "$(ls -A ${R} 2>/dev/null)" ]; then`,
+          ...c.rootfs.base!.map((b) => `  [ -d ${shq(b)} ] || { echo "base image missing: ${b.replace(/["$`\\]/g, '')}" >&2; exit 96; }`),
+          ...[c.rootfs.upper!, c.rootfs.work!].map((d) => `  [ -n "$(ls -A ${shq(d)} 2>/dev/null)" ] && { echo "not empty: ${d.replace(/["$`\\]/g, '')}" >&2; exit 95; }`),
+          ...[c.rootfs.upper!, c.rootfs.work!, c.rootfs.path].map((d) => `  if [ ! -d ${shq(d)} ]; then mkdir -p ${shq(d)} && echo ${shq(d)} >> ${D}/created || exit 95; fi`),
+          `  tar -xpf ${CHANGES_IMAGE} --numeric-owner --xattrs --xattrs-include='*' -C ${shq(c.rootfs.upper!)} || exit 95`,
+          `  mount -t overlay overlay -o ${shq(`lowerdir=${c.rootfs.base!.join(':')},upperdir=${c.rootfs.upper},workdir=${c.rootfs.work}`)} ${R} && echo mount:${R} >> ${D}/created || exit 95`,
+          'fi',
+        ]
+      : [
+          `if [ -z "$(ls -A ${R} 2>/dev/null)" ]; then`,
+          `  [ -f ${ROOTFS_IMAGE} ] || exit 96`,
+          `  if [ ! -d ${R} ]; then mkdir -p ${R} && echo ${R} >> ${D}/created || exit 95; else echo contents:${R} >> ${D}/created; fi`,
+          `  tar -xpf ${ROOTFS_IMAGE} --numeric-owner -C ${R} || exit 95`,
+          'fi',
+        ]),
     `RB=${shq(`${RESTORE_BUNDLES}/${id}`)}`,
     `mkdir -p "$RB" && echo "$RB" >> ${D}/created && cp ${RESTORE_CONFIG_IMAGE} "$RB/config.json" || exit 95`,
     `${rt} restore --detach --image-path ${D}/img --work-path ${D}/work --bundle "$RB" ${flags.map(shq).join(' ')} ${shq(id)} </dev/null >/dev/null 2>${D}/runtime.err`,
@@ -423,7 +510,7 @@ export function containerCleanupScript(rt: RuntimeName, id: string, dir: string,
   return [
     REMOTE_PATH,
     restored ? `${rt} kill ${shq(id)} KILL 2>/dev/null; sleep 0.2; ${rt} delete --force ${shq(id)} 2>/dev/null` : ':',
-    `[ -f ${D}/created ] && tac ${D}/created | while IFS= read -r p; do rm -rf "$p"; done`,
+    `[ -f ${D}/created ] && tac ${D}/created | while IFS= read -r p; do case "$p" in mount:*) umount "\${p#mount:}";; contents:*) find "\${p#contents:}" -mindepth 1 -delete;; *) rm -rf "$p";; esac; done`,
     `rm -rf ${D} && [ ! -e ${D} ]`,
   ].join('\n');
 }
@@ -445,13 +532,19 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
   let committed = false;
   try {
     report.phase(`preflight on ${args.to}`);
-    const pre = parseContainerPreflight((await session.exec('sh -s', containerPreflightScript(runtime.name, args.id, state.bundle, bundle.rootfs, args.targetDir))).stdout);
+    const overlay = args.rootfs ? overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) : undefined;
+    const pre = parseContainerPreflight((await session.exec('sh -s', containerPreflightScript(runtime.name, args.id, state.bundle, bundle.rootfs, args.targetDir, overlay?.base))).stdout);
     remoteDir = pre.dir;
     if (!pre.runtime) throw new CedanaError('TARGET_UNSUPPORTED', `${runtime.name} is not installed on ${args.to}`, { hint: `install ${runtime.name} there` });
     if (!pre.criu) throw new CedanaError('TARGET_CRIU_MISSING', `CRIU is not installed on ${args.to}`, { hint: 'install CRIU 4.2 or newer there' });
     if (pre.exists) throw new CedanaError('CONTAINER_EXISTS', `a container ${args.id} exists already on ${args.to}`, { hint: `delete it there first (${runtime.name} delete ${args.id})` });
     if (!pre.rootfs && !args.rootfs) {
       throw new CedanaError('ROOTFS_MISSING', `the container's root file system ${bundle.rootfs} is not on ${args.to}`, { hint: 'add --rootfs to send it with the container' });
+    }
+    if (overlay && !pre.rootfs && !pre.base) {
+      throw new CedanaError('ROOTFS_MISSING', `the base image of the container's overlay (${overlay.base.join(':')}) is not on ${args.to}; only its changes would be sent`, {
+        hint: 'unpack the same base image there first',
+      });
     }
     if (!remoteDir) throw new CedanaError('TARGET_NO_SPACE', `cannot create a work directory in ${args.targetDir} on ${args.to}`, { hint: 'choose another --target-dir' });
     const sendRootfs = args.rootfs && !pre.rootfs;

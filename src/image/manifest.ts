@@ -75,9 +75,11 @@ export interface ManifestContainer {
   config: string;
   /**
    * none: the root file system is expected where it was (`path`); full: the image carries all of it
-   * (`image`, a tar of `bytes` bytes), so the container restores on a host that has nothing of it.
+   * (`image`, a tar of `bytes` bytes), so the container restores on a host that has nothing of it;
+   * changes: it was an overlay, and the image carries its upper directory (the container's changes)
+   * while the base image (`base`, the lower directories) must be there.
    */
-  rootfs: { mode: 'none' | 'full'; path: string; image?: string; bytes?: number };
+  rootfs: { mode: 'none' | 'full' | 'changes'; path: string; image?: string; bytes?: number; base?: string[]; upper?: string; work?: string };
 }
 
 export interface ManifestParent {
@@ -165,8 +167,14 @@ function validateContainer(c: unknown, files: Record<string, unknown>): void {
   if (!absolute(c.bundle)) throw invalid('container.bundle must be an absolute path');
   if (c.config !== 'container/config.json' || !isObj(files['container/config.json'])) throw invalid('container.config must be the image file container/config.json');
   const r = c.rootfs;
-  if (!isObj(r) || (r.mode !== 'none' && r.mode !== 'full') || !absolute(r.path)) throw invalid('container.rootfs must give mode (none, full) and an absolute path');
+  if (!isObj(r) || (r.mode !== 'none' && r.mode !== 'full' && r.mode !== 'changes') || !absolute(r.path)) throw invalid('container.rootfs must give mode (none, full, changes) and an absolute path');
   if (r.mode === 'full' && (r.image !== 'container/rootfs.tar' || !isObj(files['container/rootfs.tar']) || !isNat(r.bytes))) throw invalid('container.rootfs: a full root file system is the image file container/rootfs.tar');
+  if (r.mode === 'changes') {
+    if (r.image !== 'container/rootfs-changes.tar' || !isObj(files['container/rootfs-changes.tar']) || !isNat(r.bytes)) throw invalid('container.rootfs: the changes are the image file container/rootfs-changes.tar');
+    if (!Array.isArray(r.base) || r.base.length === 0 || !r.base.every(absolute) || !absolute(r.upper) || !absolute(r.work) || r.base.some((b) => /[,:]/.test(b as string)) || /[,:]/.test(`${r.upper}${r.work}`)) {
+      throw invalid('container.rootfs: changes need the base (lower) directories and the upper and work directories, absolute, without , or :');
+    }
+  }
 }
 
 function validateGpu(g: unknown, processes: ManifestProcess[]): void {

@@ -14,21 +14,47 @@ export async function busybox(): Promise<string> {
   return (await execa('sh', ['-c', 'command -v busybox'])).stdout.trim();
 }
 
-/** A bundle under `parent` whose container runs `script` with /bin/sh. Returns its directory. */
-export async function makeBundle(parent: string, script: string): Promise<string> {
-  const bundle = join(parent, 'bundle');
-  const rootfs = join(bundle, 'rootfs');
+/** busybox and its applets in `rootfs`. */
+export async function makeRootfs(rootfs: string): Promise<void> {
   for (const d of ['bin', 'data', 'proc', 'dev', 'sys', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
   copyFileSync(await busybox(), join(rootfs, 'bin', 'busybox'));
   chmodSync(join(rootfs, 'bin', 'busybox'), 0o755);
   for (const a of APPLETS) symlinkSync('busybox', join(rootfs, 'bin', a));
+}
+
+/** runc's default config in `bundle`, running `script` with /bin/sh. */
+async function writeConfig(bundle: string, script: string): Promise<void> {
+  mkdirSync(bundle, { recursive: true });
   await execa('runc', ['spec'], { cwd: bundle });
   const config = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8'));
   config.process.terminal = false;
   config.process.args = ['/bin/sh', '-c', script];
   config.root.readonly = false;
   writeFileSync(join(bundle, 'config.json'), JSON.stringify(config, null, 1));
+}
+
+/** A bundle under `parent` whose container runs `script` with /bin/sh. Returns its directory. */
+export async function makeBundle(parent: string, script: string): Promise<string> {
+  const bundle = join(parent, 'bundle');
+  await makeRootfs(join(bundle, 'rootfs'));
+  await writeConfig(bundle, script);
   return bundle;
+}
+
+/**
+ * A bundle under `parent` whose root file system is an overlay: `base` (a busybox root file system,
+ * the "image") below, `parent`/upper above, mounted at bundle/rootfs until the test's cleanup.
+ */
+export async function makeOverlayBundle(owned: Owned, parent: string, base: string, script: string): Promise<{ bundle: string; upper: string }> {
+  const bundle = join(parent, 'bundle');
+  const rootfs = join(bundle, 'rootfs');
+  const upper = join(parent, 'upper');
+  const work = join(parent, 'work');
+  for (const d of [rootfs, upper, work]) mkdirSync(d, { recursive: true });
+  await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${base},upperdir=${upper},workdir=${work}`, rootfs]);
+  owned.onCleanup(async () => void (await execa('umount', [rootfs], { reject: false })));
+  await writeConfig(bundle, script);
+  return { bundle, upper };
 }
 
 /** Starts a container; the test's cleanup ends and deletes it (by id) whatever happens. */

@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
-import { COUNTER, consecutive, makeBundle, runContainer, state } from '../helpers/containers.js';
+import { COUNTER, consecutive, makeBundle, makeOverlayBundle, makeRootfs, runContainer, state } from '../helpers/containers.js';
 import { Owned, readText, waitFor } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 
@@ -110,6 +110,30 @@ describe('containers (runc)', () => {
     expect(bad.json?.error.code).toBe('USAGE');
   });
 
+  it('restore rebuilds an overlay root file system from the changes in the image over the base image here', async () => {
+    const base = join(await owned.tempDir('base-', shared), 'rootfs');
+    await makeRootfs(base);
+    const parent = await owned.tempDir('ovl-');
+    const { bundle, upper } = await makeOverlayBundle(owned, parent, base, COUNTER);
+    const id = newId();
+    await runContainer(owned, id, bundle);
+    const count = join(bundle, 'rootfs', 'data', 'count');
+    await waitFor('counting', () => lines(count) > 3);
+    const img = join(await owned.tempDir(), 'img');
+    const d = await cedanaOk(['dump', '--container', id, '-o', img, '--rootfs', '--json']);
+    expect(d.rootfs).toBe('changes');
+    const ins = await cedanaOk(['inspect', img, '--json']);
+    expect(ins.manifest.container.rootfs).toMatchObject({ mode: 'changes', base: [base], upper, work: join(parent, 'work'), image: 'container/rootfs-changes.tar' });
+    // The container's storage is lost; the base image stays.
+    await execa('umount', [join(bundle, 'rootfs')]);
+    await rm(upper, { recursive: true });
+    await rm(join(parent, 'work'), { recursive: true });
+    const r = await cedanaOk(['restore', img, '--container', '--json']);
+    expect(r.bundleCreated).toBe('config+rootfs');
+    await waitFor('counting again', () => lines(count) > d.processes && lines(join(upper, 'data', 'count')) > 8);
+    expect(consecutive(readFileSync(count, 'utf8'))).toBe(true);
+  });
+
   it('a checkpoint that fails (the disk fills up) resumes the container and leaves no image', async () => {
     const c = await counter();
     const small = await owned.tempDir();
@@ -176,6 +200,31 @@ describe('migrating containers (runc, test bed)', () => {
     await there(`runc kill ${c.id} KILL; sleep 0.2; runc delete --force ${c.id}; rm -rf ${c.bundle}`);
   });
 
+  it('an overlay root file system: only its changes travel (--rootfs), the base image is there; it counts on there', async () => {
+    const host = bed.hosts[0]!;
+    const base = join(await owned.tempDir('base-', shared), 'rootfs');
+    await makeRootfs(base);
+    // Upper, work and mount point under /tmp: nothing of them is on the test-bed host.
+    const { bundle, upper } = await makeOverlayBundle(owned, await owned.tempDir('ovl-'), base, COUNTER);
+    const id = newId();
+    endThere(id);
+    await runContainer(owned, id, bundle);
+    const count = join(bundle, 'rootfs', 'data', 'count');
+    await waitFor('counting', () => lines(count) > 3);
+    expect(readFileSync(join(upper, 'data', 'count'), 'utf8')).toBe(readFileSync(count, 'utf8'));
+
+    const r = await cedanaOk(['migrate', '--container', id, '--to', host.name, '--rootfs', '--json'], { env: bed.env });
+    expect(r.rootfs).toBe('changes');
+    expect(r.decisions.join('\n')).toMatch(/is an overlay: its changes/);
+    // The base (busybox, ~2 MB) did not travel: the changes and the memory did.
+    expect(r.bytesSent).toBeLessThan(1_500_000);
+    const at = lines(count);
+    await waitFor('counting there', async () => Number(await there(`wc -l < ${count}`)) > at + 5);
+    expect(consecutive(await there(`cat ${count}`))).toBe(true);
+    expect(await there(`grep -c ' ${join(bundle, 'rootfs')} .* - overlay ' /proc/self/mountinfo`)).toBe('1');
+    await there(`runc kill ${id} KILL; sleep 0.2; runc delete --force ${id}; umount ${join(bundle, 'rootfs')}`);
+  });
+
   it('a TCP service and its connected client carry on after the migration (--tcp-established decided)', async () => {
     const host = bed.hosts[0]!;
     const id = newId();
@@ -199,7 +248,7 @@ describe('migrating containers (runc, test bed)', () => {
     const c = await counter(await owned.tempDir('ctr-'));
     endThere(c.id);
     // The target has a bundle at that path whose config.json is not one: runc restore fails there.
-    await there(`mkdir -p ${c.bundle}/rootfs && echo broken > ${c.bundle}/config.json`);
+    await there(`mkdir -p ${c.bundle}/rootfs/bin && touch ${c.bundle}/rootfs/bin/sh && echo broken > ${c.bundle}/config.json`);
     const r = await cedana(['migrate', '--container', c.id, '--to', host.name, '--json'], { env: bed.env });
     expect(r.json?.error.code).toBe('TARGET_RESTORE_FAILED');
     expect(r.json?.error).toMatchObject({ sourceResumed: true, targetCleanedUp: true });

@@ -67,7 +67,7 @@ describe('main: usage errors', () => {
   it('dump without a PID is a usage error', async () => {
     expect(await main(['dump'])).toBe(2);
     expect(stderr).toContain('[USAGE] cedana dump:');
-    expect(stderr).toMatch(/missing required argument/);
+    expect(stderr).toMatch(/dump needs a PID, or --container ID/);
   });
 
   it('conflicting --tcp-established and --tcp-close is a usage error', async () => {

@@ -147,6 +147,10 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
       o.externalUnix.length > 0 && `external unix ${o.externalUnix.join(',')}`, o.leaveRunning && 'leave-running'].filter(Boolean);
     lines.push(`  options: ${opts.length > 0 ? opts.join(', ') : 'none'}; network lock ${o.networkLock}`);
     for (const n of m.notes) lines.push(`  ${c.dim('decided')} ${n}`);
+    if (m.container) {
+      const k = m.container;
+      lines.push(`  container ${k.id} (${k.runtime}), bundle ${k.bundle}; root file system ${k.rootfs.path}: ${k.rootfs.mode === 'full' ? 'carried whole' : k.rootfs.mode === 'changes' ? `its changes carried, over the base ${(k.rootfs.base ?? []).join(':')}` : 'expected in place'}`);
+    }
   } else {
     lines.push(`  ${c.red('no readable manifest')}`);
   }

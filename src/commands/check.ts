@@ -7,6 +7,9 @@ import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } fro
 import { checkLazySource } from '../migrate/postcopy.js';
 import { CedanaError, toCedanaError, type ErrorCode } from '../errors.js';
 import { decisiveLines } from '../criu/log.js';
+import { execa } from 'execa';
+import { RUNTIMES } from '../container/runtime.js';
+import { findOnPath } from '../util/paths.js';
 import { DRIVER_ACTIONS, driverMajor, localGpuHost, type GpuHost } from '../gpu/cuda.js';
 
 export interface Feature {
@@ -60,6 +63,7 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
   const lock = await networkLockBackend();
   out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'TCP connections kept across dump/restore (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
   out.features.push(await cudaFeature(opts.cudaCheckpoint));
+  out.features.push(await runtimeFeature());
   out.ok = error === undefined && out.criu.check === 'ok';
   if (!out.ok) out.error = error ?? new CedanaError('HOST_UNSUPPORTED', 'criu check could not run');
   return out;
@@ -89,6 +93,17 @@ async function cudaFeature(explicit?: string): Promise<Feature> {
     detail: `${host.cudaCheckpoint}, ${driver}${gpus}${steps ? '' : ` (lock/checkpoint/restore/unlock need driver ≥ ${DRIVER_ACTIONS})`}`,
     gpu: { cudaCheckpoint: host.cudaCheckpoint, driverVersion: host.driver ?? null, gpus: host.gpus.map((g) => ({ uuid: g.uuid, name: g.name, memoryTotalMiB: g.memoryTotalMiB })) },
   };
+}
+
+async function runtimeFeature(): Promise<Feature> {
+  const found: string[] = [];
+  for (const name of RUNTIMES) {
+    const path = await findOnPath(name);
+    if (!path) continue;
+    const v = await execa(path, ['--version'], { reject: false, timeout: 10_000 });
+    found.push(`${name} ${/version\s+(\S+)/.exec(String(v.stdout))?.[1] ?? '(version unknown)'}`);
+  }
+  return { name: 'oci-runtime', available: found.length > 0, enables: 'containers (dump/restore/migrate --container)', detail: found.length ? found.join(', ') : 'neither runc nor crun found' };
 }
 
 export function checkExitCode(r: CheckResultData): ErrorCode | undefined {

@@ -41,7 +41,7 @@ export const ERROR_CODES = {
   LINK_TOO_SLOW: { exit: 37, what: 'post-copy refused: the link to the target is slower than --min-throughput' },
   PROCESS_LOST: { exit: 38, what: 'post-copy: the page stream broke after the target started; the process is lost' },
   GPU_UNSUPPORTED: { exit: 40, what: 'the tree uses the GPU (or the image holds GPU state) and cuda-checkpoint or a driver that can step it is missing' },
-  GPU_FAILED: { exit: 41, what: 'a cuda-checkpoint step failed; every process was brought back to running on its GPU' },
+  GPU_FAILED: { exit: 41, what: 'a cuda-checkpoint step failed; the processes were brought back onto their GPUs unless the error names gpuNotResumed (or says the tree was ended)' },
   GPU_MISMATCH: { exit: 42, what: "this host's (or the target's) GPUs, free GPU memory or driver do not fit the image's GPU state" },
   CONTAINER_NOT_FOUND: { exit: 43, what: 'no container with that id in runc or crun (or the --runtime given)' },
   CONTAINER_NOT_RUNNING: { exit: 44, what: 'the container exists but is not running (created or stopped): nothing to checkpoint' },

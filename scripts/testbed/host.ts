@@ -240,7 +240,12 @@ async function dropOwnCgroups(netns: string): Promise<void> {
   const drop = async (dir: string): Promise<void> => {
     const kids = await readdir(dir, { withFileTypes: true }).catch(() => []);
     for (const k of kids) if (k.isDirectory()) await drop(join(dir, k.name));
-    await rmdir(dir).catch(() => undefined);
+    // The host's processes may still be dying (a PID namespace ends with its init): a busy cgroup is retried.
+    for (let i = 0; i < 50; i++) {
+      const e = await rmdir(dir).then(() => undefined, (err: NodeJS.ErrnoException) => err);
+      if (!e || e.code === 'ENOENT' || e.code !== 'EBUSY') return;
+      await sleep(100);
+    }
   };
   for (const h of hierarchies()) await drop(join(h.mount, h.own, ownCgroup(netns)));
 }

@@ -85,7 +85,7 @@ export function restoreConfig(config: Record<string, any>, rootfs: string): Reco
   c.root = { ...(c.root ?? {}), path: rootfs };
   const ours = {
     path: '/bin/sh',
-    args: ['sh', '-c', `# ${LO_HOOK_MARK}\npid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p'); [ -n "$pid" ] && nsenter -t "$pid" -n ip link set lo up`],
+    args: ['sh', '-c', `# ${LO_HOOK_MARK}\npid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p'); [ -n "$pid" ] && nsenter -t "$pid" -n ip link set lo up; exit 0`],
   };
   const prestart = ((c.hooks?.prestart ?? []) as { args?: string[] }[]).filter((h) => !(h.args ?? []).some((a) => a.includes(LO_HOOK_MARK)));
   c.hooks = { ...(c.hooks ?? {}), prestart: [...prestart, ours] };
@@ -135,15 +135,60 @@ export async function readBundle(bundle: string): Promise<{ config: Record<strin
 }
 
 /** Where the CRIU images and the container's files are written, then packed, while the container is paused. */
+/**
+ * Drops every packet in the container's network namespace, so that its established connections stay
+ * exactly as the image has them (CRIU lifts its own lock when a --leave-running checkpoint ends, and
+ * the paused container's kernel sockets would go on acknowledging data the image does not hold).
+ * Returns the undo; a container that ends takes the rules with its namespace.
+ */
+export async function lockContainerNetwork(pid: number): Promise<() => Promise<void>> {
+  const rule = (op: '-I' | '-D', chain: string): string[] => [op, chain, ...(op === '-I' ? ['1'] : []), '-m', 'comment', '--comment', 'cedana: container being checkpointed', '-j', 'DROP'];
+  const run = (tool: string, args: string[]): Promise<unknown> => execa('nsenter', ['-t', String(pid), '-n', tool, '-w', ...args], { reject: false });
+  const done: [string, string][] = [];
+  for (const tool of ['iptables', 'ip6tables']) {
+    for (const chain of ['INPUT', 'OUTPUT']) {
+      const r = (await execa('nsenter', ['-t', String(pid), '-n', tool, '-w', ...rule('-I', chain)], { reject: false, all: true })) as { exitCode?: number; all?: string };
+      if (r.exitCode !== 0) {
+        for (const [t, c] of done) await run(t, rule('-D', c));
+        throw new CedanaError('HOST_UNSUPPORTED', `cannot lock the container's network (${tool}): ${String(r.all ?? '').trim()}`, { hint: 'install iptables (scripts/setup does)' });
+      }
+      done.push([tool, chain]);
+    }
+  }
+  return async () => {
+    for (const [t, c] of done) await run(t, rule('-D', c));
+  };
+}
+
 export async function checkpointContainer(
+  c: { runtime: Runtime; id: string; pid: number; rootfs: boolean; tcp: TcpMode; fileLocks: boolean; bundle: string; ends: boolean },
+  imagesDir: string,
+  work: string,
+  report: Reporter,
+): Promise<{ manifestExtra: ManifestContainer; facts: Awaited<ReturnType<typeof examineTree>>; decisions: ReturnType<typeof decideDumpOptions>; unlockNetwork?: () => Promise<void> }> {
+  const facts = await examineTree(c.pid);
+  const decisions = decideDumpOptions(facts, { tcp: c.tcp, fileLocks: c.fileLocks, leaveRunning: true });
+  const bundle = await readBundle(c.bundle);
+  // A container that will end here keeps its connections frozen until it does (or until the undo).
+  const unlockNetwork = c.ends && decisions.tcpEstablished ? await lockContainerNetwork(c.pid) : undefined;
+  if (unlockNetwork) decisions.notes.push('its network stays locked from the checkpoint until it ends here, so its connections are exactly as the image has them');
+  try {
+    return { ...(await checkpointLocked(c, bundle, facts, decisions, imagesDir, work, report)), unlockNetwork };
+  } catch (e) {
+    await unlockNetwork?.();
+    throw e;
+  }
+}
+
+async function checkpointLocked(
   c: { runtime: Runtime; id: string; pid: number; rootfs: boolean; tcp: TcpMode; fileLocks: boolean; bundle: string },
+  bundle: { config: Record<string, any>; rootfs: string },
+  facts: Awaited<ReturnType<typeof examineTree>>,
+  decisions: ReturnType<typeof decideDumpOptions>,
   imagesDir: string,
   work: string,
   report: Reporter,
 ): Promise<{ manifestExtra: ManifestContainer; facts: Awaited<ReturnType<typeof examineTree>>; decisions: ReturnType<typeof decideDumpOptions> }> {
-  const facts = await examineTree(c.pid);
-  const decisions = decideDumpOptions(facts, { tcp: c.tcp, fileLocks: c.fileLocks, leaveRunning: true });
-  const bundle = await readBundle(c.bundle);
   report.phase(`checkpointing container ${c.id} (${c.runtime.name}; ${facts.processes.length} process(es))`);
   const log = join(work, 'dump.log');
   await c.runtime.run(checkpointArgs(c.id, { imagesDir, workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
@@ -165,7 +210,7 @@ export async function checkpointContainer(
     report.phase(`packing the root file system ${bundle.rootfs}`);
     // The container is paused: the files are as its processes left them at the checkpoint.
     const tar = join(imagesDir, ROOTFS_IMAGE);
-    const r = await execa('tar', ['--create', '--file', tar, '--numeric-owner', '--xattrs', '--acls', '--one-file-system', '-C', bundle.rootfs, '.'], { reject: false, all: true });
+    const r = await execa('tar', ['--create', '--file', tar, '--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--one-file-system', '-C', bundle.rootfs, '.'], { reject: false, all: true });
     if (r.exitCode !== 0) throw new CedanaError('IO_ERROR', `packing ${bundle.rootfs} failed: ${String(r.all).trim().split('\n').slice(-2).join(' ')}`);
     extra.rootfs = { mode: 'full', path: bundle.rootfs, image: ROOTFS_IMAGE, bytes: (await stat(tar)).size };
     decisions.notes.push(`--rootfs: the root file system ${bundle.rootfs} travels in the image (${(extra.rootfs.bytes! / 1048576).toFixed(1)} MiB)`);
@@ -175,9 +220,16 @@ export async function checkpointContainer(
   return { manifestExtra: extra, facts, decisions };
 }
 
+function refuseTcpClose(tcp: TcpMode): void {
+  if (tcp === 'close') {
+    throw new CedanaError('USAGE', '--tcp-close is not available for containers: their runtime restores connections as they were, or fails', { hint: 'drop --tcp-close' });
+  }
+}
+
 export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerDumpResult> {
   const started = performance.now();
   const report = args.reporter ?? silentReporter;
+  refuseTcpClose(args.tcp);
   requireRoot('dump');
   const criu = await locateCriu();
   const { runtime, state } = await findContainer(args.id, args.runtime);
@@ -193,13 +245,15 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
   const wasPaused = state.status === 'paused';
   let paused = false;
   let committed = false;
+  let unlockNetwork: (() => Promise<void>) | undefined;
   try {
     if (!wasPaused) {
       report.phase(`pausing container ${args.id}`);
       await runtime.pause(args.id);
       paused = true;
     }
-    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: args.rootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle }, imagesDir, join(work, 'criu'), report);
+    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: args.rootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle, ends: !args.leaveRunning }, imagesDir, join(work, 'criu'), report);
+    unlockNetwork = ck.unlockNetwork;
     if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'dump interrupted; the container was resumed');
     report.phase('writing the manifest and checksums (container paused)');
     const files = await checksumDir(imagesDir);
@@ -242,6 +296,7 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
   } catch (e) {
     const err = toCedanaError(e);
     if (!committed) {
+      await unlockNetwork?.().catch(() => undefined);
       if (paused) await runtime.resume(args.id).catch(() => undefined);
       const s = await runtime.state(args.id);
       err.details.containerRunning = s?.status === (wasPaused ? 'paused' : 'running');
@@ -335,7 +390,7 @@ export async function placeBundle(dir: string, c: ManifestContainer): Promise<{ 
     if (!present && r.mode === 'full') {
       if (existsSync(r.path)) filled.push(r.path);
       await mk(r.path);
-      await unpack(r.image!, r.path);
+      await unpack(r.image!, r.path, ['--xattrs-include=*']);
       created = 'config+rootfs';
     }
     if (!present && r.mode === 'changes') {
@@ -387,8 +442,9 @@ export async function restoreContainer(args: ContainerRestoreArgs): Promise<Cont
       const config = JSON.parse(await readFile(join(dir, c.config), 'utf8')) as Record<string, any>;
       await writeFile(join(restoreBundle, 'config.json'), JSON.stringify(restoreConfig(config, c.rootfs.path), null, 1), { mode: 0o600 });
       const o = manifest.options;
+      // The container inherits runc's stdio where it had pipes: a file that outlives cedana, not cedana's pipes.
       await runtime.run(restoreArgs(id, { imagesDir: dir, workDir: criuWork, bundle: restoreBundle, tcpEstablished: o.tcpEstablished, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 }), {
-        log: join(criuWork, 'restore.log'), label: `${runtime.name}-restore-${id}`,
+        log: join(criuWork, 'restore.log'), label: `${runtime.name}-restore-${id}`, output: join(restoreBundle, 'stdio.log'),
       });
       const s = await runtime.state(id);
       if (!s || s.status !== 'running') throw new CedanaError('RUNTIME_FAILED', `${runtime.name} restored container ${id}, and it is ${s?.status ?? 'gone'}`);
@@ -471,11 +527,13 @@ export function containerRestoreScript(rt: RuntimeName, id: string, dir: string,
   return [
     REMOTE_PATH,
     `cd ${D}/img || exit 99`,
-    'tar -xf - || exit 97',
+    'tar -xf - || exit 98',
     'sha256sum -c --quiet --strict cedana.sha256 >&2 || exit 97',
     `: > ${D}/created`,
+    // mkdir -p, recording the topmost directory it made (what the undo removes).
+    `mkd() { t="$1"; while [ ! -e "$(dirname "$t")" ]; do t=$(dirname "$t"); done; mkdir -p "$1" && echo "$t" >> ${D}/created; }`,
     `if [ ! -f ${B}/config.json ]; then`,
-    `  if [ ! -d ${B} ]; then mkdir -p ${B} && echo ${B} >> ${D}/created || exit 95; fi`,
+    `  if [ ! -d ${B} ]; then mkd ${B} || exit 95; fi`,
     `  cp ${CONFIG_IMAGE} ${B}/config.json && echo ${B}/config.json >> ${D}/created || exit 95`,
     'fi',
     ...(c.rootfs.mode === 'changes'
@@ -483,7 +541,7 @@ export function containerRestoreScript(rt: RuntimeName, id: string, dir: string,
           `if [ -z "$(ls -A ${R} 2>/dev/null)" ]; then`,
           ...c.rootfs.base!.map((b) => `  [ -d ${shq(b)} ] || { echo "base image missing: ${b.replace(/["$`\\]/g, '')}" >&2; exit 96; }`),
           ...[c.rootfs.upper!, c.rootfs.work!].map((d) => `  [ -n "$(ls -A ${shq(d)} 2>/dev/null)" ] && { echo "not empty: ${d.replace(/["$`\\]/g, '')}" >&2; exit 95; }`),
-          ...[c.rootfs.upper!, c.rootfs.work!, c.rootfs.path].map((d) => `  if [ ! -d ${shq(d)} ]; then mkdir -p ${shq(d)} && echo ${shq(d)} >> ${D}/created || exit 95; fi`),
+          ...[c.rootfs.upper!, c.rootfs.work!, c.rootfs.path].map((d) => `  if [ -d ${shq(d)} ]; then echo contents:${shq(d)} >> ${D}/created; else mkd ${shq(d)} || exit 95; fi`),
           `  tar -xpf ${CHANGES_IMAGE} --numeric-owner --xattrs --xattrs-include='*' -C ${shq(c.rootfs.upper!)} || exit 95`,
           `  mount -t overlay overlay -o ${shq(`lowerdir=${c.rootfs.base!.join(':')},upperdir=${c.rootfs.upper},workdir=${c.rootfs.work}`)} ${R} && echo mount:${R} >> ${D}/created || exit 95`,
           'fi',
@@ -491,15 +549,16 @@ export function containerRestoreScript(rt: RuntimeName, id: string, dir: string,
       : [
           `if [ -z "$(ls -A ${R} 2>/dev/null)" ]; then`,
           `  [ -f ${ROOTFS_IMAGE} ] || exit 96`,
-          `  if [ ! -d ${R} ]; then mkdir -p ${R} && echo ${R} >> ${D}/created || exit 95; else echo contents:${R} >> ${D}/created; fi`,
-          `  tar -xpf ${ROOTFS_IMAGE} --numeric-owner -C ${R} || exit 95`,
+          `  if [ ! -d ${R} ]; then mkd ${R} || exit 95; else echo contents:${R} >> ${D}/created; fi`,
+          `  tar -xpf ${ROOTFS_IMAGE} --numeric-owner --xattrs --xattrs-include='*' --acls -C ${R} || exit 95`,
           'fi',
         ]),
     `RB=${shq(`${RESTORE_BUNDLES}/${id}`)}`,
     `mkdir -p "$RB" && echo "$RB" >> ${D}/created && cp ${RESTORE_CONFIG_IMAGE} "$RB/config.json" || exit 95`,
-    `${rt} restore --detach --image-path ${D}/img --work-path ${D}/work --bundle "$RB" ${flags.map(shq).join(' ')} ${shq(id)} </dev/null >/dev/null 2>${D}/runtime.err`,
+    // The container inherits runc's stdio where it had pipes: a file kept with its restore bundle.
+    `${rt} restore --detach --image-path ${D}/img --work-path ${D}/work --bundle "$RB" ${flags.map(shq).join(' ')} ${shq(id)} </dev/null >"$RB/stdio.log" 2>&1`,
     'rc=$?',
-    `if [ $rc -eq 0 ]; then ${rt} state ${shq(id)} | sed -n 's/^ *"pid": *\\([0-9]*\\).*/pid=\\1/p'; else tail -n 3 ${D}/runtime.err | sed 's/^/rt=/'; grep -E '(Error|BUG) ' ${D}/work/restore.log 2>/dev/null | grep -v RLIMIT_NOFILE | tail -n 5 | sed 's/^/criu=/'; fi`,
+    `if [ $rc -eq 0 ]; then ${rt} state ${shq(id)} | sed -n 's/^ *"pid": *\\([0-9]*\\).*/pid=\\1/p'; else tail -n 3 "$RB/stdio.log" | sed 's/^/rt=/'; grep -E '(Error|BUG) ' ${D}/work/restore.log 2>/dev/null | grep -v RLIMIT_NOFILE | tail -n 5 | sed 's/^/criu=/'; fi`,
     'exit $rc',
   ].join('\n');
 }
@@ -515,9 +574,29 @@ export function containerCleanupScript(rt: RuntimeName, id: string, dir: string,
   ].join('\n');
 }
 
+/** Runs the target's undo, over a new connection if the migration's own one is gone; true when it is confirmed. */
+async function cleanUpTarget(session: SshSession, args: ContainerMigrateArgs, script: string): Promise<boolean> {
+  if (session.isOpen) {
+    const r = await session.exec(script).catch(() => undefined);
+    if (r?.code === 0) return true;
+  }
+  let fresh: SshSession;
+  try {
+    fresh = await SshSession.connect(args.to, { acceptNewHostKey: false, sshDir: args.sshDir, connectTimeoutMs: 5000 });
+  } catch {
+    return false;
+  }
+  try {
+    return (await fresh.exec(script).catch(() => undefined))?.code === 0;
+  } finally {
+    fresh.close();
+  }
+}
+
 export async function migrateContainer(args: ContainerMigrateArgs): Promise<ContainerMigrateResult> {
   const started = performance.now();
   const report = args.reporter ?? silentReporter;
+  refuseTcpClose(args.tcp);
   requireRoot('migrate');
   const criu = await locateCriu();
   const { runtime, state } = await findContainer(args.id, args.runtime);
@@ -530,6 +609,7 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
   let restoreStarted = false;
   let paused = false;
   let committed = false;
+  let unlockNetwork: (() => Promise<void>) | undefined;
   try {
     report.phase(`preflight on ${args.to}`);
     const overlay = args.rootfs ? overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) : undefined;
@@ -556,7 +636,8 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
       paused = true;
     }
     await mkdir(imagesDir, { mode: 0o700 });
-    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: sendRootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle }, imagesDir, join(work, 'criu'), report);
+    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: sendRootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle, ends: true }, imagesDir, join(work, 'criu'), report);
+    unlockNetwork = ck.unlockNetwork;
     if (args.rootfs && !sendRootfs) ck.decisions.notes.push(`--rootfs: ${bundle.rootfs} is on ${args.to} already; not sent`);
     if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'migration interrupted; the container was resumed here');
     await writeFile(join(imagesDir, RESTORE_CONFIG_IMAGE), JSON.stringify(restoreConfig(bundle.config, bundle.rootfs), null, 1), { mode: 0o600 });
@@ -588,8 +669,11 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
     if (code !== 0 || !(pid > 0)) {
       const lines = stdout.split('\n').filter((l) => /^(rt|criu)=/.test(l)).map((l) => l.replace(/^(rt|criu)=/, '').replace(/^\(\s*\d+\.\d+\)\s*/, ''));
-      if (code === 97) throw new CedanaError('IMAGE_INVALID', `the image did not arrive intact on ${args.to}: ${stderr.trim().split('\n').slice(0, 3).join(' | ')}`, { hint: 'the source was resumed' });
-      if (code === 95 || code === 96) throw new CedanaError('ROOTFS_MISSING', `the bundle could not be put in place on ${args.to} (exit ${code}): ${stderr.trim().split('\n').slice(-2).join(' | ')}`, { hint: 'the source was resumed; --rootfs sends the root file system' });
+      const said = stderr.trim().split('\n').slice(-3).join(' | ');
+      if (code === 97) throw new CedanaError('IMAGE_INVALID', `the image did not arrive intact on ${args.to}: ${said}`, { hint: 'a checksum failed after the transfer; the source was resumed' });
+      if (code === 98) throw new CedanaError('TARGET_NO_SPACE', `the image could not be written on ${args.to}: ${said}`, { hint: 'free space there, or choose another --target-dir; the source was resumed' });
+      if (code === 96) throw new CedanaError('ROOTFS_MISSING', `the root file system cannot be put in place on ${args.to}: ${said}`, { hint: 'the source was resumed; --rootfs sends the root file system (its changes need the base image there)' });
+      if (code === 95) throw new CedanaError('FILE_CONFLICT', `the bundle could not be put in place on ${args.to}: ${said}`, { hint: 'something is in the way there (a non-empty overlay directory, a file where a directory goes); the source was resumed' });
       throw new CedanaError('TARGET_RESTORE_FAILED', `${runtime.name} restore failed on ${args.to} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, { hint: 'the source was resumed; the target was cleaned up', details: { criuLines: lines } });
     }
     // The commit point: the container runs there. Here it ends.
@@ -606,10 +690,22 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
   } catch (e) {
     const err = toCedanaError(e);
     if (!committed) {
-      if (remoteDir && session.isOpen) {
-        const r = await session.exec(containerCleanupScript(runtime.name, args.id, remoteDir, restoreStarted)).catch(() => undefined);
-        err.details.targetCleanedUp = r?.code === 0;
+      let clean = !remoteDir;
+      if (remoteDir) {
+        clean = await cleanUpTarget(session, args, containerCleanupScript(runtime.name, args.id, remoteDir, restoreStarted));
+        err.details.targetCleanedUp = clean;
       }
+      if (paused && !clean && restoreStarted) {
+        // The container may be running there: resuming it here too would make two of it.
+        err.details.sourceResumed = false;
+        err.details.targetState = 'unknown';
+        throw new CedanaError(err.code, `${err.message}\nthe target could not be reached to undo the restore there: container ${args.id} is left paused here`, {
+          hint: `check ${args.to}: if ${args.id} does not run there, \`${runtime.name} resume ${args.id}\` here`,
+          details: err.details,
+          cause: err,
+        });
+      }
+      await unlockNetwork?.().catch(() => undefined);
       if (paused) await runtime.resume(args.id).catch(() => undefined);
       err.details.sourceResumed = (await runtime.state(args.id))?.status === state.status;
     }

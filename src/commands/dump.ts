@@ -26,7 +26,7 @@ import { examineTree, validateTarget } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { parseOutput, type OutputTarget } from '../dump/output.js';
 import { ActionGate } from '../criu/gate.js';
-import { CudaCheckpoint, cudaProcesses, DRIVER_TREES, driverMajor, GpuSuspension, localGpuHost, planGpuDump, type ManifestGpu } from '../gpu/cuda.js';
+import { CudaCheckpoint, cudaProcesses, DRIVER_TREES, driverMajor, GpuSuspension, holdsNvidiaDevice, localGpuHost, planGpuDump, type CudaState, type ManifestGpu } from '../gpu/cuda.js';
 import { pathExists, privateTempDir, syncDirEntry, syncTree } from '../util/paths.js';
 import { copyShipped, deletedOpenFiles, ghostLimit, planShipping, shipCandidates, shippingNotes, type ShipPolicy, type ShippedEntry } from '../image/ship.js';
 
@@ -138,7 +138,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   try {
     if (gpuPlan) {
       // Before the freeze, with the tree running: GPU work locked, then its state copied into host memory.
-      gpu = await GpuSuspension.suspend(gpuPlan.cc, gpuPlan.pids, { lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: gpuPlan.lockTimeout, progress: (m) => report.phase(m) });
+      gpu = await GpuSuspension.suspend(gpuPlan.cc, gpuPlan.pids, { lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: gpuPlan.lockTimeout, progress: (m) => report.phase(m), states: gpuPlan.states });
     }
     const gate = await ActionGate.create(work, 'post-dump');
     const criuArgs = buildDumpArgs(args.pid, decisions, {
@@ -168,8 +168,8 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       if (args.leaveRunning) {
         await gate.commit();
         committed = true;
-        // Back onto the GPU as soon as CRIU lets the tree go, while the image is finished.
-        gpuBack = gpu?.resume((m) => report.phase(m)).then(() => undefined, (e: unknown) => e);
+        // Back onto the GPU once CRIU has let the tree go (cuda-checkpoint needs it running), while the image is finished.
+        gpuBack = gpu && run.done.catch(() => undefined).then(() => gpu!.resume((m) => report.phase(m))).then(() => undefined, (e: unknown) => e);
       }
       let known = (await follower?.finish()) ?? {};
       let parentRef: ManifestParent | undefined;
@@ -367,14 +367,34 @@ export interface GpuPlan {
   manifest: ManifestGpu;
   /** Whether this cuda-checkpoint takes --timeout for lock (driver ≥ 570). */
   lockTimeout: boolean;
+  /** Each CUDA process's state as cuda-checkpoint gave it while planning. */
+  states: Map<number, CudaState>;
 }
 
 /** The tree's CUDA processes, and what this host's cuda-checkpoint and driver make of them; undefined without any. */
 export async function planGpu(pids: number[], args: Pick<DumpArgs, 'cudaCheckpoint'>, notes: string[]): Promise<GpuPlan | undefined> {
-  const cudaPids = await cudaProcesses(pids);
-  if (cudaPids.length === 0) return undefined;
+  const candidates = await cudaProcesses(pids);
+  if (candidates.length === 0) return undefined;
   const host = await localGpuHost(args.cudaCheckpoint);
+  planGpuDump(candidates, host); // refuses a host that cannot checkpoint them at all
+  // A process can map libcuda without ever making a CUDA context: cuda-checkpoint does not know it,
+  // and CRIU dumps it like any other. One holding an NVIDIA device is a CUDA process whatever it says.
+  const cc = new CudaCheckpoint(host.cudaCheckpoint!);
+  const states = new Map<number, CudaState>();
+  const cudaPids: number[] = [];
+  for (const pid of candidates) {
+    const st = await cc.state(pid).catch((e: unknown) => e as CedanaError);
+    if (typeof st === 'string') {
+      states.set(pid, st);
+      cudaPids.push(pid);
+    } else if (await holdsNvidiaDevice(pid)) {
+      throw st;
+    } else {
+      notes.push(`PID ${pid} maps libcuda but cuda-checkpoint knows no CUDA context in it: dumped as a CPU process`);
+    }
+  }
+  if (cudaPids.length === 0) return undefined;
   const manifest = planGpuDump(cudaPids, host);
   notes.push(`GPU: PID ${cudaPids.join(', ')} use${cudaPids.length === 1 ? 's' : ''} CUDA (driver ${manifest.driverVersion}): ${manifest.memoryUsedMiB} MiB of device memory move through host memory (cuda-checkpoint lock, checkpoint; restore, unlock after)`);
-  return { cc: new CudaCheckpoint(host.cudaCheckpoint!), pids: cudaPids, manifest, lockTimeout: driverMajor(host.driver) >= DRIVER_TREES && host.help.includes('--timeout') };
+  return { cc, pids: cudaPids, manifest, lockTimeout: driverMajor(host.driver) >= DRIVER_TREES && host.help.includes('--timeout'), states };
 }

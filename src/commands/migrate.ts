@@ -184,7 +184,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     // GPU memory cannot be pre-copied: it is moved into host memory just before the final freeze.
     if (prep.gpu) {
       state.gpu = await GpuSuspension.suspend(prep.gpu.plan.cc, prep.gpu.plan.pids, {
-        lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: prep.gpu.plan.lockTimeout, progress: (m) => report.phase(m),
+        lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: prep.gpu.plan.lockTimeout, progress: (m) => report.phase(m), states: prep.gpu.plan.states,
       });
     }
     const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state, pre);

@@ -88,6 +88,9 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     const { dir, label } = await openImage(args.image, work, report, args.stdin);
     report.phase('verifying the manifest, the file sizes and the metadata images');
     const manifest = await readManifest(dir);
+    if (manifest.container) {
+      throw new CedanaError('USAGE', `this is an image of container ${manifest.container.id}: it is restored as a container`, { hint: `cedana restore ${args.image} --container` });
+    }
     await verifyDir(dir, manifest, (name) => !isPagesImage(name));
     if (manifest.parent) {
       if (label === '-' || dir !== label) {

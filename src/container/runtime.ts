@@ -5,6 +5,7 @@
  * take the same arguments for these commands.
  */
 import { execa } from 'execa';
+import { closeSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { CedanaError } from '../errors.js';
 import { decisiveLines } from '../criu/log.js';
@@ -99,13 +100,30 @@ export class Runtime {
     return r.exitCode === 0 ? parseState(String(r.stdout)) : undefined;
   }
 
-  /** Runs one command; a failure quotes the runtime (and the CRIU log it names, kept). */
-  async run(args: string[], opts: { log?: string; label?: string; timeoutMs?: number } = {}): Promise<void> {
-    const r = await execa(this.path, args, { reject: false, all: true, stdin: 'ignore', timeout: opts.timeoutMs ?? 600_000 });
-    if (r.exitCode === 0) return;
+  /**
+   * Runs one command; a failure quotes the runtime (and the CRIU log it names, kept). `output`: a
+   * file for the runtime's stdout and stderr instead of pipes (a restored container inherits them).
+   */
+  async run(args: string[], opts: { log?: string; label?: string; timeoutMs?: number; output?: string } = {}): Promise<void> {
+    let code: number | undefined;
+    let said: string;
+    if (opts.output) {
+      const fd = openSync(opts.output, 'a', 0o600);
+      try {
+        code = (await execa(this.path, args, { reject: false, stdin: 'ignore', stdout: fd as never, stderr: fd as never, timeout: opts.timeoutMs ?? 600_000 })).exitCode;
+      } finally {
+        closeSync(fd);
+      }
+      said = code === 0 ? '' : (await readFile(opts.output, 'utf8').catch(() => '')).split('\n').slice(-4).join('\n');
+    } else {
+      const r = await execa(this.path, args, { reject: false, all: true, stdin: 'ignore', timeout: opts.timeoutMs ?? 600_000 });
+      code = r.exitCode;
+      said = String(r.all ?? '');
+    }
+    if (code === 0) return;
     const kept = opts.log ? await keepLog(opts.log, opts.label ?? `${this.name}-${args[0]}`) : undefined;
     const criuLines = opts.log ? decisiveLines(await readFile(opts.log, 'utf8').catch(() => ''), 4) : [];
-    throw new CedanaError('RUNTIME_FAILED', `${this.name} ${args[0]} failed: ${String(r.all ?? '').trim().split('\n').slice(-3).join(' ') || `exit ${r.exitCode}`}${criuLines.length ? `\n  ${criuLines.join('\n  ')}` : ''}`, {
+    throw new CedanaError('RUNTIME_FAILED', `${this.name} ${args[0]} failed: ${said.trim().split('\n').slice(-3).join(' ') || `exit ${code}`}${criuLines.length ? `\n  ${criuLines.join('\n  ')}` : ''}`, {
       hint: kept ? `CRIU's log: ${kept}` : undefined,
       details: { runtime: this.name, ...(kept ? { log: kept } : {}) },
     });

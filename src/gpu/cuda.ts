@@ -98,22 +98,20 @@ export function isNvidiaDevice(link: string): boolean {
   return /^\/dev\/nvidia(\d+|ctl|-uvm(-tools)?|-caps\/.*)$/.test(link);
 }
 
-/** The processes of the tree that use CUDA: libcuda mapped, or an NVIDIA device open. */
+/** Whether the process holds an NVIDIA device node open. */
+export async function holdsNvidiaDevice(pid: number): Promise<boolean> {
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
+    if (isNvidiaDevice(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))) return true;
+  }
+  return false;
+}
+
+/** The processes of the tree that may use CUDA: libcuda mapped, or an NVIDIA device open. */
 export async function cudaProcesses(pids: number[]): Promise<number[]> {
   const out: number[] = [];
   for (const pid of pids) {
     const maps = await readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '');
-    let uses = mapsLibcuda(maps);
-    if (!uses) {
-      const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
-      for (const fd of fds) {
-        if (isNvidiaDevice(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))) {
-          uses = true;
-          break;
-        }
-      }
-    }
-    if (uses) out.push(pid);
+    if (mapsLibcuda(maps) || (await holdsNvidiaDevice(pid))) out.push(pid);
   }
   return out;
 }
@@ -295,7 +293,7 @@ export class CudaCheckpoint {
 }
 
 function gpuFailed(message: string, pid: number, step: string): CedanaError {
-  return new CedanaError('GPU_FAILED', message, { hint: 'see the message of cuda-checkpoint; nothing was lost', details: { gpuPid: pid, gpuStep: step } });
+  return new CedanaError('GPU_FAILED', message, { hint: 'see the message of cuda-checkpoint', details: { gpuPid: pid, gpuStep: step } });
 }
 
 /**
@@ -312,11 +310,12 @@ export class GpuSuspension {
     readonly pids: number[],
   ) {}
 
-  static async suspend(cc: CudaCheckpoint, pids: number[], opts: { lockTimeoutMs: number; supportsTimeout: boolean; progress?: (m: string) => void }): Promise<GpuSuspension> {
+  /** `states`: what cuda-checkpoint said while planning (asked again where missing). */
+  static async suspend(cc: CudaCheckpoint, pids: number[], opts: { lockTimeoutMs: number; supportsTimeout: boolean; progress?: (m: string) => void; states?: Map<number, CudaState> }): Promise<GpuSuspension> {
     const s = new GpuSuspension(cc, pids);
     try {
       for (const pid of pids) {
-        const initial = await cc.state(pid);
+        const initial = opts.states?.get(pid) ?? (await cc.state(pid));
         if (initial === 'failed') throw gpuFailed(`cuda-checkpoint reports PID ${pid} in the failed state`, pid, 'get-state');
         s.states.set(pid, { initial, now: initial });
       }
@@ -344,13 +343,17 @@ export class GpuSuspension {
     return s;
   }
 
-  /** Back to the state each process was found in: restore what was checkpointed, unlock what was locked. */
+  /**
+   * Back to the state each process was found in: restore what is checkpointed, unlock what is locked.
+   * It asks cuda-checkpoint where each one is (a step that failed or timed out may have gone through).
+   */
   async resume(progress?: (m: string) => void): Promise<void> {
     const errors: CedanaError[] = [];
     for (const pid of [...this.pids].reverse()) {
       const st = this.states.get(pid);
       if (!st) continue;
       try {
+        st.now = await this.cc.state(pid).catch(() => st.now);
         if (st.now === 'checkpointed' && st.initial !== 'checkpointed') {
           progress?.(`moving the GPU state of PID ${pid} back onto the GPU`);
           await this.cc.action(pid, 'restore');
@@ -382,6 +385,7 @@ export async function resumeRestored(cc: CudaCheckpoint, pids: number[], deviceM
   const notes: string[] = [];
   for (const pid of pids) {
     let st = await cc.state(pid);
+    if (st === 'failed') throw gpuFailed(`cuda-checkpoint reports PID ${pid} in the failed state after the restore`, pid, 'get-state');
     if (st === 'running') {
       notes.push(`PID ${pid}'s GPU state was already restored (CRIU's CUDA plugin)`);
       continue;

@@ -53,6 +53,8 @@ describe('containers (runc)', () => {
 
     const ins = await cedanaOk(['inspect', img, '--json']);
     expect(ins.manifest.container).toMatchObject({ id: c.id, runtime: 'runc', bundle: c.bundle, config: 'container/config.json', rootfs: { mode: 'none', path: join(c.bundle, 'rootfs') } });
+    const asTree = await cedana(['restore', img, '--json']);
+    expect(asTree.json?.error).toMatchObject({ code: 'USAGE', hint: expect.stringMatching(/--container/) });
 
     const r = await cedanaOk(['restore', img, '--container', '--json']);
     expect(r).toMatchObject({ container: c.id, runtime: 'runc', bundle: c.bundle, bundleCreated: 'none' });

@@ -107,7 +107,7 @@ describe('GpuSuspension', () => {
     const s = await GpuSuspension.suspend(new CudaCheckpoint('cc', t.exec), [1, 2], { lockTimeoutMs: 5000, supportsTimeout: true });
     expect(t.calls).toEqual(['get-state 1', 'get-state 2', 'lock 1', 'lock 2', 'checkpoint 1', 'checkpoint 2']);
     await s.resume();
-    expect(t.calls.slice(6)).toEqual(['restore 2', 'unlock 2', 'restore 1', 'unlock 1']);
+    expect(t.calls.slice(6)).toEqual(['get-state 2', 'restore 2', 'unlock 2', 'get-state 1', 'restore 1', 'unlock 1']);
     expect(states).toEqual({ 1: 'running', 2: 'running' });
   });
 
@@ -122,6 +122,25 @@ describe('GpuSuspension', () => {
       expect(states).toEqual({ 1: 'running', 2: 'running' });
     });
   }
+
+  it('a lock that reports failure but went through (or timed out late) is still undone: resume asks where each one is', async () => {
+    const states: Record<number, CudaState> = { 1: 'running' };
+    const t = fakeTool(states);
+    const late: Exec = async (file, args, ms) => {
+      const r = await t.exec(file, args, ms);
+      return args[1] === 'lock' ? { code: -1, out: '', timedOut: true } : r;
+    };
+    const err = await GpuSuspension.suspend(new CudaCheckpoint('cc', late), [1], { lockTimeoutMs: 100, supportsTimeout: true }).catch((e: CedanaError) => e);
+    expect((err as CedanaError).code).toBe('GPU_FAILED');
+    expect((err as CedanaError).message).toMatch(/did not finish/);
+    expect(states[1]).toBe('running');
+    expect(t.calls).toEqual(['get-state 1', 'lock 1', 'get-state 1', 'unlock 1']);
+  });
+
+  it('refuses to call a restored process running when cuda-checkpoint reports it failed', async () => {
+    const t = fakeTool({ 1: 'failed' });
+    await expect(resumeRestored(new CudaCheckpoint('cc', t.exec), [1], undefined)).rejects.toMatchObject({ code: 'GPU_FAILED' });
+  });
 
   it('leaves a process the user had locked or checkpointed as it was', async () => {
     const states: Record<number, CudaState> = { 1: 'locked', 2: 'checkpointed' };

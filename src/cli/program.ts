@@ -66,6 +66,13 @@ function parseMs(value: string): number {
   return Number(value);
 }
 
+/** What is wrong with a process-tree command line (no PID, or container-only options), if anything. */
+function treeMisuse(command: string, pid: number | undefined, o: { runtime?: string; rootfs?: boolean }, hint: string): CedanaError | undefined {
+  if (pid === undefined) return new CedanaError('USAGE', `${command} needs a PID, or --container ID`, { hint });
+  if (o.runtime !== undefined || o.rootfs) return new CedanaError('USAGE', '--runtime and --rootfs go with --container');
+  return undefined;
+}
+
 /** --cuda-checkpoint PATH: where NVIDIA's cuda-checkpoint is (else on PATH). */
 const cudaOption = (cmd: Command): Command => cmd.option('--cuda-checkpoint <path>', "NVIDIA's cuda-checkpoint, for processes that use the GPU (default: found on PATH; nvidia-smi on PATH or beside it)");
 
@@ -124,9 +131,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
         });
         return;
       }
-      const misuse = pidArg === undefined
-        ? new CedanaError('USAGE', 'dump needs a PID, or --container ID', { hint: 'cedana dump 1234, or cedana dump --container web' })
-        : o.runtime !== undefined || o.rootfs ? new CedanaError('USAGE', '--runtime and --rootfs go with --container') : undefined;
+      const misuse = treeMisuse('dump', pidArg, o, 'cedana dump 1234, or cedana dump --container web');
       if (misuse) return refuse('dump', !!o.json, misuse);
       const pid = pidArg!;
       if (o.every !== undefined) {
@@ -264,9 +269,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
         });
         return;
       }
-      const misuse = pidArg === undefined
-        ? new CedanaError('USAGE', 'migrate needs a PID, or --container ID', { hint: 'cedana migrate 1234 --to host, or cedana migrate --container web --to host' })
-        : o.runtime !== undefined || o.rootfs ? new CedanaError('USAGE', '--runtime and --rootfs go with --container') : undefined;
+      const misuse = treeMisuse('migrate', pidArg, o, 'cedana migrate 1234 --to host, or cedana migrate --container web --to host');
       if (misuse) return refuse('migrate', !!o.json, misuse);
       const pid = pidArg!;
       onInvoke({

@@ -11,27 +11,27 @@
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { decideDumpOptions, type TcpMode } from '../criu/options.js';
+import { decideDumpOptions, type CriuDecisions, type TcpMode } from '../criu/options.js';
 import { locateCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
-import { checksumDir, verifyDir } from '../image/checksum.js';
+import { checksumDir, listImageFiles, verifyDir } from '../image/checksum.js';
 import { MANIFEST_NAME, type ManifestContainer } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
 import { parseOutput } from '../dump/output.js';
-import { examineTree } from '../proc/tree.js';
+import { examineTree, type TreeFacts } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
-import { pathExists, privateTempDir, syncDirEntry, syncTree } from '../util/paths.js';
+import { pathExists, privateTempDir } from '../util/paths.js';
 import { checkContainerId, checkpointArgs, findContainer, restoreArgs, Runtime, type RuntimeName } from '../container/runtime.js';
-import { moveIntoPlace, partialArchive, privateFiles, storeImage } from './dump.js';
+import { commitImageDir, partialArchive, partialImagesDir, privateFiles, refuseExistingOutput, storeImage } from './dump.js';
 import { Transform } from 'node:stream';
 import { SshSession, shq } from '../transport/ssh.js';
 import { REMOTE_PATH } from '../migrate/preflight.js';
+import { undoOnTarget } from '../migrate/remote.js';
 import { packImage } from '../image/archive.js';
-import { listImageFiles } from '../image/checksum.js';
 import { checkCompatible } from './restore.js';
 
 export const CONFIG_IMAGE = 'container/config.json';
@@ -160,12 +160,24 @@ export async function lockContainerNetwork(pid: number): Promise<() => Promise<v
   };
 }
 
+/** What a container checkpoint is of: the container, what goes with it, and whether it ends here after. */
+interface CheckpointRequest {
+  runtime: Runtime;
+  id: string;
+  pid: number;
+  rootfs: boolean;
+  tcp: TcpMode;
+  fileLocks: boolean;
+  bundle: string;
+  ends: boolean;
+}
+
 export async function checkpointContainer(
-  c: { runtime: Runtime; id: string; pid: number; rootfs: boolean; tcp: TcpMode; fileLocks: boolean; bundle: string; ends: boolean },
+  c: CheckpointRequest,
   imagesDir: string,
   work: string,
   report: Reporter,
-): Promise<{ manifestExtra: ManifestContainer; facts: Awaited<ReturnType<typeof examineTree>>; decisions: ReturnType<typeof decideDumpOptions>; unlockNetwork?: () => Promise<void> }> {
+): Promise<{ manifestExtra: ManifestContainer; facts: TreeFacts; decisions: CriuDecisions; unlockNetwork?: () => Promise<void> }> {
   const facts = await examineTree(c.pid);
   const decisions = decideDumpOptions(facts, { tcp: c.tcp, fileLocks: c.fileLocks, leaveRunning: true });
   const bundle = await readBundle(c.bundle);
@@ -173,22 +185,23 @@ export async function checkpointContainer(
   const unlockNetwork = c.ends && decisions.tcpEstablished ? await lockContainerNetwork(c.pid) : undefined;
   if (unlockNetwork) decisions.notes.push('its network stays locked from the checkpoint until it ends here, so its connections are exactly as the image has them');
   try {
-    return { ...(await checkpointLocked(c, bundle, facts, decisions, imagesDir, work, report)), unlockNetwork };
+    return { manifestExtra: await writeContainerImage(c, bundle, facts, decisions, imagesDir, work, report), facts, decisions, unlockNetwork };
   } catch (e) {
     await unlockNetwork?.();
     throw e;
   }
 }
 
-async function checkpointLocked(
-  c: { runtime: Runtime; id: string; pid: number; rootfs: boolean; tcp: TcpMode; fileLocks: boolean; bundle: string },
+/** The runtime's checkpoint, the bundle's config and (--rootfs) the root file system, into imagesDir; returns the manifest's part. */
+async function writeContainerImage(
+  c: CheckpointRequest,
   bundle: { config: Record<string, any>; rootfs: string },
-  facts: Awaited<ReturnType<typeof examineTree>>,
-  decisions: ReturnType<typeof decideDumpOptions>,
+  facts: TreeFacts,
+  decisions: CriuDecisions,
   imagesDir: string,
   work: string,
   report: Reporter,
-): Promise<{ manifestExtra: ManifestContainer; facts: Awaited<ReturnType<typeof examineTree>>; decisions: ReturnType<typeof decideDumpOptions> }> {
+): Promise<ManifestContainer> {
   report.phase(`checkpointing container ${c.id} (${c.runtime.name}; ${facts.processes.length} process(es))`);
   const log = join(work, 'dump.log');
   await c.runtime.run(checkpointArgs(c.id, { imagesDir, workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
@@ -217,7 +230,7 @@ async function checkpointLocked(
   } else {
     decisions.notes.push(`the root file system stays where it is (${bundle.rootfs}): a restore needs it there (--rootfs carries it)`);
   }
-  return { manifestExtra: extra, facts, decisions };
+  return extra;
 }
 
 function refuseTcpClose(tcp: TcpMode): void {
@@ -234,14 +247,9 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
   const criu = await locateCriu();
   const { runtime, state } = await findContainer(args.id, args.runtime);
   const target = parseOutput(args.output, state.pid);
-  if (target.kind !== 'stream' && (await pathExists(target.path)) && !args.force) {
-    throw new CedanaError('OUTPUT_EXISTS', `${target.path} already exists`, { hint: 'choose another --output, or add --force to replace it', details: { output: target.path } });
-  }
+  await refuseExistingOutput(target, args.force);
   const work = await privateTempDir('cedana-ctr-');
-  const imagesParent = target.kind === 'stream' ? work : dirname(target.path);
-  await mkdir(imagesParent, { recursive: true });
-  const imagesDir = target.kind === 'stream' ? join(work, 'image') : await privateTempDir(`.${basename(target.path)}.partial-`, imagesParent);
-  await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+  const imagesDir = await partialImagesDir(target, work);
   const wasPaused = state.status === 'paused';
   let paused = false;
   let committed = false;
@@ -265,11 +273,7 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
     await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
     await privateFiles(imagesDir);
     const stored = await storeImage(target, imagesDir, args.stream, report, args.signal);
-    if (target.kind === 'dir') {
-      await syncTree(imagesDir);
-      await moveIntoPlace(imagesDir, target.path);
-      await syncDirEntry(dirname(target.path));
-    }
+    if (target.kind === 'dir') await commitImageDir(imagesDir, target.path);
     // The commit point: the image is stored. Now the container ends, or goes on.
     committed = true;
     if (args.leaveRunning) {
@@ -574,25 +578,6 @@ export function containerCleanupScript(rt: RuntimeName, id: string, dir: string,
   ].join('\n');
 }
 
-/** Runs the target's undo, over a new connection if the migration's own one is gone; true when it is confirmed. */
-async function cleanUpTarget(session: SshSession, args: ContainerMigrateArgs, script: string): Promise<boolean> {
-  if (session.isOpen) {
-    const r = await session.exec(script).catch(() => undefined);
-    if (r?.code === 0) return true;
-  }
-  let fresh: SshSession;
-  try {
-    fresh = await SshSession.connect(args.to, { acceptNewHostKey: false, sshDir: args.sshDir, connectTimeoutMs: 5000 });
-  } catch {
-    return false;
-  }
-  try {
-    return (await fresh.exec(script).catch(() => undefined))?.code === 0;
-  } finally {
-    fresh.close();
-  }
-}
-
 export async function migrateContainer(args: ContainerMigrateArgs): Promise<ContainerMigrateResult> {
   const started = performance.now();
   const report = args.reporter ?? silentReporter;
@@ -692,7 +677,8 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     if (!committed) {
       let clean = !remoteDir;
       if (remoteDir) {
-        clean = await cleanUpTarget(session, args, containerCleanupScript(runtime.name, args.id, remoteDir, restoreStarted));
+        const script = containerCleanupScript(runtime.name, args.id, remoteDir, restoreStarted);
+        clean = await undoOnTarget(session, args, async (t) => (await t.exec(script)).code === 0);
         err.details.targetCleanedUp = clean;
       }
       if (paused && !clean && restoreStarted) {

@@ -86,12 +86,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   await validateTarget(args.pid);
   const criu = await locateCriu();
   const target = parseOutput(args.output, args.pid);
-  if (target.kind !== 'stream' && (await pathExists(target.path)) && !args.force) {
-    throw new CedanaError('OUTPUT_EXISTS', `${target.path} already exists`, {
-      hint: 'choose another --output, or add --force to replace it',
-      details: { output: target.path },
-    });
-  }
+  await refuseExistingOutput(target, args.force);
 
   let parent: ParentRef | undefined;
   if (args.parent !== undefined) {
@@ -121,12 +116,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   }
 
   const work = await privateTempDir('cedana-work-');
-  // The images go to a private directory on the destination's file system, renamed into place on success.
-  const imagesParent = target.kind === 'stream' ? work : dirname(target.path);
-  await mkdir(imagesParent, { recursive: true });
-  const imagesDir = target.kind === 'stream' ? join(work, 'image') : await privateTempDir(`.${basename(target.path)}.partial-`, imagesParent);
-  if (target.kind === 'stream') await mkdir(imagesDir, { mode: 0o700 });
-  await chmod(imagesDir, 0o700);
+  const imagesDir = await partialImagesDir(target, work);
 
   const logFile = join(work, 'dump.log');
   let committed = false;
@@ -199,9 +189,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       // where it belongs and survive a crash of this host.
       if (target.kind === 'dir') {
         report.phase('syncing the image to disk');
-        await syncTree(imagesDir);
-        await moveIntoPlace(imagesDir, target.path);
-        await syncDirEntry(dirname(target.path));
+        await commitImageDir(imagesDir, target.path);
       }
     } catch (e) {
       await gate.abortAndWait(run.done);
@@ -267,7 +255,37 @@ export async function privateFiles(dir: string): Promise<void> {
   await Promise.all(files.map((f) => chmod(join(dir, f), 0o600)));
 }
 
-/** Writes the archive or stream; for a directory, nothing moves yet (see moveIntoPlace). */
+/** Refuses an output that exists already, unless --force. */
+export async function refuseExistingOutput(target: OutputTarget, force: boolean): Promise<void> {
+  if (target.kind !== 'stream' && (await pathExists(target.path)) && !force) {
+    throw new CedanaError('OUTPUT_EXISTS', `${target.path} already exists`, {
+      hint: 'choose another --output, or add --force to replace it',
+      details: { output: target.path },
+    });
+  }
+}
+
+/**
+ * Where the images are written: a private directory on the destination's file system (renamed into
+ * place on success, see commitImageDir), or inside the work directory for a stream.
+ */
+export async function partialImagesDir(target: OutputTarget, work: string): Promise<string> {
+  const imagesParent = target.kind === 'stream' ? work : dirname(target.path);
+  await mkdir(imagesParent, { recursive: true });
+  const imagesDir = target.kind === 'stream' ? join(work, 'image') : await privateTempDir(`.${basename(target.path)}.partial-`, imagesParent);
+  if (target.kind === 'stream') await mkdir(imagesDir, { mode: 0o700 });
+  await chmod(imagesDir, 0o700);
+  return imagesDir;
+}
+
+/** A finished image directory: synced to disk, renamed into place, the rename synced. */
+export async function commitImageDir(imagesDir: string, path: string): Promise<void> {
+  await syncTree(imagesDir);
+  await moveIntoPlace(imagesDir, path);
+  await syncDirEntry(dirname(path));
+}
+
+/** Writes the archive or stream; for a directory, nothing moves yet (see commitImageDir). */
 export async function storeImage(
   target: OutputTarget,
   imagesDir: string,
@@ -350,7 +368,7 @@ async function pack(dir: string, files: string[], dest: Writable, compression: '
 }
 
 /** Renames the finished image directory into place; with --force the old one is removed only after. */
-export async function moveIntoPlace(imagesDir: string, path: string): Promise<void> {
+async function moveIntoPlace(imagesDir: string, path: string): Promise<void> {
   if (await pathExists(path)) {
     const old = `${path}.old-${process.pid}`;
     await rename(path, old);

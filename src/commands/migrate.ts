@@ -35,7 +35,7 @@ import { footprint } from '../migrate/footprint.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { judgePreflight, runPreflight } from '../migrate/preflight.js';
-import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
+import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, undoOnTarget, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { addressOf, decideConnections, type Connection } from '../image/connections.js';
 import { remapPath, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
@@ -215,7 +215,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       const gpuErr = await state.gpu?.resume((m) => report.phase(m)).then(() => undefined, (r: unknown) => r as Error);
       if (gpuErr) err.details.gpuNotResumed = gpuErr.message;
       err.details.sourceResumed = await processExists(args.pid);
-      if (state.remote) err.details.targetCleanedUp = await cleanUpAfterFailure(session, state.remote, state.restoredPid ? state.treePids : [], args);
+      if (state.remote) err.details.targetCleanedUp = await undoOnTarget(session, args, (s) => cleanupRemote(s, state.remote!, state.restoredPid ? state.treePids : [], true));
     }
     throw err;
   } finally {
@@ -624,7 +624,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
     } catch (e) {
       // Its memory is incomplete there: left alone, faults on what never came would read zeros once
       // the lazy-pages daemon is gone. End it, over a new connection if the first one is lost.
-      const cleaned = await cleanUpAfterFailure(session, remote, state.treePids, args);
+      const cleaned = await undoOnTarget(session, args, (t) => cleanupRemote(t, remote, state.treePids, true));
       throw new CedanaError('PROCESS_LOST', `post-copy: the page stream to ${args.to} broke after the tree started there; the process is lost (${(e as Error).message.split('\n')[0]})`, {
         hint: cleaned
           ? 'its incomplete copy on the target was ended; post-copy cannot resume the source once the target runs: use stop-and-copy (the default) where the link may fail'
@@ -660,22 +660,6 @@ async function runHook(args: MigrateArgs, phase: 'pre-restore' | 'post-restore' 
     throw new CedanaError('HOOK_FAILED', `the ${phase} hook failed (exit ${r.exitCode ?? r.signal})${tail ? `: ${tail}` : ''}`, {
       hint: 'fix the --hook command; it runs with CEDANA_HOOK=pre-restore, post-restore or rollback',
     });
-  }
-}
-
-/** Cleans the target after a failure, over a new connection if the first one is gone. */
-async function cleanUpAfterFailure(session: SshSession, remote: RemoteDir, kill: number[], args: MigrateArgs): Promise<boolean> {
-  if (session.isOpen && (await cleanupRemote(session, remote, kill, true))) return true;
-  let fresh: SshSession;
-  try {
-    fresh = await SshSession.connect(args.to, { acceptNewHostKey: false, sshDir: args.sshDir, connectTimeoutMs: 5000 });
-  } catch {
-    return false;
-  }
-  try {
-    return await cleanupRemote(fresh, remote, kill, true);
-  } finally {
-    fresh.close();
   }
 }
 

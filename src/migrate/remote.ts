@@ -5,7 +5,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { CedanaError } from '../errors.js';
-import { shq, type SshSession } from '../transport/ssh.js';
+import { shq, SshSession } from '../transport/ssh.js';
 import { REMOTE_PATH } from './preflight.js';
 import { posix } from 'node:path';
 import { destination, type ShippedEntry } from '../image/ship.js';
@@ -191,4 +191,24 @@ export async function cleanupRemote(s: SshSession, d: RemoteDir, killPids: numbe
     .exec(`${kill}${unplace}${daemons}rm -rf ${shq(d.dir)} && [ ! -e ${shq(d.dir)} ]`)
     .catch(() => undefined);
   return r?.code === 0;
+}
+
+/**
+ * Runs an undo on the target: over the migration's own connection while it is open and the undo
+ * works there, else once more over a fresh connection (the first may be what broke). True when an
+ * undo reported success.
+ */
+export async function undoOnTarget(session: SshSession, dest: { to: string; sshDir?: string }, undo: (s: SshSession) => Promise<boolean>): Promise<boolean> {
+  if (session.isOpen && (await undo(session).catch(() => false))) return true;
+  let fresh: SshSession;
+  try {
+    fresh = await SshSession.connect(dest.to, { acceptNewHostKey: false, sshDir: dest.sshDir, connectTimeoutMs: 5000 });
+  } catch {
+    return false;
+  }
+  try {
+    return await undo(fresh).catch(() => false);
+  } finally {
+    fresh.close();
+  }
 }

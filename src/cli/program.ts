@@ -61,6 +61,13 @@ function parseCount(value: string): number {
   return Number(value);
 }
 
+/** A duration: 90s, 10m, 1h, 500ms (bare numbers are seconds). */
+function parseDuration(value: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim());
+  if (!m) throw new InvalidArgumentError('expected a duration like 90s, 10m or 1h');
+  return Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h']);
+}
+
 function parseMs(value: string): number {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected milliseconds');
   return Number(value);
@@ -183,10 +190,11 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--pid-wait <ms>', 'how long to wait for the image\'s PIDs to become free', parseMs, 5000)
     .option('--map-path <OLD=NEW>', 'restore files under OLD (open, mapped, working directory) from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW after the restore; repeatable', collectPortMap, [] as PortMap[])
+    .option('--allow-lost-locks', 'run the restored tree even if CRIU did not take all of its file locks again (by default that fails the restore)')
     .option('--container [new-id]', "restore a container's image as a container (its own id, or NEW-ID)")
     .option('--runtime <name>', 'with --container: runc or crun (default: the one that made it, if installed)')
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; cudaCheckpoint?: string; container?: string | boolean; runtime?: string; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; allowLostLocks?: boolean; cudaCheckpoint?: string; container?: string | boolean; runtime?: string; json?: boolean }) => {
       if (o.container !== undefined) {
         onInvoke({
           command: 'restore',
@@ -208,6 +216,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             pidWaitMs: o.pidWait,
             mapPaths: o.mapPath,
             mapPorts: o.mapPort,
+            allowLostLocks: !!o.allowLostLocks,
             cudaCheckpoint: o.cudaCheckpoint,
             reporter: ctx.reporter,
             signal: ctx.signal,
@@ -250,9 +259,11 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--postcopy', 'post-copy: the tree runs on the target at once and its memory follows on demand (CRIU lazy pages). The source is ended as soon as the target runs: if the link breaks after that, the process is LOST. Refused on a link slower than --min-throughput')
     .option('--min-throughput <MB/s>', 'post-copy is refused on a link measured slower than this (default 50)', parseMBps)
     .option('--gpu-lock-timeout <ms>', 'how long cuda-checkpoint may wait to lock a CUDA process; default 10000', parseMs)
+    .option('--allow-lost-locks', 'move a tree even if CRIU will not take all of its file locks again there (by default refused before freezing when predicted, and rolled back when found)')
+    .option('--freeze-timeout <duration>', 'the longest the source may stay frozen (90s, 5m); past it the migration is abandoned, the source resumed and the target cleaned (default: 60s + 20s per GiB of memory)', parseDuration)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
+    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; postcopy?: boolean; minThroughput?: number; hook?: string; freezeTimeout?: number; allowLostLocks?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
       if (o.container !== undefined) {
         onInvoke({
           command: 'migrate',
@@ -292,6 +303,8 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             maxRounds: o.maxRounds,
             minThroughput: o.minThroughput,
             hook: o.hook,
+            freezeTimeoutMs: o.freezeTimeout,
+            allowLostLocks: !!o.allowLostLocks,
             cudaCheckpoint: o.cudaCheckpoint,
             gpuLockTimeoutMs: o.gpuLockTimeout,
             reporter: ctx.reporter,

@@ -34,8 +34,10 @@ import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
-import { judgePreflight, runPreflight } from '../migrate/preflight.js';
-import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, undoOnTarget, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
+import { judgePreflight, runPreflight, type TargetFacts } from '../migrate/preflight.js';
+import { judgeSharedLocks, placeProbes, removeProbes } from '../migrate/shared-locks.js';
+import { dropKeptSocketFiles, keepSocketFiles, putBackSocketFiles, type KeptSocket } from '../migrate/keep-sockets.js';
+import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, undoOnTarget, type PendingRestore, type RemoteDir, type RestoreOptions } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { addressOf, decideConnections, type Connection } from '../image/connections.js';
 import { remapPath, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
@@ -44,6 +46,8 @@ import { bridgeLazyPages, checkLazySource, freeLoopbackPort, makeTls, measureThr
 import { copyFile } from 'node:fs/promises';
 import { placementScript } from '../migrate/remote.js';
 import type { TcpSocket } from '../proc/sockets.js';
+import { describeLock } from '../proc/locks.js';
+import { expectedLocksFile, imageLocks, LOCK_CHECK_SCRIPT } from '../image/file-locks.js';
 import { privateTempDir } from '../util/paths.js';
 import { CudaCheckpoint, deviceMapArg, GpuSuspension, planGpuRestore, resumeRestored } from '../gpu/cuda.js';
 import { remoteGpuHost, sshExec } from '../gpu/remote.js';
@@ -79,6 +83,10 @@ export interface MigrateArgs {
   /** --cuda-checkpoint PATH, here and (the same path) on the target; else on PATH on each. */
   cudaCheckpoint?: string;
   gpuLockTimeoutMs?: number;
+  /** The longest the source may stay frozen (ms); default freezeTimeoutFor(its memory). */
+  freezeTimeoutMs?: number;
+  /** Run on the target even if CRIU does not take all of the tree's file locks again. */
+  allowLostLocks?: boolean;
 }
 
 export interface MigrateResult {
@@ -161,6 +169,45 @@ interface Moved {
 const interrupted = (): CedanaError =>
   new CedanaError('INTERRUPTED', 'migration interrupted; the source process was resumed and the target cleaned up', { hint: 'run the migration again when ready' });
 
+/**
+ * How long the source may stay frozen by default: a minute for the fixed steps plus 20 s per GiB
+ * of memory (a link down to ~50 MB/s). Past it the migration is abandoned, not left hanging.
+ */
+export function freezeTimeoutFor(memoryBytes: number): number {
+  return 60_000 + Math.ceil((memoryBytes / 2 ** 30) * 20_000);
+}
+
+/**
+ * The frozen window: every step from the freeze to the commit watches `signal`, which fires on
+ * Ctrl-C/SIGTERM or when the deadline passes; `reason()` is the error to report for it.
+ */
+function frozenWindow(args: MigrateArgs, memoryBytes: number): { signal: AbortSignal; reason: () => CedanaError; clear: () => void } {
+  const ms = args.freezeTimeoutMs ?? freezeTimeoutFor(memoryBytes);
+  const ctl = new AbortController();
+  let timedOut = false;
+  const onUser = (): void => ctl.abort();
+  args.signal?.addEventListener('abort', onUser, { once: true });
+  if (args.signal?.aborted) ctl.abort();
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ctl.abort();
+  }, ms);
+  return {
+    signal: ctl.signal,
+    reason: () =>
+      timedOut
+        ? new CedanaError('FREEZE_TIMEOUT', `the migration did not finish within ${(ms / 1000).toFixed(0)} s of the freeze; it was abandoned, the source resumed and the target cleaned up`, {
+            hint: 'see what the target was doing (a slow link, a restore waiting on something); --freeze-timeout gives it longer',
+            details: { freezeTimeoutMs: ms },
+          })
+        : interrupted(),
+    clear: () => {
+      clearTimeout(timer);
+      args.signal?.removeEventListener('abort', onUser);
+    },
+  };
+}
+
 export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const started = performance.now();
   const report = args.reporter ?? silentReporter;
@@ -235,6 +282,13 @@ async function prepare(
   report.phase(`preflight on ${args.to}`);
   const facts = await examineTree(args.pid);
   const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: false });
+  const doomed = facts.locks.filter((l) => l.mapped);
+  if (doomed.length > 0 && !args.allowLostLocks) {
+    throw new CedanaError('LOCK_LOST', `CRIU 4.2 would not restore ${doomed.map(describeLock).join('; ')}: the process also maps that file`, {
+      hint: 'nothing was frozen. A program that relies on the lock (SQLite\'s -shm) can corrupt its data without it; --allow-lost-locks migrates anyway',
+      details: { files: [...new Set(doomed.map((l) => l.path))], predicted: true },
+    });
+  }
   const pids = facts.processes.map((p) => p.pid);
   const fp = await footprint(pids);
   state.treePids = fp.pids;
@@ -253,11 +307,22 @@ async function prepare(
   }
   const host = await hostFacts();
   await execa(criu.path, ['cpuinfo', 'dump', '-D', work, '-o', join(work, 'cpuinfo.log')]);
-  const target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')), {
-    paths: fp.paths.map(dest),
-    sized: cands.filter((x) => x.kind === 'file' && remapPath(x.path, maps) !== undefined).map((x) => ({ path: dest(x.path), size: x.size })),
-    lazy: !!args.postcopy,
-  });
+  // Is a locked file on storage the target sees too? A probe beside it here, looked for there.
+  const probes = await placeProbes(facts.locks.map((l) => l.path));
+  let target: TargetFacts;
+  try {
+    target = await runPreflight(session, fp, args.targetDir, await readFile(join(work, 'cpuinfo.img')), {
+      paths: fp.paths.map(dest),
+      sized: cands.filter((x) => x.kind === 'file' && remapPath(x.path, maps) !== undefined).map((x) => ({ path: dest(x.path), size: x.size })),
+      lazy: !!args.postcopy,
+      probes: probes.map((x) => ({ path: dest(x.probe), token: x.token })),
+      ptys: facts.ptys,
+    });
+  } finally {
+    await removeProbes(probes);
+  }
+  const sharedThere = new Set(target.sharedProbes);
+  const sharedFiles = new Set(probes.filter((x) => sharedThere.has(dest(x.probe))).map((x) => x.path));
   const missing = new Set(target.missingPaths);
   const plan = planShipping(cands.filter((x) => missing.has(dest(x.path))), policy);
   const conns: Connection[] = facts.tcp.filter((t) => t.state === 'ESTABLISHED').map((t) => ({ ino: t.inode, local: t.local, remote: t.remote }));
@@ -268,6 +333,7 @@ async function prepare(
     target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: tcpPlan.keep.length > 0,
     shipping: plan.ship.map((x) => dest(x.path)), listening, lazy: !!args.postcopy,
   });
+  decisions.notes.push(...judgeSharedLocks(facts.locks, sharedFiles, args.to));
   decisions.notes.push(...tcpPlan.notes, ...shippingNotes({ ship: plan.ship, left: [] }));
   let gpu: Prepared['gpu'];
   if (gpuPlan) {
@@ -432,6 +498,12 @@ async function finishImage(p: Prepared, state: Progress, images: string, memoryB
   const shipped = await copyShipped(p.ship, images);
   state.shippedPaths = shipped.filter((e) => p.ship.some((c) => c.path === e.path)).map((e) => e.path);
   if (shipped.length > 0) await writeFile(join(images, 'place.sh'), `${placementScript(shipped, p.maps, state.remote!).join('\n')}\n`, { mode: 0o600 });
+  // Every file lock held again there before the tree runs (CRIU may drop one), unless accepted.
+  const locks = await imageLocks(images);
+  if (locks.length > 0 && !p.args.allowLostLocks) {
+    await writeFile(join(images, 'locks-check.sh'), LOCK_CHECK_SCRIPT, { mode: 0o700 });
+    await writeFile(join(images, 'expected-locks'), expectedLocksFile(locks), { mode: 0o600 });
+  }
   // The target's paths were checked in preflight; the image is rewritten in place (a transient copy).
   if (p.maps.length + p.ports.length + p.closeSome.size > 0) await writeRemappedImage(images, undefined, p.maps, p.ports, p.closeSome, () => true);
   const files = await checksumDir(images);
@@ -446,9 +518,9 @@ async function finishImage(p: Prepared, state: Progress, images: string, memoryB
 }
 
 /** Waits for CRIU at the post-dump gate; a dead link or an interrupt before that resumes the tree. */
-async function frozenAtGate(p: Prepared, gate: ActionGate, run: { done: Promise<void> }, logFile: string, cut: () => void, extra: Promise<never>[] = []): Promise<void> {
+async function frozenAtGate(p: Prepared, w: FrozenWindow, gate: ActionGate, run: { done: Promise<void> }, logFile: string, cut: () => void, extra: Promise<never>[] = []): Promise<void> {
   const onAbort = (): void => cut();
-  p.args.signal?.addEventListener('abort', onAbort, { once: true });
+  w.signal.addEventListener('abort', onAbort, { once: true });
   let event: 'ready' | 'exited';
   try {
     event = await Promise.race([gate.waitReady(run.done), p.session.lost(), ...extra]);
@@ -457,11 +529,11 @@ async function frozenAtGate(p: Prepared, gate: ActionGate, run: { done: Promise<
     await gate.abortAndWait(run.done);
     throw e;
   } finally {
-    p.args.signal?.removeEventListener('abort', onAbort);
+    w.signal.removeEventListener('abort', onAbort);
   }
   if (event === 'exited') {
     await run.done.catch((e: unknown) => {
-      throw p.args.signal?.aborted ? interrupted() : e;
+      throw w.signal.aborted ? w.reason() : e;
     });
     throw new CedanaError('CRIU_FAILED', 'criu dump exited before its post-dump step', { hint: `log: ${await keepLog(logFile, `migrate-${p.args.pid}`)}` });
   }
@@ -487,7 +559,7 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
   // After pre-copy, the final dump sends only what changed since the last round (CRIU's parent link).
   const psPort = await startPageServer(session, remote, pre ? { into: 'img', prev: pre.prev } : undefined);
   const bridge = await openPageChannel(session, psPort);
-  state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock);
+  state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, restoreOptions(state));
 
   const { images, gate, logFile, criuArgs } = await finalDump(p, [
     '--page-server', '--ps-socket', '3',
@@ -495,19 +567,22 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
   ]);
   const frozenAt = performance.now();
   report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
+  const w = frozenWindow(args, p.rssBytes);
   const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
   const proxy: PageBridge = bridge(run.psSocket!);
   try {
-    const ticker = progressTicker(report, () => proxy.bytes(), p.rssBytes);
-    // An interrupt or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
-    await frozenAtGate(p, gate, run, logFile, () => proxy.close(), [proxy.failed]).finally(() => clearInterval(ticker));
+    // What the final dump sends: everything, or what pre-copy found changed (unknown ahead: no total).
+    const ticker = progressTicker(report, () => proxy.bytes(), pre ? 0 : p.rssBytes);
+    // An interrupt, the deadline or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
+    await frozenAtGate(p, w, gate, run, logFile, () => proxy.close(), [proxy.failed]).finally(() => clearInterval(ticker));
 
     // The tree is frozen here, and stays so until commit or abort.
     let downtimeMs: number;
     let memoryBytes: number;
     let hookRan = false;
+    let kept: KeptSocket[] = [];
     try {
-      if (args.signal?.aborted) throw interrupted();
+      if (w.signal.aborted) throw w.reason();
       if (args.hook) {
         report.phase('running the pre-restore hook');
         hookRan = true;
@@ -515,9 +590,10 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
       }
       memoryBytes = proxy.bytes();
       const ordered = await finishImage(p, state, images, memoryBytes);
+      kept = await keepSocketFiles(p.facts.boundUnix);
       report.phase(`sending the metadata and restoring on ${args.to}`);
-      // Not abortable: once CRIU restores there, cedana must know the outcome to undo it.
-      const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
+      // An interrupt or the deadline ends the restore there (and what it made) before the source resumes.
+      const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true), w.signal, w.reason);
       state.restoredPid = restored.pid;
       if (p.gpu) {
         // On the target: GPU state back onto its GPUs, then unlocked; a failure kills it there and resumes the source.
@@ -527,17 +603,23 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
         report.phase('running the post-restore hook');
         await runHook(args, 'post-restore');
       }
-      downtimeMs = Math.round(performance.now() - frozenAt);
       // An interrupt that came while the target restored still wins: nothing is committed yet.
-      if (args.signal?.aborted) throw interrupted();
+      if (w.signal.aborted) throw w.reason();
+      // The target's lifeline lets its copy live on; only then does the source end (see commitSource).
+      await state.pending.keep();
+      downtimeMs = Math.round(performance.now() - frozenAt);
     } catch (e) {
       // The rollback hook runs before the source resumes: what pre-restore moved must be back first.
       if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
+      await putBackSocketFiles(kept);
       await gate.abortAndWait(run.done);
       throw e;
+    } finally {
+      w.clear();
     }
     await gate.commit();
     state.committed = true;
+    await dropKeptSocketFiles(kept);
     report.phase('ending the source');
     await run.done;
     if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
@@ -566,18 +648,21 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
   const criuPort = await freeLoopbackPort();
   const lazy = await bridgeLazyPages(session, criuPort);
   try {
-    state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { port: lazy.port, ca: 'tls-ca.pem', cert: 'tls-client.pem', key: 'tls-client.key' });
+    state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, {
+      ...restoreOptions(state), lazy: { port: lazy.port, ca: 'tls-ca.pem', cert: 'tls-client.pem', key: 'tls-client.key' },
+    });
     const { images, gate, logFile, criuArgs } = await finalDump(p, ['--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs]);
     const frozenAt = performance.now();
     report.phase(`freezing ${p.facts.processes.length} process(es) and dumping all but their memory`);
+    const w = frozenWindow(args, p.rssBytes);
     const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}` });
-    await frozenAtGate(p, gate, run, logFile, () => undefined);
-
-    // Frozen; the images hold all but the lazy pages. The TLS client files travel with them.
     let hookRan = false;
     let downtimeMs: number;
+    let kept: KeptSocket[] = [];
     try {
-      if (args.signal?.aborted) throw interrupted();
+      await frozenAtGate(p, w, gate, run, logFile, () => undefined);
+      // Frozen; the images hold all but the lazy pages. The TLS client files travel with them.
+      if (w.signal.aborted) throw w.reason();
       if (args.hook) {
         report.phase('running the pre-restore hook');
         hookRan = true;
@@ -587,19 +672,24 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
       await copyFile(tls.clientFiles.cert, join(images, 'tls-client.pem'));
       await copyFile(tls.clientFiles.key, join(images, 'tls-client.key'));
       const ordered = await finishImage(p, state, images, 0);
+      kept = await keepSocketFiles(p.facts.boundUnix);
       // CRIU goes on to serve the pages. Until the target runs, a failure still resumes the source:
       // CRIU's lazy transfer fails (its connection cut, or a stranger's failing the TLS handshake).
       await gate.commit();
       report.phase(`sending the metadata and restoring on ${args.to}; the memory follows`);
-      const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true));
+      const restored = await state.pending.send((dest) => packImage(images, ordered, dest as never, 'none', true), w.signal, w.reason);
       state.restoredPid = restored.pid;
-      if (args.signal?.aborted) throw interrupted();
+      if (w.signal.aborted) throw w.reason();
+      await state.pending.keep();
     } catch (e) {
       if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
+      await putBackSocketFiles(kept);
       await gate.abortAndWait(Promise.resolve()); // before the commit: CRIU resumes the tree
       await lazy.close(); // after it: CRIU's transfer fails, and it resumes the tree
       await run.done.catch(() => undefined);
       throw e;
+    } finally {
+      w.clear();
     }
     // The point of no return: the tree runs on the target. The source must never resume, whatever
     // happens to the page stream now: its frozen tree is killed (CRIU serves from its own pipes).
@@ -611,6 +701,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
       }
     }
     state.committed = true;
+    await dropKeptSocketFiles(kept);
     downtimeMs = Math.round(performance.now() - frozenAt);
     if (args.hook) {
       report.phase('running the post-restore hook');
@@ -647,6 +738,11 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
   }
 }
 
+/** The target's restore knows the tree by its PIDs: its restoring tasks, and the restored tree. */
+function restoreOptions(state: Progress): RestoreOptions {
+  return { treePids: state.treePids };
+}
+
 /** Runs the user's hook; a failure at pre-restore aborts the migration (HOOK_FAILED). */
 async function runHook(args: MigrateArgs, phase: 'pre-restore' | 'post-restore' | 'rollback'): Promise<void> {
   const r = await execa('sh', ['-c', args.hook!], {
@@ -680,6 +776,8 @@ async function imagesSize(dir: string): Promise<number> {
   for (const f of (await listImageFiles(dir)).files) total += (await stat(join(dir, f))).size;
   return total;
 }
+
+type FrozenWindow = ReturnType<typeof frozenWindow>;
 
 function progressTicker(report: Reporter, sent: () => number, total: number): NodeJS.Timeout {
   const t0 = performance.now();

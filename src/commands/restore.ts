@@ -19,6 +19,8 @@ import { verifyChain } from '../image/incremental.js';
 import { releaseSourceLocks } from '../migrate/netlock.js';
 import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
 import { ActionGate } from '../criu/gate.js';
+import { imageLocks, locksLost, type ExpectedLock } from '../image/file-locks.js';
+import { describeLock, localFileOf, localPathOf, lostLocks } from '../proc/locks.js';
 import { compareVersions, parseVersionText } from '../criu/version.js';
 import { CedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
@@ -56,6 +58,8 @@ export interface RestoreArgs {
   mapPorts?: PortMap[];
   /** --cuda-checkpoint PATH, for an image with GPU state (else found on PATH). */
   cudaCheckpoint?: string;
+  /** Run the tree even if CRIU did not take all of its file locks again. */
+  allowLostLocks?: boolean;
 }
 
 export interface RestoreResult {
@@ -136,7 +140,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       }
       report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
       const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
-      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, signal: args.signal });
+      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal });
       if (gpu && manifest.gpu) {
         const pids = manifest.gpu.processes.map((p) => p.pid);
         try {
@@ -164,7 +168,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
         remapped,
         remappedPorts,
         placed: placement.created,
-        decisions: [...plan.notes, ...(gpu?.notes ?? [])],
+        decisions: [...plan.notes, ...restored.notes, ...(gpu?.notes ?? [])],
         ...(gpu && manifest.gpu ? { gpu: { pids: manifest.gpu.processes.map((p) => p.pid), deviceMap: Object.fromEntries(gpu.deviceMap) } } : {}),
       };
     } catch (e) {
@@ -186,11 +190,14 @@ interface RunRestore {
   criuDir: string;
   work: string;
   tcp: { tcpEstablished: boolean; tcpClose: boolean };
+  /** The image's file locks, each to be held again before the tree runs. */
+  locks: ExpectedLock[];
+  allowLostLocks: boolean;
   signal?: AbortSignal;
 }
 
 /** CRIU restores; the pages are verified meanwhile, the tree held at post-restore until they check out. */
-async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: number }> {
+async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: number; notes: string[] }> {
   const { criu, manifest, work } = r;
   const pidFile = join(work, 'restored.pid');
   const logFile = join(work, 'restore.log');
@@ -224,13 +231,24 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
     await run.done;
     throw new CedanaError('CRIU_FAILED', 'criu restore exited before its post-restore step', { hint: `log: ${await keepLog(logFile, `restore-${manifest.pid}`)}` });
   }
+  // Every lock of the image held again, before the tree runs a single instruction.
+  const lost = lostLocks(r.locks, await readFile('/proc/locks', 'utf8'), localFileOf).map((l) => ({ ...l, path: localPathOf(l.pid, l.fd) }));
+  const lockNotes: string[] = [];
+  if (lost.length > 0) {
+    const err = locksLost(lost, 'here');
+    if (!r.allowLostLocks) {
+      await gate.abortAndWait(run.done);
+      throw err;
+    }
+    lockNotes.push(`--allow-lost-locks: running without ${lost.map(describeLock).join('; ')}`);
+  }
   await gate.commit();
   await run.done;
   const restoreMs = Math.round(performance.now() - t);
   const pid = Number((await readFile(pidFile, 'utf8')).trim());
   if (!Number.isSafeInteger(pid) || pid <= 0) throw new CedanaError('CRIU_FAILED', `criu restore wrote no PID to ${pidFile}`);
   const stats = await readRestoreStats(join(work, 'stats-restore'));
-  return { pid, restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs };
+  return { pid, restoreMs: stats ? Math.round(stats.restoreUs / 1000) : restoreMs, notes: lockNotes };
 }
 
 /** Refuses images from another architecture, a newer CRIU, or a CPU with features this one lacks. Pure. */

@@ -23,6 +23,13 @@ export interface CriuDecisions {
   notes: string[];
 }
 
+/** The /dev/pts index of a tty_nr (/proc/PID/stat), or undefined for another kind of terminal. Pure. */
+export function ptsIndex(ttyNr: number): number | undefined {
+  const major = (ttyNr >> 8) & 0xfff;
+  const minor = (ttyNr & 0xff) | ((ttyNr >> 12) & 0xfff00);
+  return major >= 136 && major <= 143 ? (major - 136) * 256 + minor : undefined;
+}
+
 export function decideDumpOptions(facts: TreeFacts, req: DumpRequest): CriuDecisions {
   const notes: string[] = [];
   const pids = new Set(facts.processes.map((p) => p.pid));
@@ -30,8 +37,13 @@ export function decideDumpOptions(facts: TreeFacts, req: DumpRequest): CriuDecis
   const withTty = facts.processes.filter((p) => p.ttyNr !== 0);
   const outsideSession = facts.processes.filter((p) => !pids.has(p.session) || !pids.has(p.pgrp));
   const shellJob = withTty.length > 0 || outsideSession.length > 0;
-  if (withTty.length > 0) {
-    notes.push(`--shell-job: PID ${withTty[0]!.pid} has a controlling terminal (restore needs a terminal too)`);
+  // A terminal whose master end the tree holds (tmux, screen, script) is dumped and restored with
+  // it; only one from outside (a login's) makes the restore need a terminal of its own.
+  const outsideTty = withTty.filter((p) => !facts.ptyMasters.includes(ptsIndex(p.ttyNr) ?? -1));
+  if (outsideTty.length > 0) {
+    notes.push(`--shell-job: PID ${outsideTty[0]!.pid} has a controlling terminal from outside the tree (restore needs a terminal too)`);
+  } else if (withTty.length > 0) {
+    notes.push(`--shell-job: PID ${withTty[0]!.pid} has a controlling terminal (pts/${ptsIndex(withTty[0]!.ttyNr)}) whose master the tree holds: it is restored with the tree`);
   } else if (outsideSession.length > 0) {
     notes.push(`--shell-job: PID ${outsideSession[0]!.pid}'s session or process group leader is outside the tree`);
   }
@@ -55,6 +67,9 @@ export function decideDumpOptions(facts: TreeFacts, req: DumpRequest): CriuDecis
   const fileLocks = req.fileLocks || facts.fileLocks > 0;
   if (facts.fileLocks > 0) notes.push(`--file-locks: ${facts.fileLocks} file lock(s) held`);
   else if (req.fileLocks) notes.push('--file-locks: requested');
+  for (const l of facts.locks.filter((k) => k.mapped)) {
+    notes.push(`PID ${l.pid}'s ${l.kind} ${l.type} lock on ${l.path} is on a file it also maps: CRIU 4.2 does not restore such a lock (a restore fails with LOCK_LOST unless --allow-lost-locks)`);
+  }
 
   if (facts.externalUnix.length > 0) {
     notes.push(`--external unix[…]: ${facts.externalUnix.length} unix socket(s) connected to a peer outside the tree`);

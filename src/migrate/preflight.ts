@@ -34,6 +34,10 @@ export interface TargetFacts {
   listening: { addr: string; port: number }[];
   /** Files that exist there with another size than the source's (for --map-path targets). */
   badSizes: { path: string; size: number }[];
+  /** Probe files found there with their token: the directory is storage both hosts see. */
+  sharedProbes: string[];
+  /** Pseudo-terminal indexes already in use there (/dev/pts/N exists). */
+  ptysTaken: number[];
 }
 
 export interface PreflightChecks {
@@ -43,6 +47,10 @@ export interface PreflightChecks {
   sized?: { path: string; size: number }[];
   /** Post-copy: whether CRIU there can restore with lazy pages (userfaultfd). */
   lazy?: boolean;
+  /** Probe files written here (path there, token): found there with the token, the storage is shared. */
+  probes?: { path: string; token: string }[];
+  /** Pseudo-terminal indexes the tree needs free there. */
+  ptys?: number[];
 }
 
 /**
@@ -86,12 +94,25 @@ export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buff
           'CEDANA_SIZED',
         ]
       : []),
+    ...probeLines(checks.probes ?? []),
+    ...(checks.ptys?.length ? [`for n in ${checks.ptys.join(' ')}; do [ -e /dev/pts/$n ] && echo "ptytaken=$n"; done`] : []),
     'exit 0',
   ].join('\n');
 }
 
+/** Shell lines that print `shared=PATH` for each probe found there holding its token. */
+function probeLines(probes: { path: string; token: string }[]): string[] {
+  const ok = probes.filter((p) => p.path.startsWith('/') && !p.path.includes('\n') && /^[0-9a-f]+$/.test(p.token));
+  if (ok.length === 0) return [];
+  return [
+    "while IFS=' ' read -r t f; do [ \"$(cat \"$f\" 2>/dev/null)\" = \"$t\" ] && printf 'shared=%s\\n' \"$f\"; done <<'CEDANA_PROBES'",
+    ...ok.map((p) => `${p.token} ${p.path}`),
+    'CEDANA_PROBES',
+  ];
+}
+
 export function parsePreflight(out: string): TargetFacts {
-  const f: TargetFacts = { uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [], listening: [], badSizes: [] };
+  const f: TargetFacts = { uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [], listening: [], badSizes: [], sharedProbes: [], ptysTaken: [] };
   for (const line of out.split('\n')) {
     const i = line.indexOf('=');
     if (i < 0) continue;
@@ -110,6 +131,8 @@ export function parsePreflight(out: string): TargetFacts {
     else if (k === 'cpu') f.cpuCheck = Number(v);
     else if (k === 'cpuout') (f.cpuCheckOutput ??= []).push(v);
     else if (k === 'uffd') f.uffd = Number(v);
+    else if (k === 'shared') f.sharedProbes.push(v);
+    else if (k === 'ptytaken') f.ptysTaken.push(Number(v));
     else if (k === 'ipaddr') f.addresses ??= [];
     else if (k === 'addr') (f.addresses ??= []).push(canonicalAddress(v));
     else if (k === 'listen') {
@@ -211,6 +234,12 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
     throw new CedanaError('REMAP_INVALID', `files ${at} differ in size from the source's: ${t.badSizes.slice(0, 5).map((b) => `${b.path} (${b.size} bytes)`).join(', ')}`, {
       hint: 'copy them there as they are on the source, or fix the --map-path mapping',
       details: { files: t.badSizes },
+    });
+  }
+  if (t.ptysTaken.length > 0) {
+    throw new CedanaError('TARGET_PTY_IN_USE', `pseudo-terminal ${t.ptysTaken.map((x) => `/dev/pts/${x}`).join(', ')} that the tree holds ${t.ptysTaken.length === 1 ? 'is' : 'are'} in use ${at}: CRIU recreates each terminal with its index`, {
+      hint: 'end the sessions holding them there (often an SSH login: `who` or `ls -l /proc/*/fd | grep pts` there shows them), or migrate to a host where they are free',
+      details: { ptys: t.ptysTaken },
     });
   }
   const clash = portConflicts(n.listening ?? [], t.listening);

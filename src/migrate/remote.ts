@@ -4,12 +4,14 @@
  * and the cleanup.
  */
 import { randomInt } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CedanaError } from '../errors.js';
 import { shq, SshSession } from '../transport/ssh.js';
 import { REMOTE_PATH } from './preflight.js';
 import { posix } from 'node:path';
 import { destination, type ShippedEntry } from '../image/ship.js';
 import type { PathMap } from '../image/remap.js';
+import { locksLost, parseLostLocks } from '../image/file-locks.js';
 
 export interface RemoteDir {
   dir: string;
@@ -92,9 +94,19 @@ export function placementScript(entries: ShippedEntry[], maps: PathMap[], d: Rem
 
 /** A restore waiting on the target for its metadata images: `send` them and it runs, or `cancel` it. */
 export interface PendingRestore {
-  send(tar: (dest: NodeJS.WritableStream) => Promise<void>): Promise<RemoteRestore>;
+  /**
+   * Sends the images and waits for the restore there. `signal` (an interrupt or the freeze deadline)
+   * ends it at any point: the restore and anything it made there are ended first, then it throws
+   * `onAbort()`'s error.
+   */
+  send(tar: (dest: NodeJS.WritableStream) => Promise<void>, signal?: AbortSignal, onAbort?: () => Error): Promise<RemoteRestore>;
   /** Ends the waiting command without restoring anything (it sees an empty archive). */
   cancel(): void;
+  /**
+   * The restored tree may live on: tells the target's lifeline before the source is ended. Resolves
+   * once the target confirmed it; rejects if it could not (then nothing is committed).
+   */
+  keep(): Promise<void>;
 }
 
 /**
@@ -114,8 +126,85 @@ export interface LazyRestore {
 
 /** Exit status of the remote script when the lazy-pages daemon does not start. */
 const LAZY_FAILED = 95;
+/** …when the restore waited on a file lock held by someone else (the frozen source, on shared storage). */
+const LOCK_BLOCKED = 94;
+/** …when the restored tree did not hold all of its file locks again (locks-check.sh failed it). */
+const LOCKS_LOST = 93;
 
-export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string, lazy?: LazyRestore): Promise<PendingRestore> {
+/** How long a restoring task may wait on a file lock before the restore is ended (seconds). */
+export const LOCK_WAIT_LIMIT_S = 2;
+
+/**
+ * Shell function `tree_of PID`: PID and every process below it (from /proc/[pid]/stat: the part
+ * after the command's closing parenthesis holds the state, then the parent's PID).
+ */
+const TREE_OF =
+  `tree_of() { for f in /proc/[0-9]*/stat; do cat "$f" 2>/dev/null; echo; done | awk -v r="$1" '$1 ~ /^[0-9]+$/ { s = $0; sub(/.*\\) /, "", s); split(s, a, " "); pp[$1] = a[2] } END { for (p in pp) { q = p; n = 0; while ((q in pp) && q != r && n++ < 4096) q = pp[q]; if (q == r) print p } }'; }`;
+
+/**
+ * The target's restore ends with the session that started it: a second channel (the lifeline) reads
+ * one line. `keep` lets the restored tree live. `abort`, or the end of the stream — cedana ended it,
+ * was killed, or the connection was lost — ends CRIU's restore and everything under it, the
+ * restored tree if it got that far, the daemons, the files placed, and the work directory. Without
+ * it, a restore that outlives cedana (blocked on a lock, say) could complete after the source was
+ * resumed: two copies. Pure.
+ */
+export function lifelineScript(d: RemoteDir, treePids: number[]): string {
+  const f = (n: string): string => shq(`${d.dir}/${n}`);
+  const pids = treePids.join(' ');
+  return [
+    REMOTE_PATH,
+    // A lost connection must not stop the cleanup: no SIGHUP, and writes to the gone channel fail quietly.
+    "trap '' HUP PIPE",
+    TREE_OF,
+    'IFS= read -r cmd || cmd=lost',
+    `if [ "$cmd" = keep ]; then echo kept 2>/dev/null; exit 0; fi`,
+    `c=$(cat ${f('restore-criu.pid')} 2>/dev/null); [ -n "$c" ] && kill -9 $(tree_of "$c") 2>/dev/null`,
+    // The restore finished (its pidfile is written): the tree runs detached, under its own PIDs.
+    `[ -s ${f('restored.pid')} ] && kill -9 ${pids} 2>/dev/null`,
+    ...['page-server.pid', 'lazy-pages.pid'].map((n) => `p=$(cat ${f(n)} 2>/dev/null) && kill "$p" 2>/dev/null`),
+    // The restore script undoes its placed files when CRIU fails: let it finish first (5 s at most).
+    `r=$(cat ${f('restore-sh.pid')} 2>/dev/null); i=0; while [ -n "$r" ] && kill -0 "$r" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done`,
+    `${undoPlaced(d)}; rm -rf ${shq(d.dir)}`,
+    'echo ended 2>/dev/null',
+  ].join('\n');
+}
+
+/**
+ * Shell lines that run CRIU's restore in the background and wait for it, while a watcher looks for
+ * a restoring task (one of `treePids`) waiting to take a file lock: CRIU takes POSIX locks with
+ * F_SETLKW and flock()s without LOCK_NB, so one held there — by the frozen source itself when the
+ * file is on shared storage — blocks it forever. /proc/locks cannot show that wait when the holder
+ * is in another PID namespace (it hides the holder's line, and its waiters with it), so the watcher
+ * reads each task's current system call instead. After LOCK_WAIT_LIMIT_S it records the task, the
+ * call and the file, and ends the restore, which then fails with LOCK_BLOCKED. Pure.
+ */
+export function restoreLines(d: RemoteDir, criuCmd: string, treePids: number[]): string[] {
+  const f = (n: string): string => shq(`${d.dir}/${n}`);
+  const polls = LOCK_WAIT_LIMIT_S * 5;
+  // fcntl(fd, F_SETLKW = 7) or flock(fd, LOCK_SH/LOCK_EX without LOCK_NB), by the architecture's numbers.
+  const blocked = `b=; for p in ${treePids.join(' ')}; do set -- $(cat /proc/$p/syscall 2>/dev/null); if { [ "$1" = "$FCNTL" ] && [ "$3" = 0x7 ]; } || { [ "$1" = "$FLOCK" ] && [ $(( $3 & 4 )) -eq 0 ]; }; then b="$p $1 $(readlink /proc/$p/fd/$(( $2 )))"; break; fi; done`;
+  const watch = `case $(uname -m) in aarch64|arm64|riscv64) FCNTL=25 FLOCK=32;; *) FCNTL=72 FLOCK=73;; esac; n=0; while sleep 0.2; do ${blocked}; if [ -n "$b" ]; then n=$((n+1)); if [ $n -ge ${polls} ]; then echo "$b" > ${f('lock-blocked')}; kill -9 $(tree_of "$c") 2>/dev/null; exit 0; fi; else n=0; fi; done`;
+  return [
+    `${criuCmd} &`,
+    'c=$!',
+    `echo $c > ${f('restore-criu.pid')}`,
+    `( ${watch} ) &`,
+    'w=$!',
+    'wait $c; rc=$?',
+    'kill $w 2>/dev/null',
+    `if [ -s ${f('lock-blocked')} ]; then echo "lock=$(cat ${f('lock-blocked')})"; ${undoPlaced(d)}; exit ${LOCK_BLOCKED}; fi`,
+  ];
+}
+
+export interface RestoreOptions {
+  /** The tree's PIDs: what the restore's tasks and the restored tree are called there. */
+  treePids: number[];
+  lazy?: LazyRestore;
+}
+
+export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string[], networkLock: string, opts: RestoreOptions): Promise<PendingRestore> {
+  const { lazy, treePids } = opts;
   const log = `${d.dir}/restore.log`;
   const pidFile = `${d.dir}/restored.pid`;
   // Post-copy: the daemon that pulls the pages from the source starts first; the restore hands it
@@ -125,20 +214,29 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
         `criu lazy-pages --page-server --address 127.0.0.1 --port ${lazy.port} --tls --tls-no-cn-verify --tls-cacert ${shq(`${d.images}/${lazy.ca}`)} --tls-cert ${shq(`${d.images}/${lazy.cert}`)} --tls-key ${shq(`${d.images}/${lazy.key}`)} -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(`${d.dir}/lazy-pages.log`)} -v2 -d --pidfile ${shq(`${d.dir}/lazy-pages.pid`)} || { ${undoPlaced(d)}; exit ${LAZY_FAILED}; }`,
       ]
     : [];
+  // The image may bring locks-check.sh (a post-restore check that every file lock is held again).
+  const criuCmd = `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(log)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(pidFile)} ${lazy ? '--lazy-pages ' : ''}\${check:+--action-script "$check"} ${criuFlags.map(shq).join(' ')}`;
   // The shipped files' placement is only known once the tree is frozen: it comes first in the
   // stream, as place.sh, and runs after every file has been checked.
   const script = [
     REMOTE_PATH,
+    TREE_OF,
+    `echo $$ > ${shq(`${d.dir}/restore-sh.pid`)}`,
     `cd ${shq(d.images)} || exit 99`,
     `tar -xf - || exit ${CHECKSUM_FAILED}`,
     `sha256sum -c --quiet --strict cedana.sha256 >&2 || exit ${CHECKSUM_FAILED}`,
     `if [ -f place.sh ]; then sh -e place.sh || { rc=$?; ${undoPlaced(d)}; exit $rc; }; fi`,
     ...daemon,
-    `criu restore -D ${shq(d.images)} -W ${shq(d.dir)} -o ${shq(log)} -v4 --network-lock ${networkLock} --restore-detached --pidfile ${shq(pidFile)} ${lazy ? '--lazy-pages ' : ''}${criuFlags.map(shq).join(' ')}`,
-    'rc=$?',
+    `check=; if [ -f locks-check.sh ]; then chmod 700 locks-check.sh && check=${shq(`${d.images}/locks-check.sh`)}; fi`,
+    ...restoreLines(d, criuCmd, treePids),
+    `if [ $rc -ne 0 ] && [ -s lost-locks ]; then sed 's/^/lostlock=/' lost-locks; ${undoPlaced(d)}; exit ${LOCKS_LOST}; fi`,
     `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(pidFile)})"; else grep -E '(Error|BUG) ' ${shq(log)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; ${undoPlaced(d)}; fi`,
     'exit $rc',
   ].join('\n');
+  const lifeline = await s.channel(`sh -c ${shq(lifelineScript(d, treePids))}`);
+  let lifeOut = '';
+  lifeline.on('data', (b: Buffer) => (lifeOut += b.toString()));
+  const lifeClosed = new Promise<void>((resolve) => lifeline.on('close', () => resolve()));
   const ch = await s.channel(`sh -c ${shq(script)}`);
   let stdout = '';
   let stderr = '';
@@ -146,36 +244,78 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
   ch.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => ch.on('exit', (code: number | null) => resolve(code)));
   const closed = new Promise<void>((resolve) => ch.on('close', () => resolve()));
+  /** Ends whatever the restore made there, and waits (10 s at most) for the target to say so. */
+  const endThere = async (): Promise<void> => {
+    lifeline.end('abort\n');
+    await Promise.race([lifeClosed, s.lost().catch(() => undefined), sleep(10_000)]);
+  };
   return {
-    cancel: () => void ch.end(),
-    async send(tar) {
-      await Promise.race([tar(ch), s.lost()]);
-      const code = await Promise.race([exited, s.lost()]);
-      await Promise.race([closed, s.lost()]);
-      const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
-      if (code === 0 && pid > 0) return { pid };
-      if (code === LAZY_FAILED) {
-        throw new CedanaError('TARGET_RESTORE_FAILED', `criu lazy-pages does not start on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
-          hint: `see ${d.dir}/lazy-pages.log there; the source was resumed`,
-        });
+    cancel: () => {
+      ch.end();
+      lifeline.end('abort\n');
+    },
+    async keep() {
+      lifeline.end('keep\n');
+      await Promise.race([lifeClosed, s.lost()]);
+      if (!lifeOut.includes('kept')) {
+        throw new CedanaError('CONNECTION_LOST', `${s.target} did not confirm that the restored process may live on`, { hint: 'the source was resumed; the target ended its copy' });
       }
-      if (code === PLACE_FAILED) {
-        throw new CedanaError('FILE_CONFLICT', `a file the process uses cannot be put in place on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
-          hint: 'something else is at that path there: move it away, or use --map-path OLD=NEW',
-        });
-      }
-      if (code === CHECKSUM_FAILED) {
-        throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ')}`, {
-          hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
-        });
-      }
-      const lines = stdout.split('\n').filter((l) => l.startsWith('criu=')).map((l) => l.slice(5).replace(/^\(\s*\d+\.\d+\)\s*/, ''));
-      throw new CedanaError('TARGET_RESTORE_FAILED', `criu restore failed on ${s.target} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
-        hint: 'the source was resumed; the target was cleaned up',
-        details: { criuLines: lines },
+    },
+    async send(tar, signal, onAbort) {
+      let aborted: () => void = () => undefined;
+      const abort = new Promise<never>((_, reject) => {
+        aborted = () => void endThere().then(() => reject(onAbort?.() ?? new CedanaError('INTERRUPTED', 'the restore on the target was ended')));
+        if (signal?.aborted) aborted();
+        else signal?.addEventListener('abort', aborted, { once: true });
       });
+      try {
+        await Promise.race([tar(ch), s.lost(), abort]);
+        const code = await Promise.race([exited, s.lost(), abort]);
+        await Promise.race([closed, s.lost(), abort]);
+        return outcome(code);
+      } finally {
+        signal?.removeEventListener('abort', aborted);
+      }
     },
   };
+
+  function outcome(code: number | null): RemoteRestore {
+    const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
+    if (code === 0 && pid > 0) return { pid };
+    if (code === LAZY_FAILED) {
+      throw new CedanaError('TARGET_RESTORE_FAILED', `criu lazy-pages does not start on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
+        hint: `see ${d.dir}/lazy-pages.log there; the source was resumed`,
+      });
+    }
+    if (code === PLACE_FAILED) {
+      throw new CedanaError('FILE_CONFLICT', `a file the process uses cannot be put in place on ${s.target}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
+        hint: 'something else is at that path there: move it away, or use --map-path OLD=NEW',
+      });
+    }
+    if (code === CHECKSUM_FAILED) {
+      throw new CedanaError('IMAGE_INVALID', `the images did not arrive intact on ${s.target}: ${stderr.trim().split('\n').slice(0, 5).join(' | ')}`, {
+        hint: 'a checksum failed after the transfer: the link or the target disk corrupted data',
+      });
+    }
+    if (code === LOCK_BLOCKED) throw lockBlocked(s.target, stdout);
+    if (code === LOCKS_LOST) throw locksLost(parseLostLocks([...stdout.matchAll(/^lostlock=(.*)$/gm)].map((m) => m[1]).join('\n')), `on ${s.target}`);
+    const lines = stdout.split('\n').filter((l) => l.startsWith('criu=')).map((l) => l.slice(5).replace(/^\(\s*\d+\.\d+\)\s*/, ''));
+    throw new CedanaError('TARGET_RESTORE_FAILED', `criu restore failed on ${s.target} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
+      hint: 'the source was resumed; the target was cleaned up',
+      details: { criuLines: lines },
+    });
+  }
+}
+
+/** The error for a restore that waited on a lock someone holds there; stdout has `lock=PID SYSCALL PATH`. Pure. */
+export function lockBlocked(target: string, stdout: string): CedanaError {
+  const m = /^lock=(\d+) (\d+) ?(.*)$/m.exec(stdout);
+  const path = m?.[3] || 'a file';
+  const call = m && ['72', '25'].includes(m[2]!) ? 'POSIX lock (fcntl)' : 'flock';
+  return new CedanaError('TARGET_LOCK_BLOCKED', `the restore on ${target} waited for a ${call} on ${path}, held there by another process, and was ended after ${LOCK_WAIT_LIMIT_S} s`, {
+    hint: 'the holder is another process there, or the frozen source itself when the file is on storage both hosts see (NFS, a shared volume): a lock on a shared file cannot move while the source holds it. Stop the other holder, or checkpoint instead (cedana dump, then cedana restore there once the source has ended)',
+    details: { file: m?.[3], pid: m ? Number(m[1]) : undefined },
+  });
 }
 
 /**

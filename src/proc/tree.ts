@@ -4,6 +4,7 @@
  */
 import { execa } from 'execa';
 import { CedanaError } from '../errors.js';
+import { treeLocks, type HeldLock } from './locks.js';
 import { readChildren, readCmdline, readFdinfo, readFds, readNetFile, readStat, selfAndAncestors, PROC } from './procfs.js';
 import { isKernelThread } from './stat.js';
 import { parseProcNetTcp, parseSsUnix, socketInode, type TcpSocket } from './sockets.js';
@@ -25,6 +26,14 @@ export interface TreeFacts {
   /** Unix sockets owned by the tree whose peer is outside it (inodes). */
   externalUnix: number[];
   fileLocks: number;
+  /** The file locks the tree holds, with their files. */
+  locks: HeldLock[];
+  /** Pseudo-terminal indexes the tree holds (/dev/pts/N, or a /dev/ptmx master's tty-index): CRIU recreates each with the same index. */
+  ptys: number[];
+  /** The indexes among them whose master end (/dev/ptmx) the tree holds: terminals inside the tree. */
+  ptyMasters: number[];
+  /** Paths of the unix sockets the tree has bound (a restore unlinks whatever socket file is there). */
+  boundUnix: string[];
   /** Whether unix-socket peers could be examined (ss from iproute2 was found). */
   unixChecked: boolean;
 }
@@ -79,31 +88,42 @@ export async function examineTree(root: number): Promise<TreeFacts> {
     });
   }
   const inodes = new Set<number>();
-  let fileLocks = 0;
+  const ptys = new Set<number>();
+  const ptyMasters = new Set<number>();
   for (const p of processes) {
     for (const fd of await readFds(p.pid)) {
       const ino = socketInode(fd.target);
       if (ino !== undefined) inodes.add(ino);
-      if (!fd.target.startsWith('socket:') && !fd.target.startsWith('pipe:') && !fd.target.startsWith('anon_inode:')) {
-        const info = await readFdinfo(p.pid, fd.fd);
-        if (/^lock:/m.test(info)) fileLocks++;
+      const pts = /^\/dev\/pts\/(\d+)$/.exec(fd.target);
+      if (pts) ptys.add(Number(pts[1]));
+      if (fd.target === '/dev/ptmx') {
+        const idx = /^tty-index:\s*(\d+)/m.exec(await readFdinfo(p.pid, fd.fd));
+        if (idx) {
+          ptys.add(Number(idx[1]));
+          ptyMasters.add(Number(idx[1]));
+        }
       }
     }
   }
+  const locks = await treeLocks(processes.map((p) => p.pid));
+  const fileLocks = locks.length;
   const netText = (await readNetFile(root, 'tcp')) + (await readNetFile(root, 'tcp6')).split('\n').slice(1).map((l) => `\n${l}`).join('');
   const tcp = parseProcNetTcp(netText).filter((s) => inodes.has(s.inode));
 
   let externalUnix: number[] = [];
+  let boundUnix: string[] = [];
   let unixChecked = false;
   try {
     // ss lists the unix sockets of one network namespace: the tree's.
     const r = await execa('nsenter', [`--net=${PROC}/${root}/ns/net`, 'ss', '-x', '-a', '-n', '-H'], { timeout: 10_000 });
     unixChecked = true;
-    externalUnix = parseSsUnix(r.stdout)
+    const unix = parseSsUnix(r.stdout);
+    boundUnix = [...new Set(unix.filter((s) => inodes.has(s.inode) && s.path.startsWith('/')).map((s) => s.path))];
+    externalUnix = unix
       .filter((s) => inodes.has(s.inode) && s.peerInode !== 0 && !inodes.has(s.peerInode))
       .map((s) => s.inode);
   } catch {
     unixChecked = false;
   }
-  return { root, processes, tcp, externalUnix, fileLocks, unixChecked };
+  return { root, processes, tcp, externalUnix, fileLocks, locks, ptys: [...ptys].sort((a, b) => a - b), ptyMasters: [...ptyMasters].sort((a, b) => a - b), boundUnix, unixChecked };
 }

@@ -63,7 +63,7 @@ describe('dump refusals', () => {
     await expectUntouched(state, pid);
   });
 
-  it('refuses when CRIU is missing or older than 4.2 (a real older CRIU: the release's own)', async () => {
+  it('refuses when CRIU is missing or older than 4.2 (a real older CRIU, the release\'s own)', async () => {
     const { state, pid } = await counter();
     const missing = await expectRefused(['dump', String(pid)], 'CRIU_MISSING', 6, { env: { CEDANA_CRIU: '/nonexistent/criu' } });
     expect(missing.error.hint).toMatch(/scripts\/setup/);

@@ -16,7 +16,7 @@ function proc(pid: number, over: Partial<TreeProcess> = {}): TreeProcess {
 }
 
 function facts(over: Partial<TreeFacts> = {}): TreeFacts {
-  return { root: 100, processes: [proc(100), proc(101)], tcp: [], externalUnix: [], fileLocks: 0, unixChecked: true, ...over };
+  return { root: 100, processes: [proc(100), proc(101)], tcp: [], externalUnix: [], fileLocks: 0, locks: [], ptys: [], ptyMasters: [], boundUnix: [], unixChecked: true, ...over };
 }
 
 const AUTO: DumpRequest = { tcp: 'auto', fileLocks: false, leaveRunning: false };

@@ -188,11 +188,13 @@ describe('parsePreflight', () => {
       missingPaths: ['/srv/a'],
       listening: [],
       badSizes: [],
+      sharedProbes: [],
+      ptysTaken: [],
     });
   });
 
   it('has safe defaults for empty output (not root, nothing known)', () => {
-    expect(parsePreflight('')).toEqual({ uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [], listening: [], badSizes: [] });
+    expect(parsePreflight('')).toEqual({ uid: -1, arch: '', criuCheckOutput: [], diskAvailBytes: 0, memAvailBytes: 0, pidsTaken: [], missingPaths: [], listening: [], badSizes: [], sharedProbes: [], ptysTaken: [] });
   });
 
   it('collects repeated pidtaken, missing and criucheckout lines in order', () => {
@@ -253,6 +255,8 @@ describe('judgePreflight', () => {
     missingPaths: [],
     listening: [],
     badSizes: [],
+    sharedProbes: [],
+    ptysTaken: [],
   };
   const needs: Needs = {
     target: 'root@b',
@@ -482,7 +486,7 @@ describe('portConflicts', () => {
 describe('judgePreflight with shipping, sizes and ports', () => {
   const good: TargetFacts = {
     uid: 0, arch: 'x86_64', criuVersion: '4.2.1', criuCheck: 0, criuCheckOutput: [], networkLock: 'iptables',
-    diskAvailBytes: 10 * 1024 * MiB, memAvailBytes: 8 * 1024 * MiB, pidsTaken: [], missingPaths: [], listening: [], badSizes: [],
+    diskAvailBytes: 10 * 1024 * MiB, memAvailBytes: 8 * 1024 * MiB, pidsTaken: [], missingPaths: [], listening: [], badSizes: [], sharedProbes: [], ptysTaken: [],
   };
   const needs: Needs = { target: 'b', arch: 'x86_64', localCriu: v('4.2'), footprint: { pids: [1], rssBytes: MiB, paths: [] }, tcpEstablished: false };
   const err = (t: Partial<TargetFacts>, n: Partial<Needs> = {}): CedanaError | undefined => {

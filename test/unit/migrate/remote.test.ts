@@ -143,7 +143,7 @@ describe('startPageServer (canned results: no CRIU)', () => {
 
 /** What migrate does at the commit point: the restore command, then the metadata into it. */
 async function sendAndRestore(s: Parameters<typeof openRestore>[0], d: RemoteDir, tar: (dest: NodeJS.WritableStream) => Promise<void>, flags: string[], lock: string) {
-  return (await openRestore(s, d, flags, lock)).send(tar);
+  return (await openRestore(s, d, flags, lock, { treePids: [4321] })).send(tar);
 }
 
 describe('openRestore + send (a stand-in channel: no CRIU)', () => {
@@ -173,11 +173,32 @@ describe('openRestore + send (a stand-in channel: no CRIU)', () => {
     return ch;
   }
 
+  /** The target's lifeline: `keep` is confirmed with `kept`, anything else ends the restore (`ended`). */
+  function lifeline(): Writable {
+    let line = '';
+    const w: Writable = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        line += chunk.toString();
+        cb();
+      },
+      final(cb) {
+        cb();
+        setImmediate(() => {
+          w.emit('data', Buffer.from(line.startsWith('keep') ? 'kept\n' : 'ended\n'));
+          w.emit('close');
+        });
+      },
+    });
+    return w;
+  }
+
   const tar = (dest: NodeJS.WritableStream): Promise<void> => new Promise<void>((resolve) => dest.end('TARBYTES', () => resolve()));
 
   function session(ch: ReturnType<typeof channel>, lost?: () => Promise<never>): SshSession & { command?: string } {
     const s = fakeSession(async () => result(0), {
+      // The lifeline (it reads one line) answers as the target's does; the other channel is the restore.
       channel: async (command: string) => {
+        if (command.includes('read -r cmd')) return lifeline();
         (s as { command?: string }).command = command;
         return ch;
       },
@@ -197,7 +218,7 @@ describe('openRestore + send (a stand-in channel: no CRIU)', () => {
     const script = spawnSync('sh', ['-c', `printf %s ${cmd.slice('sh -c '.length)}`], { encoding: 'utf8' }).stdout;
     expect(script).toContain("cd '/var/tmp/w/img' || exit 99");
     expect(script).toContain('sha256sum -c --quiet --strict cedana.sha256 >&2 || exit 98');
-    expect(script).toContain("--network-lock iptables --restore-detached --pidfile '/var/tmp/w/restored.pid' '--tcp-established' '--ext '\\''x'\\'''");
+    expect(script).toContain("--network-lock iptables --restore-detached --pidfile '/var/tmp/w/restored.pid' ${check:+--action-script \"$check\"} '--tcp-established' '--ext '\\''x'\\'''");
   });
 
   it('IMAGE_INVALID when the checksums fail on the target (exit 98)', async () => {

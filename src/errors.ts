@@ -48,6 +48,7 @@ export const ERROR_CODES = {
   CONTAINER_EXISTS: { exit: 45, what: 'a container with the id to restore exists already (here or on the target)' },
   RUNTIME_FAILED: { exit: 46, what: "the OCI runtime's checkpoint or restore failed; its message and CRIU's log are quoted" },
   ROOTFS_MISSING: { exit: 47, what: "the container's root file system is not where it was and the image does not carry it (dump with --rootfs)" },
+  CAPABILITY_MISSING: { exit: 48, what: "root lacks a capability CRIU needs here, e.g. CAP_SYS_RESOURCE to dump another user's process (`cedana check` lists them); a dump refused for it leaves the process running" },
   INTERRUPTED: { exit: 130, what: 'interrupted by SIGINT or SIGTERM; the process was left running' },
 } as const;
 

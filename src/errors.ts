@@ -46,13 +46,14 @@ export const ERROR_CODES = {
   GPU_UNSUPPORTED: { exit: 40, what: 'the tree uses the GPU (or the image holds GPU state) and cuda-checkpoint or a driver that can step it is missing' },
   GPU_FAILED: { exit: 41, what: 'a cuda-checkpoint step failed; the processes were brought back onto their GPUs unless the error names gpuNotResumed (or says the tree was ended)' },
   GPU_MISMATCH: { exit: 42, what: "this host's (or the target's) GPUs, free GPU memory or driver do not fit the image's GPU state" },
-  TARGET_PTY_IN_USE: { exit: 48, what: 'a pseudo-terminal index the tree holds is in use on the target (CRIU recreates each terminal with its index)' },
-  LOCK_LOST: { exit: 49, what: 'the restored tree does not hold a file lock it held at the dump (CRIU dropped it); the restored tree was ended (--allow-lost-locks accepts it)' },
+  TARGET_PTY_IN_USE: { exit: 49, what: 'a pseudo-terminal index the tree holds is in use on the target (CRIU recreates each terminal with its index)' },
+  LOCK_LOST: { exit: 50, what: 'the restored tree does not hold a file lock it held at the dump (CRIU dropped it); the restored tree was ended (--allow-lost-locks accepts it)' },
   CONTAINER_NOT_FOUND: { exit: 43, what: 'no container with that id in runc or crun (or the --runtime given)' },
   CONTAINER_NOT_RUNNING: { exit: 44, what: 'the container exists but is not running (created or stopped): nothing to checkpoint' },
   CONTAINER_EXISTS: { exit: 45, what: 'a container with the id to restore exists already (here or on the target)' },
   RUNTIME_FAILED: { exit: 46, what: "the OCI runtime's checkpoint or restore failed; its message and CRIU's log are quoted" },
   ROOTFS_MISSING: { exit: 47, what: "the container's root file system is not where it was and the image does not carry it (dump with --rootfs)" },
+  CAPABILITY_MISSING: { exit: 48, what: "root lacks a capability CRIU needs here, e.g. CAP_SYS_RESOURCE to dump another user's process (`cedana check` lists them); a dump refused for it leaves the process running" },
   INTERRUPTED: { exit: 130, what: 'interrupted by SIGINT or SIGTERM; the process was left running' },
 } as const;
 

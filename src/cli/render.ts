@@ -127,6 +127,10 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         `${mark(r.criu.found)} criu ${r.criu.found ? `${r.criu.version} (${r.criu.path})` : `not usable: ${r.criu.detail ?? ''}`}`,
         `${mark(r.criu.check === 'ok')} criu check: ${r.criu.check}${r.criu.check === 'failed' && r.criu.detail ? `\n    ${r.criu.detail.split('\n').join('\n    ')}` : ''}`,
       ];
+      const missing = r.capabilities.missing;
+      const blocking = missing.some((m) => m.required);
+      lines.push(`${blocking ? c.red('✘') : opt(missing.length === 0)} capabilities: ${missing.length === 0 ? 'all that CRIU uses' : `missing ${missing.map((m) => m.name).join(', ')}`}`);
+      for (const m of missing) lines.push(`    ${m.required ? c.red(m.name) : c.yellow(m.name)}: ${m.prevents}`);
       for (const f of r.features) lines.push(`${opt(f.available)} ${f.name}: ${f.available ? 'yes' : 'no'} — ${f.enables}${f.detail ? ` ${c.dim(`(${f.detail})`)}` : ''}`);
       lines.push(r.ok ? c.green('this host can dump and restore') : c.red('this host cannot dump and restore yet'));
       return lines.join('\n');

@@ -1,8 +1,10 @@
 /**
  * cedana check: can this host dump and restore, and which optional features does it have?
  * It never throws for a missing capability: it reports each item, and `ok` says whether dump and
- * restore can work (root, CRIU >= 4.2, `criu check` passing).
+ * restore can work (root, CRIU >= 4.2, the capabilities CRIU cannot do without, `criu check` passing).
  */
+import { capabilityBlocker, judgeCapabilities, type CapabilityReport } from '../criu/capabilities.js';
+import { readCapEff } from '../proc/caps.js';
 import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } from '../criu/criu.js';
 import { checkLazySource } from '../migrate/postcopy.js';
 import { CedanaError, toCedanaError, type ErrorCode } from '../errors.js';
@@ -26,6 +28,8 @@ export interface CheckResultData {
   ok: boolean;
   root: boolean;
   criu: { found: boolean; path?: string; version?: string; check: 'ok' | 'failed' | 'not run'; detail?: string };
+  /** cedana's effective capabilities (CRIU inherits them) and those CRIU uses that are missing. */
+  capabilities: CapabilityReport;
   features: Feature[];
   /** The reason dump/restore cannot work, when ok is false. */
   error?: CedanaError;
@@ -35,7 +39,8 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
   const root = typeof process.getuid !== 'function' || process.getuid() === 0;
   let criu: Criu | undefined;
   let error: CedanaError | undefined;
-  const out: CheckResultData = { command: 'check', ok: false, root, criu: { found: false, check: 'not run' }, features: [] };
+  const capabilities = judgeCapabilities(await readCapEff());
+  const out: CheckResultData = { command: 'check', ok: false, root, criu: { found: false, check: 'not run' }, capabilities, features: [] };
   try {
     criu = await locateCriu();
     out.criu = { found: true, path: criu.path, version: criu.version.text, check: 'not run' };
@@ -43,6 +48,8 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
     error = toCedanaError(e);
     out.criu.detail = error.message;
   }
+  // Before `criu check`, which fails too without them but says less.
+  if (root) error ??= capabilityBlocker(capabilities);
   if (criu && root) {
     const r = await criuCheck(criu);
     out.criu.check = r.ok ? 'ok' : 'failed';

@@ -13,6 +13,7 @@ import { dedupeAgainstParent, openParent, PARENT_LINK, type ParentRef } from '..
 import type { ManifestParent } from '../image/manifest.js';
 import { Transform, type Writable } from 'node:stream';
 import { buildDumpArgs, decideDumpOptions, type TcpMode } from '../criu/options.js';
+import { refuseOtherUsers } from '../criu/capabilities.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
@@ -99,6 +100,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
 
   report.phase(`examining the tree of PID ${args.pid}`);
   const facts = await examineTree(args.pid);
+  await refuseOtherUsers(facts.processes);
   const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: args.leaveRunning });
   const pids = facts.processes.map((p) => p.pid);
   const policy = args.ship ?? 'auto';

@@ -19,6 +19,7 @@ import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildDumpArgs, restoreFlagArgs, type CriuDecisions, type NetworkLock, type TcpMode } from '../criu/options.js';
 import { decideDumpOptions } from '../criu/options.js';
+import { refuseOtherUsers } from '../criu/capabilities.js';
 import { criuFeature, keepLog, locateCriu, networkLockBackend, spawnCriu, type Criu } from '../criu/criu.js';
 import { readDumpStats } from '../image/criu/stats.js';
 import { CedanaError, toCedanaError } from '../errors.js';
@@ -281,6 +282,7 @@ async function prepare(
   const { args, session, work, report, criu } = c;
   report.phase(`preflight on ${args.to}`);
   const facts = await examineTree(args.pid);
+  await refuseOtherUsers(facts.processes);
   const decisions = decideDumpOptions(facts, { tcp: args.tcp, fileLocks: args.fileLocks, leaveRunning: false });
   const doomed = facts.locks.filter((l) => l.mapped);
   if (doomed.length > 0 && !args.allowLostLocks) {

@@ -1,6 +1,7 @@
 /**
  * The CRIU adapter: finds the binary, reads its version, runs `criu check`, dump and restore.
- * CRIU failures become CRIU_FAILED errors that quote the decisive log lines and keep the log.
+ * CRIU failures become CRIU_FAILED errors that quote the decisive log lines and keep the log
+ * (CAPABILITY_MISSING where the log shows root lacking CAP_SYS_RESOURCE for another user's process).
  */
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
@@ -9,6 +10,7 @@ import { copyFile, chmod, mkdir, open, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path';
 import { CedanaError } from '../errors.js';
 import { findOnPath, logDir, utcStamp } from '../util/paths.js';
+import { explainRlimitFailure } from './capabilities.js';
 import { decisiveLines, hintFor } from './log.js';
 import { compareVersions, MIN_CRIU, parseCriuVersion, type Version } from './version.js';
 
@@ -67,7 +69,8 @@ export interface RunOptions {
 /**
  * Starts CRIU in its own session, so a Ctrl-C at the terminal reaches cedana (which decides how to
  * cancel safely) and never kills CRIU half-way through with the tasks frozen. `done` rejects with
- * CRIU_FAILED, quoting the decisive lines of CRIU's log and keeping the log.
+ * CRIU_FAILED, quoting the decisive lines of CRIU's log and keeping the log, or with the
+ * CAPABILITY_MISSING those lines show (dump and migrate alike, both running CRIU through here).
  *
  * With `pageServerSocket`, CRIU gets a unix socket as fd 3 (pass `--ps-socket 3`): cedana carries
  * the page stream itself. A unix socket, not TCP: over loopback TCP, CRIU's last small write before
@@ -101,6 +104,8 @@ export function spawnCriu(criu: Criu, args: string[], opts: RunOptions & { pageS
     const kept = await keepLog(opts.logFile, opts.label);
     const lines = decisiveLines(log || output);
     const what = args[0] ?? 'criu';
+    const denied = await explainRlimitFailure(lines, kept);
+    if (denied) throw denied;
     throw new CedanaError('CRIU_FAILED', `criu ${what} failed (exit ${r.code ?? r.signal})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, {
       hint: [hintFor(lines), kept ? `full log: ${kept}` : undefined].filter(Boolean).join('; ') || undefined,
       details: { log: kept, criuLines: lines, criuExit: r.code ?? null },

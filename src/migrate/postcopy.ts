@@ -16,22 +16,20 @@ import { createServer, connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { ClientChannel } from 'ssh2';
 import { CedanaError } from '../errors.js';
+import { hasCap, readCapEff } from '../proc/caps.js';
 import type { SshSession } from '../transport/ssh.js';
 
 /** CRIU's lazy page server tee()s up to 4 MiB at once into a pipe it sizes with F_SETPIPE_SZ. */
 export const LAZY_PIPE_BYTES = 4 * 1024 * 1024;
-const CAP_SYS_RESOURCE = 24;
 
 /** Whether CRIU can size its pipes for lazy pages here: CAP_SYS_RESOURCE, or fs.pipe-max-size ≥ 4 MiB. Pure. */
 export function lazyPipesOk(capEffHex: string, pipeMaxSize: number): boolean {
-  const caps = BigInt(`0x${capEffHex || '0'}`);
-  return (caps & (1n << BigInt(CAP_SYS_RESOURCE))) !== 0n || pipeMaxSize >= LAZY_PIPE_BYTES;
+  return hasCap(capEffHex, 'CAP_SYS_RESOURCE') || pipeMaxSize >= LAZY_PIPE_BYTES;
 }
 
 /** Refuses post-copy on a source where CRIU's lazy page server would fail mid-way. */
 export async function checkLazySource(): Promise<void> {
-  const status = await readFile('/proc/self/status', 'utf8');
-  const capEff = /^CapEff:\s*([0-9a-f]+)/m.exec(status)?.[1] ?? '0';
+  const capEff = await readCapEff();
   const pipeMax = Number((await readFile('/proc/sys/fs/pipe-max-size', 'utf8').catch(() => '0')).trim());
   if (!lazyPipesOk(capEff, pipeMax)) {
     throw new CedanaError('HOST_UNSUPPORTED', `post-copy: CRIU needs ${LAZY_PIPE_BYTES} bytes pipes for lazy pages, but fs.pipe-max-size is ${pipeMax} and cedana runs without CAP_SYS_RESOURCE`, {

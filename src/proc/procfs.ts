@@ -1,6 +1,6 @@
 /** Reads what cedana needs to know about live processes from /proc. */
 import { readFile, readdir, readlink } from 'node:fs/promises';
-import { parseCmdline, parseStat, type ProcStat } from './stat.js';
+import { parseCmdline, parseIds, parseStat, type ProcIds, type ProcStat } from './stat.js';
 
 export const PROC = process.env.CEDANA_PROC_ROOT ?? '/proc';
 
@@ -17,6 +17,23 @@ export async function readCmdline(pid: number): Promise<string[]> {
     return parseCmdline(await readFile(`${PROC}/${pid}/cmdline`, 'utf8'));
   } catch {
     return [];
+  }
+}
+
+export async function readIds(pid: number): Promise<ProcIds | undefined> {
+  try {
+    return parseIds(await readFile(`${PROC}/${pid}/status`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The user namespace a process is in, as its ns link names it (e.g. "user:[4026531837]"). */
+export async function readUserNs(pid: number | 'self'): Promise<string | undefined> {
+  try {
+    return await readlink(`${PROC}/${pid}/ns/user`);
+  } catch {
+    return undefined;
   }
 }
 

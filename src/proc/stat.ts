@@ -46,3 +46,18 @@ export function parseCmdline(raw: string): string[] {
   if (parts.length > 0 && parts[parts.length - 1] === '') parts.pop();
   return parts;
 }
+
+/** A process's user and group ids: real, effective, saved and file-system, from /proc/<pid>/status. */
+export interface ProcIds {
+  uids: number[];
+  gids: number[];
+}
+
+export function parseIds(status: string): ProcIds {
+  const ids = (key: string): number[] => {
+    const m = new RegExp(`^${key}:\\s*(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s*$`, 'm').exec(status);
+    if (!m) throw new Error(`no ${key} line in the status text`);
+    return m.slice(1, 5).map(Number);
+  };
+  return { uids: ids('Uid'), gids: ids('Gid') };
+}

@@ -5,8 +5,8 @@
 import { execa } from 'execa';
 import { CedanaError } from '../errors.js';
 import { treeLocks, type HeldLock } from './locks.js';
-import { readChildren, readCmdline, readFdinfo, readFds, readNetFile, readStat, selfAndAncestors, PROC } from './procfs.js';
-import { isKernelThread } from './stat.js';
+import { readChildren, readCmdline, readFdinfo, readFds, readIds, readNetFile, readStat, readUserNs, selfAndAncestors, PROC } from './procfs.js';
+import { isKernelThread, type ProcIds } from './stat.js';
 import { parseProcNetTcp, parseSsUnix, socketInode, type TcpSocket } from './sockets.js';
 
 export interface TreeProcess {
@@ -17,6 +17,9 @@ export interface TreeProcess {
   session: number;
   pgrp: number;
   ttyNr: number;
+  /** Its user and group ids, and its user namespace: whose process CRIU must read (absent if it ended meanwhile). */
+  ids?: ProcIds;
+  userNs?: string;
 }
 
 export interface TreeFacts {
@@ -72,7 +75,9 @@ export async function collectTree(root: number): Promise<TreeProcess[]> {
     seen.add(pid);
     const st = await readStat(pid);
     if (!st) continue;
-    out.push({ pid, ppid: st.ppid, comm: st.comm, argv: await readCmdline(pid), session: st.session, pgrp: st.pgrp, ttyNr: st.ttyNr });
+    out.push({
+      pid, ppid: st.ppid, comm: st.comm, argv: await readCmdline(pid), session: st.session, pgrp: st.pgrp, ttyNr: st.ttyNr, ids: await readIds(pid), userNs: await readUserNs(pid),
+    });
     queue.push(...(await readChildren(pid)));
   }
   return out;

@@ -1,5 +1,6 @@
 /** cedana check against this host's real CRIU and kernel. */
 import { execa } from 'execa';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { cedana } from '../helpers/cedana.js';
 
@@ -17,6 +18,36 @@ describe('cedana check', () => {
     }
     expect(features['network-lock']).toBe(true);
     expect(features).toHaveProperty('cuda-checkpoint');
+  });
+
+  it("reports the capabilities CRIU inherits: this very process's CapEff, and CAP_SYS_RESOURCE missing exactly where it is", async () => {
+    const r = await cedana(['check', '--json']);
+    // Read here, independently of cedana: the test runs as the same root, whose capabilities cedana inherits.
+    const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]!;
+    const mask = BigInt(`0x${capEff}`);
+    const caps = r.json!.capabilities as { capEff: string; effective: string[]; missing: { name: string; required: boolean; prevents: string }[] };
+    expect(caps.capEff).toBe(capEff);
+    expect(caps.effective).toHaveLength([...mask.toString(2)].filter((b) => b === '1').length);
+    const has = (bit: number, name: string): boolean => {
+      const set = ((mask >> BigInt(bit)) & 1n) === 1n;
+      expect(caps.effective.includes(name), name).toBe(set);
+      expect(caps.missing.some((m) => m.name === name), name).toBe(!set);
+      return set;
+    };
+    expect(has(21, 'CAP_SYS_ADMIN')).toBe(true); // cedana check passes here (exit 0 above): root has what nothing works without
+    has(19, 'CAP_SYS_PTRACE');
+    const human = await cedana(['check']);
+    if (has(24, 'CAP_SYS_RESOURCE')) {
+      expect(human.stdout).not.toMatch(/CAP_SYS_RESOURCE/);
+    } else {
+      // Only other users' processes and post-copy's pipes: a warning, the host still fits.
+      expect(caps.missing.find((m) => m.name === 'CAP_SYS_RESOURCE')).toEqual({
+        name: 'CAP_SYS_RESOURCE', required: false, prevents: expect.stringMatching(/processes of other users cannot be dumped.*prlimit/),
+      });
+      expect(human.stdout).toMatch(/– capabilities: missing .*CAP_SYS_RESOURCE/);
+      expect(human.stdout).toMatch(/^ {4}CAP_SYS_RESOURCE: processes of other users cannot be dumped/m);
+    }
+    expect(r.json!.ok).toBe(true);
   });
 
   it('prints a readable report for people', async () => {

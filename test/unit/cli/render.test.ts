@@ -5,6 +5,7 @@ import type { CheckResultData } from '../../../src/commands/check.js';
 import type { DumpResult } from '../../../src/commands/dump.js';
 import type { RestoreResult } from '../../../src/commands/restore.js';
 import { CedanaError } from '../../../src/errors.js';
+import { judgeCapabilities } from '../../../src/criu/capabilities.js';
 
 const plain = new Chalk({ level: 0 });
 const colour = new Chalk({ level: 1 });
@@ -30,6 +31,7 @@ const CHECK_OK: CheckResultData = {
   ok: true,
   root: true,
   criu: { found: true, path: '/usr/sbin/criu', version: '4.2', check: 'ok' },
+  capabilities: judgeCapabilities('000001ffffffffff'),
   features: [
     { name: 'mem_dirty_track', available: true, enables: 'pre-copy migration', detail: 'memory dirty tracking' },
     { name: 'cuda-checkpoint', available: false, enables: 'checkpointing CUDA processes', detail: 'cuda-checkpoint not found' },
@@ -104,6 +106,14 @@ describe('resultJson', () => {
     expect(j.features).toEqual(CHECK_OK.features);
   });
 
+  it('check: the capabilities as plain JSON, each missing one with what it prevents', () => {
+    const j = JSON.parse(JSON.stringify(resultJson({ ...CHECK_OK, capabilities: judgeCapabilities('000001fffeffffff') })));
+    expect(j.capabilities.capEff).toBe('000001fffeffffff');
+    expect(j.capabilities.effective).toContain('CAP_SYS_ADMIN');
+    expect(j.capabilities.effective).not.toContain('CAP_SYS_RESOURCE');
+    expect(j.capabilities.missing).toEqual([{ name: 'CAP_SYS_RESOURCE', required: false, prevents: expect.stringMatching(/processes of other users cannot be dumped/) }]);
+  });
+
   it('check that fails: ok=false with the error as JSON, not a CedanaError', () => {
     const r: CheckResultData = {
       ...CHECK_OK,
@@ -161,12 +171,22 @@ describe('renderHuman', () => {
     expect(s).toContain('✔ criu check: ok');
     expect(s).toContain('✔ mem_dirty_track: yes — pre-copy migration (memory dirty tracking)');
     expect(s).toContain('– cuda-checkpoint: no — checkpointing CUDA processes (cuda-checkpoint not found)');
+    expect(s).toContain('✔ capabilities: all that CRIU uses');
     expect(s.split('\n').at(-1)).toBe('this host can dump and restore');
+  });
+
+  it('check: a missing capability is a warning with what it prevents; a required one is a failure', () => {
+    const warned = renderHuman({ ...CHECK_OK, capabilities: judgeCapabilities('000001fffeffffff') }, plain);
+    expect(warned).toContain('– capabilities: missing CAP_SYS_RESOURCE\n    CAP_SYS_RESOURCE: processes of other users cannot be dumped');
+    const failed = renderHuman({ ...CHECK_OK, ok: false, capabilities: judgeCapabilities('000001fffedfffff') }, plain);
+    expect(failed).toContain('✘ capabilities: missing CAP_SYS_ADMIN, CAP_SYS_RESOURCE');
+    expect(failed).toContain('    CAP_SYS_ADMIN: nothing can be dumped or restored');
+    expect(renderHuman({ ...CHECK_OK, capabilities: judgeCapabilities('000001fffeffffff') }, colour)).toMatch(/\x1b\[33mCAP_SYS_RESOURCE/);
   });
 
   it('check that fails: marks, missing criu, failing check detail, verdict', () => {
     const s = renderHuman(
-      { command: 'check', ok: false, root: false, criu: { found: false, check: 'failed', detail: 'line one\nline two' }, features: [] },
+      { command: 'check', ok: false, root: false, criu: { found: false, check: 'failed', detail: 'line one\nline two' }, capabilities: judgeCapabilities('0000000000000000'), features: [] },
       plain,
     );
     expect(s).toContain('✘ running as root');

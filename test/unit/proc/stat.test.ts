@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isKernelThread, parseCmdline, parseStat, type ProcStat } from '../../../src/proc/stat.js';
+import { isKernelThread, parseCmdline, parseIds, parseStat, type ProcStat } from '../../../src/proc/stat.js';
 
 const TAIL = '0 0 0 0 20 0 1 0 40672 3231744 462 18446744073709551615 94499653427200 94499653447081 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0';
 
@@ -80,5 +80,28 @@ describe('parseCmdline', () => {
 
   it('an empty cmdline (kernel thread, zombie) is no arguments', () => {
     expect(parseCmdline('')).toEqual([]);
+  });
+});
+
+describe('parseIds', () => {
+  it('reads the real, effective, saved and file-system uids and gids of a status text', () => {
+    const status = 'Name:\tpostgres\nUmask:\t0077\nState:\tS (sleeping)\nTgid:\t812\nPid:\t812\nPPid:\t1\nTracerPid:\t0\nUid:\t106\t106\t106\t106\nGid:\t113\t113\t113\t113\nFDSize:\t64\nGroups:\t113 120 \n';
+    expect(parseIds(status)).toEqual({ uids: [106, 106, 106, 106], gids: [113, 113, 113, 113] });
+  });
+
+  it('keeps the four ids apart (a setuid program: real user, effective root)', () => {
+    expect(parseIds('Uid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n')).toEqual({ uids: [1000, 0, 0, 0], gids: [1000, 1000, 1000, 1000] });
+  });
+
+  it('refuses a status text without them', () => {
+    expect(() => parseIds('Name:\tx\nGid:\t0\t0\t0\t0\n')).toThrow(/no Uid line/);
+    expect(() => parseIds('Uid:\t0\t0\t0\t0\n')).toThrow(/no Gid line/);
+  });
+
+  it('parses this very process', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const ids = parseIds(await readFile('/proc/self/status', 'utf8'));
+    expect(ids.uids[0]).toBe(process.getuid!());
+    expect(ids.gids[0]).toBe(process.getgid!());
   });
 });

@@ -1,7 +1,7 @@
 /**
  * cedana check: can this host dump and restore, and which optional features does it have?
  * It never throws for a missing capability: it reports each item, and `ok` says whether dump and
- * restore can work (root, CRIU >= 4.2, `criu check` passing).
+ * restore can work (root, CRIU >= 4.2, `criu check` passing, iptables or nft for CRIU's network lock).
  */
 import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } from '../criu/criu.js';
 import { checkLazySource } from '../migrate/postcopy.js';
@@ -25,7 +25,8 @@ export interface CheckResultData {
   command: 'check';
   ok: boolean;
   root: boolean;
-  criu: { found: boolean; path?: string; version?: string; check: 'ok' | 'failed' | 'not run'; detail?: string };
+  /** hint: how to get a usable CRIU, when none was found (reported even when not being root comes first). */
+  criu: { found: boolean; path?: string; version?: string; check: 'ok' | 'failed' | 'not run'; detail?: string; hint?: string };
   features: Feature[];
   /** The reason dump/restore cannot work, when ok is false. */
   error?: CedanaError;
@@ -42,6 +43,7 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
   } catch (e) {
     error = toCedanaError(e);
     out.criu.detail = error.message;
+    out.criu.hint = error.hint;
   }
   if (criu && root) {
     const r = await criuCheck(criu);
@@ -61,7 +63,9 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
     error = new CedanaError('NOT_ROOT', 'cedana must run as root to dump and restore', { hint: 'run it with sudo' });
   }
   const lock = await networkLockBackend();
-  out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'TCP connections kept across dump/restore (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
+  out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'dump and migrate (CRIU locks the network while it works); TCP connections kept (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
+  // Not optional: dump and migrate refuse to start without one.
+  if (!lock) error ??= new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed: CRIU cannot lock the network during a dump', { hint: 'install iptables or nftables (nft) from your distribution' });
   out.features.push(await cudaFeature(opts.cudaCheckpoint));
   out.features.push(await runtimeFeature());
   out.ok = error === undefined && out.criu.check === 'ok';

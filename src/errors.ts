@@ -10,7 +10,7 @@ export const ERROR_CODES = {
   PID_REFUSED: { exit: 5, what: 'that process cannot be checkpointed (PID 1, a kernel thread, cedana itself or its ancestor)' },
   CRIU_MISSING: { exit: 6, what: 'criu is not installed or not executable' },
   CRIU_TOO_OLD: { exit: 6, what: 'criu is older than 4.2, or older than the CRIU that made the image' },
-  HOST_UNSUPPORTED: { exit: 7, what: '`criu check` fails on this host: the kernel lacks what CRIU needs' },
+  HOST_UNSUPPORTED: { exit: 7, what: 'this host lacks what the operation needs: `criu check` fails (the kernel lacks what CRIU needs), or a tool or setting is missing (the hint names it)' },
   CRIU_FAILED: { exit: 8, what: 'CRIU ran and failed; its log is kept and quoted' },
   IMAGE_INVALID: { exit: 9, what: 'the image is missing, malformed, tampered with, truncated or unsafe' },
   IMAGE_INCOMPATIBLE: { exit: 10, what: 'the image was made on an incompatible host (architecture, CPU features)' },

@@ -124,7 +124,7 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       const opt = (ok: boolean): string => (ok ? c.green('✔') : c.yellow('–'));
       const lines = [
         `${mark(r.root)} running as root`,
-        `${mark(r.criu.found)} criu ${r.criu.found ? `${r.criu.version} (${r.criu.path})` : `not usable: ${r.criu.detail ?? ''}`}`,
+        `${mark(r.criu.found)} criu ${r.criu.found ? `${r.criu.version} (${r.criu.path})` : `not usable: ${r.criu.detail ?? ''}`}${r.criu.hint ? `\n    ${c.yellow('hint:')} ${r.criu.hint}` : ''}`,
         `${mark(r.criu.check === 'ok')} criu check: ${r.criu.check}${r.criu.check === 'failed' && r.criu.detail ? `\n    ${r.criu.detail.split('\n').join('\n    ')}` : ''}`,
       ];
       const missing = r.capabilities.missing;
@@ -133,6 +133,8 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       for (const m of missing) lines.push(`    ${m.required ? c.red(m.name) : c.yellow(m.name)}: ${m.prevents}`);
       for (const f of r.features) lines.push(`${opt(f.available)} ${f.name}: ${f.available ? 'yes' : 'no'} — ${f.enables}${f.detail ? ` ${c.dim(`(${f.detail})`)}` : ''}`);
       lines.push(r.ok ? c.green('this host can dump and restore') : c.red('this host cannot dump and restore yet'));
+      // The first blocker's remedy, unless the CRIU line above already gave it.
+      if (!r.ok && r.error?.hint && r.error.hint !== r.criu.hint) lines.push(`  ${c.yellow('hint:')} ${r.error.hint}`);
       return lines.join('\n');
     }
   }

@@ -1,7 +1,8 @@
 /**
  * cedana check: can this host dump and restore, and which optional features does it have?
  * It never throws for a missing capability: it reports each item, and `ok` says whether dump and
- * restore can work (root, CRIU >= 4.2, the capabilities CRIU cannot do without, `criu check` passing).
+ * restore can work (root, CRIU >= 4.2, the capabilities CRIU cannot do without, `criu check` passing,
+ * iptables or nft for CRIU's network lock).
  */
 import { capabilityBlocker, judgeCapabilities, type CapabilityReport } from '../criu/capabilities.js';
 import { readCapEff } from '../proc/caps.js';
@@ -27,7 +28,8 @@ export interface CheckResultData {
   command: 'check';
   ok: boolean;
   root: boolean;
-  criu: { found: boolean; path?: string; version?: string; check: 'ok' | 'failed' | 'not run'; detail?: string };
+  /** hint: how to get a usable CRIU, when none was found (reported even when not being root comes first). */
+  criu: { found: boolean; path?: string; version?: string; check: 'ok' | 'failed' | 'not run'; detail?: string; hint?: string };
   /** cedana's effective capabilities (CRIU inherits them) and those CRIU uses that are missing. */
   capabilities: CapabilityReport;
   features: Feature[];
@@ -47,6 +49,7 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
   } catch (e) {
     error = toCedanaError(e);
     out.criu.detail = error.message;
+    out.criu.hint = error.hint;
   }
   // Before `criu check`, which fails too without them but says less.
   if (root) error ??= capabilityBlocker(capabilities);
@@ -68,7 +71,9 @@ export async function check(opts: { cudaCheckpoint?: string } = {}): Promise<Che
     error = new CedanaError('NOT_ROOT', 'cedana must run as root to dump and restore', { hint: 'run it with sudo' });
   }
   const lock = await networkLockBackend();
-  out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'TCP connections kept across dump/restore (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
+  out.features.push({ name: 'network-lock', available: lock !== undefined, enables: 'dump and migrate (CRIU locks the network while it works); TCP connections kept (--tcp-established)', detail: lock ?? 'neither iptables nor nft found' });
+  // Not optional: dump and migrate refuse to start without one.
+  if (!lock) error ??= new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed: CRIU cannot lock the network during a dump', { hint: 'install iptables or nftables (nft) from your distribution' });
   out.features.push(await cudaFeature(opts.cudaCheckpoint));
   out.features.push(await runtimeFeature());
   out.ok = error === undefined && out.criu.check === 'ok';

@@ -261,7 +261,7 @@ export function checkCompatible(m: Manifest, host: HostFacts, criu: Pick<Criu, '
   const made = parseVersionText(m.criuVersion);
   if (made && compareVersions(made, criu.version) > 0) {
     throw new CedanaError('CRIU_TOO_OLD', `image was made by CRIU ${m.criuVersion}; this host has ${criu.version.text}`, {
-      hint: 'install the same or a newer CRIU on this host (scripts/setup)',
+      hint: `install CRIU ${m.criuVersion} or newer on this host (a distribution package, or a build from https://github.com/checkpoint-restore/criu)`,
     });
   }
   if (host.cpuFlags.length > 0) {

@@ -7,8 +7,10 @@ import { execa } from 'execa';
 import { spawn } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { copyFile, chmod, mkdir, open, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import { CedanaError } from '../errors.js';
+import { PACKAGE_ROOT } from '../version.js';
 import { findOnPath, logDir, utcStamp } from '../util/paths.js';
 import { explainRlimitFailure } from './capabilities.js';
 import { decisiveLines, hintFor } from './log.js';
@@ -23,24 +25,39 @@ export async function locateCriu(): Promise<Criu> {
   const wanted = process.env.CEDANA_CRIU ?? 'criu';
   const path = await findOnPath(wanted);
   if (!path) {
+    // A user's PATH often lacks the sbin directories CRIU installs into: say so, rather than "install it".
+    const outside = wanted.includes('/') ? undefined : await findOnPath(wanted, SBIN_DIRS.join(delimiter));
     throw new CedanaError('CRIU_MISSING', `criu not found (looked for '${wanted}' on PATH)`, {
-      hint: 'install CRIU >= 4.2: run scripts/setup as root, or set CEDANA_CRIU=/path/to/criu',
+      hint: outside ? `${outside} is not on PATH: add ${dirname(outside)} to PATH or set CEDANA_CRIU=${outside}` : criuInstallHint(),
     });
   }
   const r = await execa(path, ['--version'], { reject: false, timeout: 10_000 });
   const version = parseCriuVersion(r.stdout);
   if (r.exitCode !== 0 || !version) {
     throw new CedanaError('CRIU_MISSING', `${path} does not run as criu (exit ${r.exitCode}): ${(r.stderr || r.stdout).slice(0, 200)}`, {
-      hint: 'reinstall CRIU >= 4.2 (scripts/setup)',
+      hint: `replace it: ${criuInstallHint()}`,
     });
   }
   if (compareVersions(version, MIN_CRIU) < 0) {
     throw new CedanaError('CRIU_TOO_OLD', `criu ${version.text} at ${path} is too old: cedana needs ${MIN_CRIU.text} or newer`, {
-      hint: 'CRIU < 4.2 fails on kernels >= 6.16 (vDSO layout, SO_PASSCRED on inet sockets); scripts/setup installs 4.2',
+      hint: `CRIU < 4.2 fails on kernels >= 6.16 (vDSO layout, SO_PASSCRED on inet sockets); ${criuInstallHint()}`,
       details: { criuVersion: version.text, criuPath: path },
     });
   }
   return { path, version };
+}
+
+const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
+
+/**
+ * What to install when CRIU is missing or too old. Names the recipe cedana ships (a checkout and
+ * the npm package alike have scripts/install-criu) by its path here, since a package user has no
+ * checkout to find it in.
+ */
+function criuInstallHint(): string {
+  const recipe = PACKAGE_ROOT && join(PACKAGE_ROOT, 'scripts', 'install-criu');
+  const build = recipe && existsSync(recipe) ? `, or on Debian and its derivatives run ${recipe} as root (builds it from Debian's source into /usr/local)` : '';
+  return `install CRIU >= ${MIN_CRIU.text}: your distribution's criu package where it is that new${build}, or build it from https://github.com/checkpoint-restore/criu; or set CEDANA_CRIU=/path/to/criu`;
 }
 
 export interface CheckResult {

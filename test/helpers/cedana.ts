@@ -21,11 +21,13 @@ export function parseJsonLine(text: string): Record<string, any> | undefined {
 export type CliOptions = Options & {
   /** A command that runs cedana, e.g. ['ip', 'netns', 'exec', ns] or ['setpriv', …]. */
   wrap?: string[];
+  /** An installed cedana, run as a program (its shebang and npm's bin symlink included), instead of this checkout's. */
+  bin?: string;
 };
 
 export async function cedana(args: string[], opts: CliOptions = {}): Promise<CliRun> {
-  const { wrap = [], ...execOpts } = opts;
-  const argv = [...wrap, 'node', BIN, ...args];
+  const { wrap = [], bin, ...execOpts } = opts;
+  const argv = [...wrap, ...(bin ? [bin] : ['node', BIN]), ...args];
   const r = await execa(argv[0]!, argv.slice(1), { reject: false, timeout: 120_000, ...execOpts, env: { NO_COLOR: '1', ...execOpts.env } });
   const stdout = String(r.stdout ?? '');
   const stderr = String(r.stderr ?? '');

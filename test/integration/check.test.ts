@@ -1,8 +1,13 @@
 /** cedana check against this host's real CRIU and kernel. */
 import { execa } from 'execa';
-import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { readFileSync, symlinkSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
 import { cedana } from '../helpers/cedana.js';
+import { Owned } from '../helpers/processes.js';
+
+const owned = new Owned();
+afterEach(() => owned.cleanup());
 
 describe('cedana check', () => {
   it('reports CRIU, criu check and the optional features as JSON, exit 0', async () => {
@@ -56,5 +61,20 @@ describe('cedana check', () => {
     expect(r.stdout).toMatch(/criu 4\.\d+/);
     expect(r.stdout).toMatch(/this host can dump and restore/);
     expect(r.stdout).not.toMatch(/\x1b\[/); // NO_COLOR is honoured
+  });
+
+  it('is not ok without iptables or nft (dump needs one for CRIU’s network lock) and says what to install; names a criu outside PATH', async () => {
+    // A PATH with node alone; CRIU named outright.
+    const bin = await owned.tempDir();
+    symlinkSync(process.execPath, join(bin, 'node'));
+    const criu = (await execa('sh', ['-c', 'command -v criu'])).stdout.trim();
+    const r = await cedana(['check', '--json'], { env: { PATH: bin, CEDANA_CRIU: criu } });
+    expect(r.json).toMatchObject({ ok: false, criu: { found: true, check: 'ok' }, error: { code: 'HOST_UNSUPPORTED', hint: expect.stringMatching(/iptables or nftables/) } });
+    expect(r.json!.features).toContainEqual(expect.objectContaining({ name: 'network-lock', available: false }));
+    expect(r.exitCode).toBe(7);
+    // The same PATH without CEDANA_CRIU: the CRIU that is there (scripts/install-criu puts it in
+    // /usr/local/sbin) is named as outside PATH, not reported as to be installed.
+    const unnamed = await cedana(['check', '--json'], { env: { PATH: bin } });
+    expect(unnamed.json!.error).toMatchObject({ code: 'CRIU_MISSING', hint: `${criu} is not on PATH: add ${dirname(criu)} to PATH or set CEDANA_CRIU=${criu}` });
   });
 });

@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync, symlinkSync, truncateSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { ROOT, cedana, cedanaOk } from '../helpers/cedana.js';
 import { Owned, alive, count, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -63,15 +63,19 @@ describe('dump refusals', () => {
     await expectUntouched(state, pid);
   });
 
-  it('refuses when CRIU is missing or older than 4.2 (a real older CRIU, the release\'s own)', async () => {
+  it('refuses when CRIU is missing or older than 4.2 (a real older CRIU: the release’s own)', async () => {
     const { state, pid } = await counter();
     const missing = await expectRefused(['dump', String(pid)], 'CRIU_MISSING', 6, { env: { CEDANA_CRIU: '/nonexistent/criu' } });
-    expect(missing.error.hint).toMatch(/scripts\/setup/);
+    // The remedy names the CRIU recipe by its path here, and it is there to run.
+    const recipe = join(ROOT, 'scripts', 'install-criu');
+    expect(missing.error.hint).toContain(`run ${recipe} as root`);
+    expect(statSync(recipe).mode & 0o111).not.toBe(0);
     expect(existsSync(OLD_CRIU), `${OLD_CRIU} (scripts/setup unpacks it)`).toBe(true);
     const old = await expectRefused(['dump', String(pid)], 'CRIU_TOO_OLD', 6, { env: { CEDANA_CRIU: OLD_CRIU } });
     const oldVersion = /Version: *(\S+)/.exec(execFileSync(OLD_CRIU, ['--version'], { encoding: 'utf8' }))?.[1];
     expect(oldVersion).toMatch(/^(\d+)\.(\d+)/);
     expect(old.error.message).toContain(oldVersion);
+    expect(old.error.hint).toContain(`install CRIU >= 4.2`);
     await expectUntouched(state, pid);
   });
 

@@ -195,6 +195,37 @@ describe('renderHuman', () => {
     expect(s.split('\n').at(-1)).toBe('this host cannot dump and restore yet');
   });
 
+  it('check that fails: the CRIU remedy under its line, the first blocker’s after the verdict, none twice', () => {
+    const notRoot = renderHuman(
+      {
+        command: 'check',
+        ok: false,
+        root: false,
+        criu: { found: false, check: 'not run', detail: 'criu not found', hint: 'install CRIU >= 4.2' },
+        capabilities: judgeCapabilities('000001ffffffffff'),
+        features: [],
+        error: new CedanaError('NOT_ROOT', 'cedana must run as root', { hint: 'run it with sudo' }),
+      },
+      plain,
+    );
+    expect(notRoot).toContain('✘ criu not usable: criu not found\n    hint: install CRIU >= 4.2\n');
+    expect(notRoot.split('\n').slice(-2)).toEqual(['this host cannot dump and restore yet', '  hint: run it with sudo']);
+    const noCriu = renderHuman(
+      {
+        command: 'check',
+        ok: false,
+        root: true,
+        criu: { found: false, check: 'not run', detail: 'criu not found', hint: 'install CRIU >= 4.2' },
+        capabilities: judgeCapabilities('000001ffffffffff'),
+        features: [],
+        error: new CedanaError('CRIU_MISSING', 'criu not found', { hint: 'install CRIU >= 4.2' }),
+      },
+      plain,
+    );
+    expect(noCriu.match(/hint:/g)).toHaveLength(1);
+    expect(noCriu.split('\n').at(-1)).toBe('this host cannot dump and restore yet');
+  });
+
   it('uses colour only when the chalk instance has it', () => {
     expect(renderHuman(RESTORE, colour)).toMatch(/\x1b\[32m✔/);
     expect(renderHuman(RESTORE, plain)).not.toMatch(/\x1b\[/);

@@ -1,7 +1,7 @@
 /**
  * A second "host" on this machine, for tests, the demo and the benchmarks: its own network namespace
  * (a veth pair to the main namespace, addresses in 10.231.<n>.0/24), PID, mount and UTS namespaces,
- * private /tmp, /var/tmp and /run, its own cgroup in every hierarchy (so that what runs there — a
+ * private /tmp, /var/tmp, /run and terminals (a devpts instance), its own cgroup in every hierarchy (so that what runs there — a
  * container runc makes — gets cgroups of its own, as on another machine), and a real OpenSSH server
  * with generated keys. Only the
  * addresses of these namespaces are ever contacted. Everything is torn down by PID and name.
@@ -79,6 +79,9 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
       'mount -t tmpfs -o mode=1777,size=4g tmpfs /tmp',
       'mount -t tmpfs -o mode=1777,size=4g tmpfs /var/tmp',
       'mount -t tmpfs -o mode=755 tmpfs /run',
+      // Terminals of its own, as another machine has: a devpts instance whose indexes start at 0.
+      'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts',
+      'mount --bind /dev/pts/ptmx /dev/ptmx',
       'mkdir -p /run/sshd',
       `exec /usr/sbin/sshd -D -f ${stateDir}/sshd_config -E ${stateDir}/sshd.log`,
     ].join(' && ');

@@ -247,7 +247,8 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
   /** Ends whatever the restore made there, and waits (10 s at most) for the target to say so. */
   const endThere = async (): Promise<void> => {
     lifeline.end('abort\n');
-    await Promise.race([lifeClosed, s.lost().catch(() => undefined), sleep(10_000)]);
+    // Not ref'd: a wait cut short must not hold the process open for the rest of the 10 s.
+    await Promise.race([lifeClosed, s.lost().catch(() => undefined), sleep(10_000, undefined, { ref: false })]);
   };
   return {
     cancel: () => {
@@ -262,19 +263,26 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
       }
     },
     async send(tar, signal, onAbort) {
-      let aborted: () => void = () => undefined;
-      const abort = new Promise<never>((_, reject) => {
-        aborted = () => void endThere().then(() => reject(onAbort?.() ?? new CedanaError('INTERRUPTED', 'the restore on the target was ended')));
-        if (signal?.aborted) aborted();
-        else signal?.addEventListener('abort', aborted, { once: true });
+      // Once aborted, the outcome is the abort, whatever the restore did meanwhile: it is ended there first.
+      let fire: () => void = () => undefined;
+      const aborted = new Promise<'aborted'>((resolve) => {
+        fire = () => resolve('aborted');
+        if (signal?.aborted) fire();
+        else signal?.addEventListener('abort', fire, { once: true });
       });
+      const abort = async (): Promise<never> => {
+        await endThere();
+        throw onAbort?.() ?? new CedanaError('INTERRUPTED', 'the restore on the target was ended');
+      };
       try {
-        await Promise.race([tar(ch), s.lost(), abort]);
-        const code = await Promise.race([exited, s.lost(), abort]);
-        await Promise.race([closed, s.lost(), abort]);
+        if ((await Promise.race([tar(ch).then(() => 'sent' as const), s.lost(), aborted])) === 'aborted') return await abort();
+        const code = await Promise.race([exited, s.lost(), aborted]);
+        if (code === 'aborted') return await abort();
+        await Promise.race([closed, s.lost()]);
+        if (signal?.aborted) return await abort();
         return outcome(code);
       } finally {
-        signal?.removeEventListener('abort', aborted);
+        signal?.removeEventListener('abort', fire);
       }
     },
   };

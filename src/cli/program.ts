@@ -106,7 +106,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
   cudaOption(shipOptions(program
     .command('dump')))
     .description('checkpoint the process tree rooted at <pid>, or a container (--container ID)')
-    .argument('[pid]', 'root of the process tree', parsePid)
+    // <pid> is required unless --container names what to dump: commander can only call it optional.
+    .usage('<pid> [options]\n       cedana dump --container <id> [options]')
+    .argument('[pid]', 'root of the process tree (required unless --container)', parsePid)
     .option('--container <id>', 'checkpoint this container (runc or crun) instead of a process tree')
     .option('--runtime <name>', 'with --container: runc or crun (default: the one that has the container)')
     .option('--rootfs', "with --container: carry the container's root file system in the image (restores where it is missing)")
@@ -241,11 +243,12 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
   cudaOption(shipOptions(program
     .command('migrate')))
     .description('move the process tree rooted at <pid>, or a container (--container ID), to another host over SSH; the source is resumed on any failure')
-    .argument('[pid]', 'root of the process tree', parsePid)
+    .usage('<pid> --to <destination> [options]\n       cedana migrate --container <id> --to <destination> [options]')
+    .argument('[pid]', 'root of the process tree (required unless --container)', parsePid)
     .option('--container <id>', 'move this container (runc or crun) instead of a process tree')
     .option('--runtime <name>', 'with --container: runc or crun (default: the one that has the container)')
     .option('--rootfs', "with --container: send the container's root file system when the target lacks it")
-    .requiredOption('--to <destination>', '[user@]host[:port], or a Host alias from ~/.ssh/config')
+    .requiredOption('--to <destination>', 'required: [user@]host[:port], or a Host alias from ~/.ssh/config')
     .option('--accept-new-host-key', 'record the key of a host not yet in known_hosts (a changed key is always refused)')
     .option('--target-dir <dir>', 'where the target keeps the image while it restores', '/var/tmp')
     .addOption(new Option('--tcp-established', 'keep every established TCP connection; an error before freezing if a local address is missing on the target (default: keep those whose address exists there, close the rest)').conflicts('tcpClose'))

@@ -29,7 +29,7 @@ import { checksumDir, listImageFiles } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { processExists } from '../proc/procfs.js';
 import { examineTree, validateTarget, type TreeFacts } from '../proc/tree.js';
-import { silentReporter, type Reporter } from '../cli/reporter.js';
+import { silentReporter, type Progress as ProgressEvent, type Reporter } from '../cli/reporter.js';
 import { ActionGate } from '../criu/gate.js';
 import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
@@ -124,6 +124,8 @@ interface Prepared {
   facts: TreeFacts;
   decisions: CriuDecisions;
   rssBytes: number;
+  /** What CRIU will send of the tree's memory (the progress total; the freeze deadline). */
+  dumpBytes: number;
   maps: PathMap[];
   ports: PortMap[];
   ghost: number;
@@ -359,7 +361,7 @@ async function prepare(
       });
     }
     decisions.notes.push(
-      `post-copy: the link carries ${mbs(linkBytesPerSec)}; ~${(fp.rssBytes / 1048576).toFixed(0)} MiB follow the tree after it starts on ${args.to} (~${(fp.rssBytes / linkBytesPerSec).toFixed(1)} s) — if the link breaks then, the process is lost`,
+      `post-copy: the link carries ${mbs(linkBytesPerSec)}; ~${(fp.dumpBytes / 1048576).toFixed(0)} MiB follow the tree after it starts on ${args.to} (~${(fp.dumpBytes / linkBytesPerSec).toFixed(1)} s) — if the link breaks then, the process is lost`,
     );
   }
   // --tcp-close: CRIU's own (reads see EOF). Decided per connection: those sockets are rewritten as
@@ -371,6 +373,7 @@ async function prepare(
     facts,
     decisions,
     rssBytes: fp.rssBytes,
+    dumpBytes: fp.dumpBytes,
     maps,
     ports,
     ghost,
@@ -459,7 +462,7 @@ async function precopyRounds(p: Prepared, state: Progress): Promise<{ prev: stri
     report.phase(`pre-copy round ${n}: sending memory while the tree runs`);
     const run = spawnCriu(p.criu, criuArgs, { logFile, label: `precopy-${args.pid}-${n}`, pageServerSocket: true });
     const proxy = bridge(run.psSocket!);
-    const ticker = progressTicker(report, () => proxy.bytes(), n === 1 ? p.rssBytes : 0);
+    const ticker = progressTicker(report, () => proxy.bytes(), n === 1 ? p.dumpBytes : 0);
     const onAbort = (): void => proxy.close();
     args.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -569,12 +572,12 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
   ]);
   const frozenAt = performance.now();
   report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
-  const w = frozenWindow(args, p.rssBytes);
+  const w = frozenWindow(args, p.dumpBytes);
   const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
   const proxy: PageBridge = bridge(run.psSocket!);
   try {
     // What the final dump sends: everything, or what pre-copy found changed (unknown ahead: no total).
-    const ticker = progressTicker(report, () => proxy.bytes(), pre ? 0 : p.rssBytes);
+    const ticker = progressTicker(report, () => proxy.bytes(), pre ? 0 : p.dumpBytes);
     // An interrupt, the deadline or a dead link while CRIU streams pages: cut the page stream; CRIU then fails and resumes the tree.
     await frozenAtGate(p, w, gate, run, logFile, () => proxy.close(), [proxy.failed]).finally(() => clearInterval(ticker));
 
@@ -656,7 +659,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
     const { images, gate, logFile, criuArgs } = await finalDump(p, ['--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs]);
     const frozenAt = performance.now();
     report.phase(`freezing ${p.facts.processes.length} process(es) and dumping all but their memory`);
-    const w = frozenWindow(args, p.rssBytes);
+    const w = frozenWindow(args, p.dumpBytes);
     const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}` });
     let hookRan = false;
     let downtimeMs: number;
@@ -711,7 +714,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
     }
     report.phase(`running on ${args.to}; pulling its memory`);
     const pullStart = performance.now();
-    const ticker = progressTicker(report, () => lazy.bytes(), p.rssBytes);
+    const ticker = progressTicker(report, () => lazy.bytes(), p.dumpBytes);
     try {
       await Promise.race([run.done, session.lost(), lazy.failed]);
     } catch (e) {
@@ -783,16 +786,23 @@ type FrozenWindow = ReturnType<typeof frozenWindow>;
 
 function progressTicker(report: Reporter, sent: () => number, total: number): NodeJS.Timeout {
   const t0 = performance.now();
-  return setInterval(() => {
-    const bytes = sent();
-    const secs = (performance.now() - t0) / 1000;
-    const rate = secs > 0 ? bytes / secs : 0;
-    report.progress({
-      phase: 'memory',
-      bytes,
-      totalBytes: total,
-      bytesPerSec: Math.round(rate),
-      etaMs: rate > 0 && total > bytes ? Math.round(((total - bytes) / rate) * 1000) : undefined,
-    });
-  }, 250);
+  return setInterval(() => report.progress(progressOf(sent(), total, performance.now() - t0)), 250);
+}
+
+/**
+ * One progress event: the total is an estimate (never below what was sent; absent when unknown),
+ * and the ETA waits for a rate worth the name (half a second and a MiB in), so that the first tick
+ * cannot promise 52 hours. Pure.
+ */
+export function progressOf(bytes: number, estimate: number, elapsedMs: number): ProgressEvent {
+  const rate = elapsedMs > 0 ? bytes / (elapsedMs / 1000) : 0;
+  const total = estimate > 0 ? Math.max(estimate, bytes) : undefined;
+  const settled = elapsedMs >= 500 && bytes >= 1 << 20;
+  return {
+    phase: 'memory',
+    bytes,
+    ...(total !== undefined ? { totalBytes: total } : {}),
+    bytesPerSec: Math.round(rate),
+    etaMs: settled && total !== undefined && total > bytes ? Math.round(((total - bytes) / rate) * 1000) : undefined,
+  };
 }

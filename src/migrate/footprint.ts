@@ -7,8 +7,14 @@ import { PROC, readFds } from '../proc/procfs.js';
 
 export interface Footprint {
   pids: number[];
-  /** Resident memory of the tree (sum of Rss), the size of the pages CRIU will send. */
+  /** Resident memory of the tree (sum of Rss): what the target must have room for. */
   rssBytes: number;
+  /**
+   * The memory CRIU will send: anonymous pages (private, and file pages copied on write), swapped
+   * ones, and shared memory (Pss_Shmem: each sharer's share, so counted once in all). Rss also
+   * counts the libraries' clean pages, which CRIU leaves to the target's files: ~twice as much.
+   */
+  dumpBytes: number;
   /** Absolute paths that must exist on the target for CRIU to reopen them. */
   paths: string[];
 }
@@ -35,15 +41,27 @@ export function mappedPaths(maps: string): string[] {
 }
 
 export function rssFromSmapsRollup(text: string): number {
-  const m = /^Rss:\s+(\d+) kB/m.exec(text);
-  return m ? Number(m[1]) * 1024 : 0;
+  return kB(text, 'Rss');
 }
+
+/** What CRIU dumps of one process, by its smaps_rollup (see Footprint.dumpBytes). Pure. */
+export function dumpBytesFromSmapsRollup(text: string): number {
+  return kB(text, 'Anonymous') + kB(text, 'Swap') + kB(text, 'Pss_Shmem');
+}
+
+const kB = (text: string, field: string): number => {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
+  return m ? Number(m[1]) * 1024 : 0;
+};
 
 export async function footprint(pids: number[]): Promise<Footprint> {
   let rssBytes = 0;
+  let dumpBytes = 0;
   const raw: string[] = [];
   for (const pid of pids) {
-    rssBytes += rssFromSmapsRollup(await readFile(`${PROC}/${pid}/smaps_rollup`, 'utf8').catch(() => ''));
+    const rollup = await readFile(`${PROC}/${pid}/smaps_rollup`, 'utf8').catch(() => '');
+    rssBytes += rssFromSmapsRollup(rollup);
+    dumpBytes += dumpBytesFromSmapsRollup(rollup);
     for (const link of ['cwd', 'exe', 'root']) {
       const t = await readlink(`${PROC}/${pid}/${link}`).catch(() => undefined);
       if (t && link !== 'root') raw.push(t);
@@ -51,5 +69,5 @@ export async function footprint(pids: number[]): Promise<Footprint> {
     raw.push(...mappedPaths(await readFile(`${PROC}/${pid}/maps`, 'utf8').catch(() => '')));
     for (const fd of await readFds(pid)) raw.push(fd.target);
   }
-  return { pids: [...pids].sort((a, b) => a - b), rssBytes, paths: pathsToCheck(raw) };
+  return { pids: [...pids].sort((a, b) => a - b), rssBytes, dumpBytes, paths: pathsToCheck(raw) };
 }

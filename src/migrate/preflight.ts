@@ -6,7 +6,10 @@
 import { CedanaError } from '../errors.js';
 import { compareVersions, MIN_CRIU, parseVersionText, type Version } from '../criu/version.js';
 import { shq, type SshSession } from '../transport/ssh.js';
-import type { Footprint } from './footprint.js';
+import type { Footprint as FullFootprint } from './footprint.js';
+
+/** What preflight needs of the tree's footprint. */
+type Footprint = Pick<FullFootprint, 'pids' | 'rssBytes' | 'paths'>;
 import { addressOf, canonicalAddress } from '../image/connections.js';
 import { decodeProcAddress } from '../proc/sockets.js';
 

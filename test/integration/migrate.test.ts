@@ -49,6 +49,24 @@ describe('migrate', () => {
     await bed.onHost(host, `kill -9 ${pid}`);
   });
 
+  it('its progress events tell the truth: the total is what is sent, the ETA never absurd', async () => {
+    const dir = await mkdtemp(join(shared, 'prog-'));
+    const pid = owned.python('memhog.py', ['192', dir]);
+    await waitFor('memory filled', () => readText(join(dir, 'sha0')), 60_000);
+    const host = bed.hosts[0]!;
+    const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+    expect(r.exitCode, r.stderr).toBe(0);
+    const events = r.stderr.split('\n').filter((l) => l.includes('"event":"progress"')).map((l) => JSON.parse(l) as { bytes: number; totalBytes?: number; etaMs?: number });
+    expect(events.length).toBeGreaterThan(0);
+    const sent = r.json!.memoryBytes as number;
+    for (const e of events) {
+      expect(e.totalBytes! / sent).toBeGreaterThan(0.8);
+      expect(e.totalBytes! / sent).toBeLessThan(1.25);
+      if (e.etaMs !== undefined) expect(e.etaMs).toBeLessThan(r.json!.durationMs * 10);
+    }
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
   it('shows its progress on a terminal: phase, bytes, MB/s, ETA', async () => {
     const dir = await mkdtemp(join(shared, 'tty-'));
     const pid = owned.python('memhog.py', ['256', dir]);

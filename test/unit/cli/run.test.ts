@@ -113,9 +113,19 @@ describe('main: version and help', () => {
     expect(stdout).toContain('restore');
   });
 
-  it('dump --help returns 0', async () => {
+  it('dump --help returns 0, and shows the PID as required unless --container', async () => {
     expect(await main(['dump', '--help'])).toBe(0);
     expect(stdout).toContain('--leave-running');
+    expect(stdout).toContain('Usage: cedana dump <pid> [options]');
+    expect(stdout).toContain('cedana dump --container <id> [options]');
+    expect(stdout).not.toContain('[pid]');
+  });
+
+  it('migrate --help shows the PID and --to as required', async () => {
+    expect(await main(['migrate', '--help'])).toBe(0);
+    expect(stdout).toContain('Usage: cedana migrate <pid> --to <destination> [options]');
+    expect(stdout).toMatch(/--to <destination>\s+required:/);
+    expect(stdout).not.toContain('[pid]');
   });
 
   it('`help restore` returns 0', async () => {

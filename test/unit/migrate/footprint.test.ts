@@ -1,7 +1,7 @@
 import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { footprint, mappedPaths, pathsToCheck, rssFromSmapsRollup } from '../../../src/migrate/footprint.js';
+import { dumpBytesFromSmapsRollup, footprint, mappedPaths, pathsToCheck, rssFromSmapsRollup } from '../../../src/migrate/footprint.js';
 
 describe('pathsToCheck', () => {
   it('keeps absolute paths, sorted and without duplicates', () => {
@@ -125,6 +125,20 @@ describe('footprint', () => {
     expect(fp.pids).toEqual([process.pid, gone, process.ppid].sort((a, b) => a - b));
     expect(fp.rssBytes).toBeGreaterThan(one.rssBytes * 0.5);
     const alone = await footprint([gone]);
-    expect(alone).toEqual({ pids: [gone], rssBytes: 0, paths: [] });
+    expect(alone).toEqual({ pids: [gone], rssBytes: 0, dumpBytes: 0, paths: [] });
+  });
+
+  it('counts what CRIU sends (anonymous, swapped, shared memory), not the libraries in Rss', () => {
+    // A Python process's rollup: 9.4 MiB resident, of which 5.1 MiB are clean library pages.
+    const rollup = 'Rss:                9656 kB\nPss:                7201 kB\nPss_Shmem:            64 kB\nShared_Clean:       5188 kB\nAnonymous:          4340 kB\nSwap:                 12 kB\n';
+    expect(dumpBytesFromSmapsRollup(rollup)).toBe((4340 + 12 + 64) * 1024);
+    expect(rssFromSmapsRollup(rollup)).toBe(9656 * 1024);
+    expect(dumpBytesFromSmapsRollup('')).toBe(0);
+  });
+
+  it('its estimate of what CRIU sends is within the tree\'s resident memory, and not zero for a live process', async () => {
+    const fp = await footprint([process.pid]);
+    expect(fp.dumpBytes).toBeGreaterThan(0);
+    expect(fp.dumpBytes).toBeLessThanOrEqual(fp.rssBytes + 64 * 1024 * 1024);
   });
 });

@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import { parseVersionText, type Version } from '../../../src/criu/version.js';
-import type { Footprint } from '../../../src/migrate/footprint.js';
+import type { Footprint as FullFootprint } from '../../../src/migrate/footprint.js';
+
+type Footprint = Pick<FullFootprint, 'pids' | 'rssBytes' | 'paths'>;
 import { diskNeeded, judgePreflight, parsePreflight, portConflicts, preflightScript, REMOTE_PATH, type Needs, type TargetFacts } from '../../../src/migrate/preflight.js';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 

@@ -216,7 +216,7 @@ export async function migrateRounds(m: MigrateCtx): Promise<MigrateSamples> {
       m.progress(`${i + 1}/${m.cfg.reps} migrate ${mib} MiB: naive (criu dump, tar | ssh, ssh criu restore), cedana migrate${m.cfg.postcopy ? ', cedana migrate --postcopy' : ''}`);
       s.naive.push(await round(m, mib, (fx) => naiveRound(m, fx, `${mib}-${i}`), naivePid));
       s.cedana.push(await round(m, mib, (fx) => cedanaRound(m, fx), cedanaPid));
-      if (m.cfg.postcopy) s.postcopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--postcopy']), cedanaPid));
+      if (m.cfg.postcopy) s.postcopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--postcopy', '--min-throughput', '1']), cedanaPid));
     }
     sizes.push(s);
   }

@@ -134,8 +134,10 @@ describe('a connection whose address stays behind, and a port taken on the targe
 
     const r = await cedanaOk(['migrate', String(server), '--to', t.name, '--map-port', `${P2}:${P3}`], { env: bed.env });
     expect(r.decisions.join('\n')).toMatch(new RegExp(`closing ${S2.replace(/\./g, '\\.')}:${P2} ↔ ${c.address.replace(/\./g, '\\.')}:\\d+: ${S2.replace(/\./g, '\\.')} does not exist on ${t.name}`));
-    // The client learns at once that its connection is gone (the source answers with a reset)…
-    await waitFor('the client to see its connection end', () => fields(state)[1]! > 0);
+    // The client learns that its connection is gone at its next retransmission, which the source
+    // answers with a reset. Its packets were dropped while the source was frozen, so its TCP backs
+    // off (0.2, 0.4, 0.8 … s): on a slow machine the next try can be many seconds away.
+    await waitFor('the client to see its connection end', () => fields(state)[1]! > 0, 120_000);
     await waitGone(client);
     // …and the service, on the target under its new port, serves a new one.
     const fresh = await execa('nsenter', [`--net=/run/netns/${c.netns}`, 'python3', '-c',

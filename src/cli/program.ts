@@ -278,6 +278,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             return (await import('../commands/container.js')).migrateContainer({
               id: o.container!, runtime: o.runtime, to: o.to, acceptNewHostKey: !!o.acceptNewHostKey, targetDir: o.targetDir,
               tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto', fileLocks: !!o.fileLocks, rootfs: !!o.rootfs, reporter: ctx.reporter, signal: ctx.signal,
+              freezeTimeoutMs: o.freezeTimeout,
             });
           },
         });

@@ -30,7 +30,8 @@ import { commitImageDir, partialArchive, partialImagesDir, privateFiles, refuseE
 import { Transform } from 'node:stream';
 import { SshSession, shq } from '../transport/ssh.js';
 import { REMOTE_PATH } from '../migrate/preflight.js';
-import { undoOnTarget } from '../migrate/remote.js';
+import { Lifeline, lifeline, undoOnTarget } from '../migrate/remote.js';
+import { freezeTimeoutFor, frozenWindow, type FrozenWindow } from '../migrate/frozen.js';
 import { packImage } from '../image/archive.js';
 import { checkCompatible } from './restore.js';
 
@@ -482,6 +483,8 @@ export interface ContainerMigrateArgs {
   rootfs: boolean;
   reporter?: Reporter;
   signal?: AbortSignal;
+  /** The longest the container may stay paused (ms); default freezeTimeoutFor(its image). */
+  freezeTimeoutMs?: number;
 }
 
 export interface ContainerMigrateResult {
@@ -530,6 +533,8 @@ export function containerRestoreScript(rt: RuntimeName, id: string, dir: string,
   const D = shq(dir);
   return [
     REMOTE_PATH,
+    // The lifeline ends this script's tree (runc, CRIU) if the migration is abandoned.
+    `echo $$ > ${D}/restore-sh.pid`,
     `cd ${D}/img || exit 99`,
     'tar -xf - || exit 98',
     'sha256sum -c --quiet --strict cedana.sha256 >&2 || exit 97',
@@ -578,6 +583,9 @@ export function containerCleanupScript(rt: RuntimeName, id: string, dir: string,
   ].join('\n');
 }
 
+const containerInterrupted = (): CedanaError =>
+  new CedanaError('INTERRUPTED', 'migration interrupted; the container was resumed here and the target cleaned up', { hint: 'run the migration again when ready' });
+
 export async function migrateContainer(args: ContainerMigrateArgs): Promise<ContainerMigrateResult> {
   const started = performance.now();
   const report = args.reporter ?? silentReporter;
@@ -595,6 +603,7 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
   let paused = false;
   let committed = false;
   let unlockNetwork: (() => Promise<void>) | undefined;
+  let w: FrozenWindow | undefined;
   try {
     report.phase(`preflight on ${args.to}`);
     const overlay = args.rootfs ? overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) : undefined;
@@ -624,7 +633,7 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: sendRootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle, ends: true }, imagesDir, join(work, 'criu'), report);
     unlockNetwork = ck.unlockNetwork;
     if (args.rootfs && !sendRootfs) ck.decisions.notes.push(`--rootfs: ${bundle.rootfs} is on ${args.to} already; not sent`);
-    if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'migration interrupted; the container was resumed here');
+    if (args.signal?.aborted) throw containerInterrupted();
     await writeFile(join(imagesDir, RESTORE_CONFIG_IMAGE), JSON.stringify(restoreConfig(bundle.config, bundle.rootfs), null, 1), { mode: 0o600 });
     const files = await checksumDir(imagesDir);
     const manifest = makeManifest({
@@ -638,6 +647,16 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
 
     report.phase(`sending container ${args.id} to ${args.to} and restoring it there`);
     restoreStarted = true;
+    // The deadline counts from the pause; an interrupt or the deadline ends the restore there first.
+    const imageBytes = Object.values(files).reduce((a, f) => a + f.size, 0);
+    w = frozenWindow({ signal: args.signal, timeoutMs: Math.max(1, (args.freezeTimeoutMs ?? freezeTimeoutFor(imageBytes)) - (performance.now() - frozenAt)), interrupted: containerInterrupted });
+    const pidFile = shq(`${remoteDir}/restore-sh.pid`);
+    const life = await Lifeline.open(session, lifeline([
+      // The restore script, runc and CRIU under it; then whatever it made (it may have begun just now).
+      `r=$(cat ${pidFile} 2>/dev/null); [ -n "$r" ] && kill -9 $(tree_of "$r") 2>/dev/null`,
+      `i=0; while [ -n "$r" ] && kill -0 "$r" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done`,
+      containerCleanupScript(runtime.name, args.id, remoteDir, true),
+    ]));
     const ch = await session.channel(`sh -c ${shq(containerRestoreScript(runtime.name, args.id, remoteDir, ck.manifestExtra, flags))}`);
     let stdout = '';
     let stderr = '';
@@ -648,9 +667,24 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     const closed = new Promise<void>((r) => ch.on('close', () => r()));
     const counting = new Transform({ transform(chunk: Buffer, _e, cb) { bytesSent += chunk.length; cb(null, chunk); } });
     counting.pipe(ch);
-    await Promise.race([packImage(imagesDir, [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)], counting, 'none', true), session.lost()]);
-    const code = await Promise.race([exited, session.lost()]);
+    const win = w;
+    const aborted = new Promise<'aborted'>((resolve) => {
+      if (win.signal.aborted) resolve('aborted');
+      else win.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
+    });
+    const abort = async (): Promise<never> => {
+      // No more of the image: the restore script there reads end of file, and its lifeline ends it.
+      counting.unpipe(ch);
+      ch.close();
+      await life.end();
+      throw win.reason();
+    };
+    const sent = packImage(imagesDir, [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)], counting, 'none', true);
+    if ((await Promise.race([sent.then(() => 'sent' as const), session.lost(), aborted])) === 'aborted') await abort();
+    const code = await Promise.race([exited, session.lost(), aborted]);
+    if (code === 'aborted') return await abort();
     await Promise.race([closed, session.lost()]);
+    if (win.signal.aborted) await abort();
     const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
     if (code !== 0 || !(pid > 0)) {
       const lines = stdout.split('\n').filter((l) => /^(rt|criu)=/.test(l)).map((l) => l.replace(/^(rt|criu)=/, '').replace(/^\(\s*\d+\.\d+\)\s*/, ''));
@@ -661,7 +695,8 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
       if (code === 95) throw new CedanaError('FILE_CONFLICT', `the bundle could not be put in place on ${args.to}: ${said}`, { hint: 'something is in the way there (a non-empty overlay directory, a file where a directory goes); the source was resumed' });
       throw new CedanaError('TARGET_RESTORE_FAILED', `${runtime.name} restore failed on ${args.to} (exit ${code})${lines.length ? `:\n  ${lines.join('\n  ')}` : ''}`, { hint: 'the source was resumed; the target was cleaned up', details: { criuLines: lines } });
     }
-    // The commit point: the container runs there. Here it ends.
+    // The commit point: the container runs there (its lifeline lets it live on). Here it ends.
+    await life.keep();
     committed = true;
     report.phase(`ending container ${args.id} here`);
     await runtime.destroy(args.id);
@@ -697,6 +732,7 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     }
     throw err;
   } finally {
+    w?.clear();
     report.stop();
     session.close();
     await rm(work, { recursive: true, force: true });

@@ -37,6 +37,7 @@ import { releaseSourceLocks } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { judgePreflight, runPreflight, type TargetFacts } from '../migrate/preflight.js';
 import { judgeSharedLocks, placeProbes, removeProbes } from '../migrate/shared-locks.js';
+import { freezeTimeoutFor, frozenWindow, type FrozenWindow } from '../migrate/frozen.js';
 import { dropKeptSocketFiles, keepSocketFiles, putBackSocketFiles, type KeptSocket } from '../migrate/keep-sockets.js';
 import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, undoOnTarget, type PendingRestore, type RemoteDir, type RestoreOptions } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
@@ -171,45 +172,6 @@ interface Moved {
 
 const interrupted = (): CedanaError =>
   new CedanaError('INTERRUPTED', 'migration interrupted; the source process was resumed and the target cleaned up', { hint: 'run the migration again when ready' });
-
-/**
- * How long the source may stay frozen by default: a minute for the fixed steps plus 20 s per GiB
- * of memory (a link down to ~50 MB/s). Past it the migration is abandoned, not left hanging.
- */
-export function freezeTimeoutFor(memoryBytes: number): number {
-  return 60_000 + Math.ceil((memoryBytes / 2 ** 30) * 20_000);
-}
-
-/**
- * The frozen window: every step from the freeze to the commit watches `signal`, which fires on
- * Ctrl-C/SIGTERM or when the deadline passes; `reason()` is the error to report for it.
- */
-function frozenWindow(args: MigrateArgs, memoryBytes: number): { signal: AbortSignal; reason: () => CedanaError; clear: () => void } {
-  const ms = args.freezeTimeoutMs ?? freezeTimeoutFor(memoryBytes);
-  const ctl = new AbortController();
-  let timedOut = false;
-  const onUser = (): void => ctl.abort();
-  args.signal?.addEventListener('abort', onUser, { once: true });
-  if (args.signal?.aborted) ctl.abort();
-  const timer = setTimeout(() => {
-    timedOut = true;
-    ctl.abort();
-  }, ms);
-  return {
-    signal: ctl.signal,
-    reason: () =>
-      timedOut
-        ? new CedanaError('FREEZE_TIMEOUT', `the migration did not finish within ${(ms / 1000).toFixed(0)} s of the freeze; it was abandoned, the source resumed and the target cleaned up`, {
-            hint: 'see what the target was doing (a slow link, a restore waiting on something); --freeze-timeout gives it longer',
-            details: { freezeTimeoutMs: ms },
-          })
-        : interrupted(),
-    clear: () => {
-      clearTimeout(timer);
-      args.signal?.removeEventListener('abort', onUser);
-    },
-  };
-}
 
 export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const started = performance.now();
@@ -572,7 +534,7 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
   ]);
   const frozenAt = performance.now();
   report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
-  const w = frozenWindow(args, p.dumpBytes);
+  const w = frozenWindow({ signal: args.signal, timeoutMs: args.freezeTimeoutMs ?? freezeTimeoutFor(p.dumpBytes), interrupted });
   const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
   const proxy: PageBridge = bridge(run.psSocket!);
   try {
@@ -659,7 +621,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
     const { images, gate, logFile, criuArgs } = await finalDump(p, ['--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs]);
     const frozenAt = performance.now();
     report.phase(`freezing ${p.facts.processes.length} process(es) and dumping all but their memory`);
-    const w = frozenWindow(args, p.dumpBytes);
+    const w = frozenWindow({ signal: args.signal, timeoutMs: args.freezeTimeoutMs ?? freezeTimeoutFor(p.dumpBytes), interrupted });
     const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}` });
     let hookRan = false;
     let downtimeMs: number;
@@ -782,8 +744,6 @@ async function imagesSize(dir: string): Promise<number> {
   return total;
 }
 
-type FrozenWindow = ReturnType<typeof frozenWindow>;
-
 function progressTicker(report: Reporter, sent: () => number, total: number): NodeJS.Timeout {
   const t0 = performance.now();
   return setInterval(() => report.progress(progressOf(sent(), total, performance.now() - t0)), 250);
@@ -806,3 +766,4 @@ export function progressOf(bytes: number, estimate: number, elapsedMs: number): 
     etaMs: settled && total !== undefined && total > bytes ? Math.round(((total - bytes) / rate) * 1000) : undefined,
   };
 }
+export { freezeTimeoutFor } from '../migrate/frozen.js';

@@ -7,6 +7,7 @@ import { randomInt } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CedanaError } from '../errors.js';
 import { shq, SshSession } from '../transport/ssh.js';
+import type { ClientChannel } from 'ssh2';
 import { REMOTE_PATH } from './preflight.js';
 import { posix } from 'node:path';
 import { destination, type ShippedEntry } from '../image/ship.js';
@@ -143,31 +144,72 @@ const TREE_OF =
 
 /**
  * The target's restore ends with the session that started it: a second channel (the lifeline) reads
- * one line. `keep` lets the restored tree live. `abort`, or the end of the stream — cedana ended it,
- * was killed, or the connection was lost — ends CRIU's restore and everything under it, the
- * restored tree if it got that far, the daemons, the files placed, and the work directory. Without
- * it, a restore that outlives cedana (blocked on a lock, say) could complete after the source was
- * resumed: two copies. Pure.
+ * one line. `keep` lets what was restored live. `abort`, or the end of the stream — cedana ended it,
+ * was killed, or the connection was lost — runs `undo`: end the restore and everything under it,
+ * and whatever it made. Without it, a restore that outlives cedana (blocked on a lock, say) could
+ * complete after the source was resumed: two copies. Pure.
  */
-export function lifelineScript(d: RemoteDir, treePids: number[]): string {
-  const f = (n: string): string => shq(`${d.dir}/${n}`);
-  const pids = treePids.join(' ');
+export function lifeline(undo: string[]): string {
   return [
     REMOTE_PATH,
-    // A lost connection must not stop the cleanup: no SIGHUP, and writes to the gone channel fail quietly.
+    // A lost connection must not stop the undo: no SIGHUP, and writes to the gone channel fail quietly.
     "trap '' HUP PIPE",
     TREE_OF,
     'IFS= read -r cmd || cmd=lost',
     `if [ "$cmd" = keep ]; then echo kept 2>/dev/null; exit 0; fi`,
+    ...undo,
+    'echo ended 2>/dev/null',
+  ].join('\n');
+}
+
+/** A process tree's lifeline: CRIU's restore and its tasks, the restored tree, the daemons, the placed files, the work directory. Pure. */
+export function lifelineScript(d: RemoteDir, treePids: number[]): string {
+  const f = (n: string): string => shq(`${d.dir}/${n}`);
+  return lifeline([
     `c=$(cat ${f('restore-criu.pid')} 2>/dev/null); [ -n "$c" ] && kill -9 $(tree_of "$c") 2>/dev/null`,
     // The restore finished (its pidfile is written): the tree runs detached, under its own PIDs.
-    `[ -s ${f('restored.pid')} ] && kill -9 ${pids} 2>/dev/null`,
+    `[ -s ${f('restored.pid')} ] && kill -9 ${treePids.join(' ')} 2>/dev/null`,
     ...['page-server.pid', 'lazy-pages.pid'].map((n) => `p=$(cat ${f(n)} 2>/dev/null) && kill "$p" 2>/dev/null`),
     // The restore script undoes its placed files when CRIU fails: let it finish first (5 s at most).
     `r=$(cat ${f('restore-sh.pid')} 2>/dev/null); i=0; while [ -n "$r" ] && kill -0 "$r" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done`,
     `${undoPlaced(d)}; rm -rf ${shq(d.dir)}`,
-    'echo ended 2>/dev/null',
-  ].join('\n');
+  ]);
+}
+
+/** The lifeline channel of a restore on the target (see `lifeline`). */
+export class Lifeline {
+  private out = '';
+  private readonly closed: Promise<void>;
+
+  private constructor(private readonly s: SshSession, private readonly ch: ClientChannel) {
+    ch.on('data', (b: Buffer) => (this.out += b.toString()));
+    this.closed = new Promise<void>((resolve) => ch.on('close', () => resolve()));
+  }
+
+  static async open(s: SshSession, script: string): Promise<Lifeline> {
+    return new Lifeline(s, await s.channel(`sh -c ${shq(script)}`));
+  }
+
+  /** What was restored may live on; resolves once the target confirmed it (else nothing is committed). */
+  async keep(): Promise<void> {
+    this.ch.end('keep\n');
+    await Promise.race([this.closed, this.s.lost()]);
+    if (!this.out.includes('kept')) {
+      throw new CedanaError('CONNECTION_LOST', `${this.s.target} did not confirm that the restored process may live on`, { hint: 'the source was resumed; the target ended its copy' });
+    }
+  }
+
+  /** Ends the restore there and what it made, without waiting. */
+  abort(): void {
+    this.ch.end('abort\n');
+  }
+
+  /** Ends the restore there and what it made, and waits (10 s at most) for the target to say so. */
+  async end(): Promise<void> {
+    this.abort();
+    // Not ref'd: a wait cut short must not hold the process open for the rest of the 10 s.
+    await Promise.race([this.closed, this.s.lost().catch(() => undefined), sleep(10_000, undefined, { ref: false })]);
+  }
 }
 
 /**
@@ -233,10 +275,7 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
     `if [ $rc -eq 0 ]; then echo "pid=$(cat ${shq(pidFile)})"; else grep -E '(Error|BUG) ' ${shq(log)} | grep -v RLIMIT_NOFILE | tail -n 8 | sed 's/^/criu=/'; ${undoPlaced(d)}; fi`,
     'exit $rc',
   ].join('\n');
-  const lifeline = await s.channel(`sh -c ${shq(lifelineScript(d, treePids))}`);
-  let lifeOut = '';
-  lifeline.on('data', (b: Buffer) => (lifeOut += b.toString()));
-  const lifeClosed = new Promise<void>((resolve) => lifeline.on('close', () => resolve()));
+  const life = await Lifeline.open(s, lifelineScript(d, treePids));
   const ch = await s.channel(`sh -c ${shq(script)}`);
   let stdout = '';
   let stderr = '';
@@ -244,24 +283,12 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
   ch.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => ch.on('exit', (code: number | null) => resolve(code)));
   const closed = new Promise<void>((resolve) => ch.on('close', () => resolve()));
-  /** Ends whatever the restore made there, and waits (10 s at most) for the target to say so. */
-  const endThere = async (): Promise<void> => {
-    lifeline.end('abort\n');
-    // Not ref'd: a wait cut short must not hold the process open for the rest of the 10 s.
-    await Promise.race([lifeClosed, s.lost().catch(() => undefined), sleep(10_000, undefined, { ref: false })]);
-  };
   return {
     cancel: () => {
       ch.end();
-      lifeline.end('abort\n');
+      life.abort();
     },
-    async keep() {
-      lifeline.end('keep\n');
-      await Promise.race([lifeClosed, s.lost()]);
-      if (!lifeOut.includes('kept')) {
-        throw new CedanaError('CONNECTION_LOST', `${s.target} did not confirm that the restored process may live on`, { hint: 'the source was resumed; the target ended its copy' });
-      }
-    },
+    keep: () => life.keep(),
     async send(tar, signal, onAbort) {
       // Once aborted, the outcome is the abort, whatever the restore did meanwhile: it is ended there first.
       let fire: () => void = () => undefined;
@@ -271,7 +298,9 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
         else signal?.addEventListener('abort', fire, { once: true });
       });
       const abort = async (): Promise<never> => {
-        await endThere();
+        // No more of the images: the restore script there reads end of file; the lifeline ends it.
+        ch.close();
+        await life.end();
         throw onAbort?.() ?? new CedanaError('INTERRUPTED', 'the restore on the target was ended');
       };
       try {

@@ -261,4 +261,19 @@ describe('migrating containers (runc, test bed)', () => {
     expect(await there(`runc state ${c.id} >/dev/null 2>&1 && echo exists; cat ${c.bundle}/config.json; ls /var/tmp`)).toBe('broken');
     await there(`rm -rf ${c.bundle}`);
   });
+
+  it('past --freeze-timeout the migration is abandoned: FREEZE_TIMEOUT, the container resumes here, nothing there', async () => {
+    const host = bed.hosts[0]!;
+    const c = await counter();
+    endThere(c.id);
+    // 1 ms: spent by the checkpoint already, so the deadline has passed when the restore there starts.
+    const r = await cedana(['migrate', '--container', c.id, '--to', host.name, '--freeze-timeout', '1ms', '--json'], { env: bed.env });
+    expect(r.exitCode).toBe(39);
+    expect(r.json?.error).toMatchObject({ code: 'FREEZE_TIMEOUT', freezeTimeoutMs: 1, sourceResumed: true, targetCleanedUp: true });
+    expect((await state(c.id))?.status).toBe('running');
+    const at = lines(c.count);
+    await waitFor('counting here', () => lines(c.count) > at + 3);
+    expect(consecutive(readFileSync(c.count, 'utf8'))).toBe(true);
+    expect(await there(`runc state ${c.id} >/dev/null 2>&1 && echo exists; ls -A /var/tmp`)).toBe('');
+  });
 });

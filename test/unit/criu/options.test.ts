@@ -3,12 +3,14 @@ import {
   buildDumpArgs,
   buildRestoreArgs,
   decideDumpOptions,
+  ptsIndex,
   type CommonArgs,
   type CriuDecisions,
   type DumpRequest,
 } from '../../../src/criu/options.js';
 import type { TreeFacts, TreeProcess } from '../../../src/proc/tree.js';
 import type { TcpSocket } from '../../../src/proc/sockets.js';
+import type { HeldLock } from '../../../src/proc/locks.js';
 
 /** A tree of two processes that is its own session and process group, with no terminal. */
 function proc(pid: number, over: Partial<TreeProcess> = {}): TreeProcess {
@@ -143,6 +145,88 @@ describe('decideDumpOptions', () => {
       '--external unix[…]',
       'unix socket peers not examined (`ss` from iproute2 not found)',
     ]);
+  });
+});
+
+/** tty_nr (/proc/PID/stat) of MAJOR:MINOR: the kernel's new_encode_dev. */
+const ttyNr = (major: number, minor: number): number => (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12);
+
+describe('ptsIndex', () => {
+  it('/dev/pts/0 (136:0, tty_nr 34816) is 0', () => {
+    expect(ttyNr(136, 0)).toBe(34816);
+    expect(ptsIndex(34816)).toBe(0);
+  });
+
+  it('/dev/pts/3 (136:3) is 3', () => {
+    expect(ptsIndex(34819)).toBe(3);
+  });
+
+  it('/dev/pts/300 is 300, as 136:300 (the kernel now) or 137:44 (the old 256-minor majors)', () => {
+    expect(ptsIndex(ttyNr(136, 300))).toBe(300);
+    expect(ptsIndex(ttyNr(137, 44))).toBe(300);
+    expect(ptsIndex(ttyNr(143, 255))).toBe(7 * 256 + 255);
+    expect(ptsIndex(ttyNr(136, 70000))).toBe(70000);
+  });
+
+  it('another kind of terminal is no pts', () => {
+    expect(ptsIndex(ttyNr(4, 1))).toBeUndefined(); // /dev/tty1 (1025)
+    expect(ptsIndex(1025)).toBeUndefined();
+    expect(ptsIndex(ttyNr(4, 64))).toBeUndefined(); // /dev/ttyS0
+    expect(ptsIndex(ttyNr(5, 0))).toBeUndefined(); // /dev/tty
+    expect(ptsIndex(ttyNr(144, 0))).toBeUndefined();
+    expect(ptsIndex(0)).toBeUndefined();
+  });
+});
+
+describe('decideDumpOptions: terminals and locks', () => {
+  const heldLock = (over: Partial<HeldLock> = {}): HeldLock => ({ pid: 101, fd: 5, path: '/srv/app.db-shm', kind: 'POSIX', type: 'READ', start: '128', end: '128', file: 'fe:00:7', mapped: false, ...over });
+
+  it('a pts whose master the tree holds (tmux): restored with the tree, no terminal needed', () => {
+    const d = decideDumpOptions(facts({ processes: [proc(100), proc(101, { ttyNr: ttyNr(136, 3) })], ptys: [3], ptyMasters: [3] }), AUTO);
+    expect(d.shellJob).toBe(true);
+    expect(d.notes).toEqual(['--shell-job: PID 101 has a controlling terminal (pts/3) whose master the tree holds: it is restored with the tree']);
+    expect(d.notes.join('\n')).not.toContain('restore needs a terminal too');
+  });
+
+  it('a large pts index is matched against the masters too', () => {
+    const d = decideDumpOptions(facts({ processes: [proc(100, { ttyNr: ttyNr(136, 300) })], ptyMasters: [300] }), AUTO);
+    expect(d.notes[0]).toContain('(pts/300) whose master the tree holds');
+  });
+
+  it('a terminal from outside (a login’s pts): the restore needs a terminal too', () => {
+    const d = decideDumpOptions(facts({ processes: [proc(100), proc(101, { ttyNr: ttyNr(136, 0) })], ptys: [0], ptyMasters: [] }), AUTO);
+    expect(d.shellJob).toBe(true);
+    expect(d.notes).toEqual(['--shell-job: PID 101 has a controlling terminal from outside the tree (restore needs a terminal too)']);
+  });
+
+  it('the tree holds another pty’s master than this one’s: outside', () => {
+    const d = decideDumpOptions(facts({ processes: [proc(100, { ttyNr: ttyNr(136, 0) })], ptyMasters: [1] }), AUTO);
+    expect(d.notes[0]).toContain('from outside the tree (restore needs a terminal too)');
+  });
+
+  it('one process inside, another on an outside terminal: the outside one is named', () => {
+    const d = decideDumpOptions(facts({ processes: [proc(100, { ttyNr: ttyNr(136, 3) }), proc(101, { ttyNr: ttyNr(136, 0) })], ptyMasters: [3] }), AUTO);
+    expect(d.notes.filter((n) => n.startsWith('--shell-job'))).toEqual(['--shell-job: PID 101 has a controlling terminal from outside the tree (restore needs a terminal too)']);
+  });
+
+  it('a console terminal is never taken for the pts of the same number', () => {
+    const d = decideDumpOptions(facts({ processes: [proc(100, { ttyNr: ttyNr(4, 1) })], ptyMasters: [1] }), AUTO);
+    expect(d.notes[0]).toContain('restore needs a terminal too');
+  });
+
+  it('a lock on a file the process also maps: a note that CRIU 4.2 does not restore it', () => {
+    const d = decideDumpOptions(facts({ fileLocks: 2, locks: [heldLock({ mapped: true }), heldLock({ path: '/srv/app.db', type: 'WRITE', mapped: false })] }), AUTO);
+    expect(d.fileLocks).toBe(true);
+    expect(d.notes).toHaveLength(2);
+    expect(d.notes[0]).toBe('--file-locks: 2 file lock(s) held');
+    expect(d.notes[1]).toBe(
+      "PID 101's POSIX READ lock on /srv/app.db-shm is on a file it also maps: CRIU 4.2 does not restore such a lock (a restore fails with LOCK_LOST unless --allow-lost-locks)",
+    );
+  });
+
+  it('locks on files not mapped: no such note', () => {
+    const d = decideDumpOptions(facts({ fileLocks: 1, locks: [heldLock()] }), AUTO);
+    expect(d.notes.some((n) => n.includes('also maps'))).toBe(false);
   });
 });
 

@@ -1,6 +1,6 @@
-import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { arch as osArch, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -516,5 +516,144 @@ describe('judgePreflight with shipping, sizes and ports', () => {
     expect(p.code).toBe('TARGET_PORT_IN_USE');
     expect(p.hint).toContain('--map-port 8000:NEW');
     expect(err({ listening: [{ addr: '0.0.0.0', port: 8000 }] }, { listening: [{ addr: '0.0.0.0', port: 9000 }] })).toBeUndefined();
+  });
+});
+
+describe('preflightScript: shared-storage probes and pseudo-terminals', () => {
+  const fp: Footprint = { pids: [4242], rssBytes: MiB, paths: ['/srv/app/db'] };
+  const T1 = '0123456789abcdef0123456789abcdef';
+  const T2 = 'fedcba9876543210fedcba9876543210';
+
+  /** The lines of the probe heredoc (the loop, the probe lines, the terminator). */
+  function probePart(script: string): string[] {
+    const lines = script.split('\n');
+    const start = lines.findIndex((l) => l.endsWith("<<'CEDANA_PROBES'"));
+    if (start < 0) return [];
+    return lines.slice(start, lines.indexOf('CEDANA_PROBES', start) + 1);
+  }
+  const ptyLine = (script: string): string | undefined => script.split('\n').find((l) => l.startsWith('for n in '));
+
+  it('one `token path` line per probe inside a heredoc that reads them', () => {
+    const s = preflightScript(fp, '/tmp', undefined, { paths: fp.paths, probes: [{ path: '/nfs/app/.cedana-probe-0123456789ab', token: T1 }, { path: '/nfs/my dir/.cedana-probe-fedcba987654', token: T2 }] });
+    const part = probePart(s);
+    expect(part[0]).toMatch(/^while IFS=' ' read -r t f; do .*shared=.*<<'CEDANA_PROBES'$/);
+    expect(part.slice(1)).toEqual([`${T1} /nfs/app/.cedana-probe-0123456789ab`, `${T2} /nfs/my dir/.cedana-probe-fedcba987654`, 'CEDANA_PROBES']);
+    expect(s.split('\n').at(-1)).toBe('exit 0');
+  });
+
+  it('skips a probe with a newline in its path, a relative path, or a token that is not lowercase hex', () => {
+    const s = preflightScript(fp, '/tmp', undefined, {
+      paths: fp.paths,
+      probes: [
+        { path: '/nfs/bad\nname', token: T1 },
+        { path: 'relative/probe', token: T1 },
+        { path: '/nfs/a', token: 'not hex' },
+        { path: '/nfs/b', token: `${T1}\nrm -rf /` },
+        { path: '/nfs/c', token: T1.toUpperCase() },
+        { path: '/nfs/d', token: '' },
+        { path: '/nfs/ok', token: T2 },
+      ],
+    });
+    expect(probePart(s).slice(1)).toEqual([`${T2} /nfs/ok`, 'CEDANA_PROBES']);
+    expect(s).not.toContain('/nfs/bad');
+    expect(s).not.toContain('rm -rf');
+  });
+
+  it('no probes (or none valid): no probe lines at all', () => {
+    expect(preflightScript(fp, '/tmp')).not.toContain('CEDANA_PROBES');
+    expect(preflightScript(fp, '/tmp', undefined, { paths: [], probes: [{ path: '/x\ny', token: T1 }] })).not.toContain('CEDANA_PROBES');
+  });
+
+  it('a loop over the pty indexes the tree needs, only when there are some', () => {
+    const s = preflightScript(fp, '/tmp', undefined, { paths: fp.paths, ptys: [0, 3, 300] });
+    expect(ptyLine(s)).toBe('for n in 0 3 300; do [ -e /dev/pts/$n ] && echo "ptytaken=$n"; done');
+    expect(ptyLine(preflightScript(fp, '/tmp', undefined, { paths: [], ptys: [] }))).toBeUndefined();
+    expect(ptyLine(preflightScript(fp, '/tmp'))).toBeUndefined();
+  });
+
+  it('the probe lines, run with sh: shared= for each probe found holding its token, and only those', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cedana-pf-probe-'));
+    try {
+      await mkdir(join(dir, 'with space'));
+      const same = join(dir, 'with space', '.cedana-probe-0123456789ab');
+      const other = join(dir, '.cedana-probe-fedcba987654');
+      const longer = join(dir, '.cedana-probe-aaaaaaaaaaaa');
+      await writeFile(same, T1);
+      await writeFile(other, T1); // another host's probe: another token
+      await writeFile(longer, `${T2}x`);
+      const probes = [
+        { path: same, token: T1 },
+        { path: other, token: T2 },
+        { path: longer, token: T2 },
+        { path: join(dir, 'absent'), token: T2 },
+      ];
+      const part = probePart(preflightScript(fp, dir, undefined, { paths: [], probes }));
+      const r = runSh(part.join('\n') + '\n');
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toBe(`shared=${same}\n`);
+      expect(parsePreflight(r.stdout).sharedProbes).toEqual([same]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.skipIf(spawnSync('python3', ['-c', 'pass']).status !== 0)('the pty line, run with sh: a pseudo-terminal open here is taken, a free index is not', async () => {
+    // python3 holds a pty open (its /dev/pts/N exists while it runs).
+    const holder = spawn('python3', ['-c', 'import os, time; m, s = os.openpty(); print(os.ttyname(s), flush=True); time.sleep(30)'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const name = await new Promise<string>((resolve) => {
+        let out = '';
+        holder.stdout!.on('data', (b: Buffer) => {
+          out += b.toString();
+          if (out.includes('\n')) resolve(out.trim());
+        });
+      });
+      const n = Number(/^\/dev\/pts\/(\d+)$/.exec(name)?.[1]);
+      expect(Number.isInteger(n)).toBe(true);
+      const free = 999_999;
+      expect(existsSync(`/dev/pts/${free}`)).toBe(false);
+      const r = runSh(`${ptyLine(preflightScript(fp, '/tmp', undefined, { paths: [], ptys: [n, free] }))}\nexit 0\n`);
+      expect(parsePreflight(r.stdout).ptysTaken).toEqual([n]);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  });
+});
+
+describe('parsePreflight: probes and pseudo-terminals', () => {
+  it('reads shared= (paths with spaces and =) and ptytaken= lines, in order', () => {
+    const f = parsePreflight('uid=0\nshared=/nfs/app/.cedana-probe-0123456789ab\nptytaken=3\nshared=/nfs/my dir/a=b/.cedana-probe-fedcba987654\nptytaken=300\n');
+    expect(f.sharedProbes).toEqual(['/nfs/app/.cedana-probe-0123456789ab', '/nfs/my dir/a=b/.cedana-probe-fedcba987654']);
+    expect(f.ptysTaken).toEqual([3, 300]);
+  });
+});
+
+describe('judgePreflight: pseudo-terminals', () => {
+  const good: TargetFacts = {
+    uid: 0, arch: 'x86_64', criuVersion: '4.2.1', criuCheck: 0, criuCheckOutput: [], networkLock: 'iptables',
+    diskAvailBytes: 10 * 1024 * MiB, memAvailBytes: 8 * 1024 * MiB, pidsTaken: [], missingPaths: [], listening: [], badSizes: [], sharedProbes: [], ptysTaken: [],
+  };
+  const needs: Needs = { target: 'root@b', arch: 'x86_64', localCriu: v('4.2'), footprint: { pids: [1], rssBytes: MiB, paths: [] }, tcpEstablished: false };
+
+  it('TARGET_PTY_IN_USE names each taken terminal', () => {
+    let e: unknown;
+    try {
+      judgePreflight({ ...good, ptysTaken: [0, 3] }, needs);
+    } catch (x) {
+      e = x;
+    }
+    expect(e).toBeInstanceOf(CedanaError);
+    const c = e as CedanaError;
+    expect(c.code).toBe('TARGET_PTY_IN_USE');
+    expect(c.exitCode).toBe(49);
+    expect(c.message).toContain('/dev/pts/0, /dev/pts/3');
+    expect(c.message).toContain('are in use on root@b');
+    expect(c.details.ptys).toEqual([0, 3]);
+  });
+
+  it('one taken terminal reads "is"; none taken passes; shared probes alone never refuse', () => {
+    expect(() => judgePreflight({ ...good, ptysTaken: [5] }, needs)).toThrow(/pseudo-terminal \/dev\/pts\/5 that the tree holds is in use/);
+    expect(() => judgePreflight({ ...good, sharedProbes: ['/nfs/.cedana-probe-0123456789ab'] }, needs)).not.toThrow();
+    expect(() => judgePreflight(good, needs)).not.toThrow();
   });
 });

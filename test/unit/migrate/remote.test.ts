@@ -2,7 +2,7 @@
  * remote.ts is I/O over SSH; here the session is a stand-in: its exec runs the command with the local
  * sh where that is harmless (mktemp, rm), or returns canned results where the target would run CRIU.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -10,7 +10,9 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
-import { cleanupRemote, makeRemoteDir, openRestore, placementScript, startPageServer, type RemoteDir } from '../../../src/migrate/remote.js';
+import { cleanupRemote, lifelineScript, LOCK_WAIT_LIMIT_S, lockBlocked, makeRemoteDir, openRestore, placementScript, restoreLines, startPageServer, type RemoteDir } from '../../../src/migrate/remote.js';
+import { REMOTE_PATH } from '../../../src/migrate/preflight.js';
+import { parseLockLine } from '../../../src/proc/locks.js';
 import type { ShippedEntry } from '../../../src/image/ship.js';
 import type { ExecResult, SshSession } from '../../../src/transport/ssh.js';
 
@@ -299,5 +301,239 @@ describe('placementScript (run with the local sh, as the target runs it)', () =>
     expect(place(placementScript(entries(), [], d)).status).toBe(0);
     expect(await cleanupRemote(fakeSession(localSh), d)).toBe(true);
     expect(existsSync(join(parent, 'job dir', "it's.bin"))).toBe(true);
+  });
+});
+
+describe('lockBlocked', () => {
+  it.each([
+    ['72', 'POSIX lock (fcntl)'], // x86-64 fcntl
+    ['25', 'POSIX lock (fcntl)'], // arm64 fcntl
+    ['73', 'flock'], // x86-64 flock
+    ['32', 'flock'], // arm64 flock
+  ])('syscall %s is a %s', (nr, call) => {
+    const e = lockBlocked('root@b', `lock=4242 ${nr} /srv/app/db.sqlite\n`);
+    expect(e.message).toContain(`waited for a ${call} on /srv/app/db.sqlite`);
+  });
+
+  it('TARGET_LOCK_BLOCKED, exit 19, with the file and the waiting PID, found among other output', () => {
+    const e = lockBlocked('root@b', 'criu=(00.1) Error (criu/x.c:1): y\nlock=4242 73 /nfs/my data/app.lock\n');
+    expect(e).toBeInstanceOf(CedanaError);
+    expect(e.code).toBe('TARGET_LOCK_BLOCKED');
+    expect(e.exitCode).toBe(19);
+    expect(e.message).toBe('the restore on root@b waited for a flock on /nfs/my data/app.lock, held there by another process, and was ended after 2 s');
+    expect(e.details).toEqual({ file: '/nfs/my data/app.lock', pid: 4242 });
+    expect(e.hint).toContain('cedana dump');
+  });
+
+  it('without a path (the descriptor was gone), "a file"', () => {
+    expect(lockBlocked('b', 'lock=4242 72 \n').message).toContain('POSIX lock (fcntl) on a file,');
+    expect(lockBlocked('b', 'lock=4242 72\n').message).toContain('on a file,');
+  });
+});
+
+describe('lifelineScript and restoreLines (text)', () => {
+  const d: RemoteDir = { dir: '/var/tmp/cedana-migrate.Ab12', images: '/var/tmp/cedana-migrate.Ab12/img' };
+
+  it('lifeline: reads one line; keep answers kept; otherwise ends CRIU’s restore tree, the restored PIDs once restored.pid is written, the daemons, the work dir', () => {
+    const s = lifelineScript(d, [4242, 4243]);
+    const lines = s.split('\n');
+    expect(lines[0]).toBe(REMOTE_PATH);
+    expect(s).toContain('IFS= read -r cmd || cmd=lost');
+    expect(s).toContain('if [ "$cmd" = keep ]; then echo kept');
+    expect(s).toContain(`c=$(cat '/var/tmp/cedana-migrate.Ab12/restore-criu.pid' 2>/dev/null); [ -n "$c" ] && kill -9 $(tree_of "$c")`);
+    expect(s).toContain(`[ -s '/var/tmp/cedana-migrate.Ab12/restored.pid' ] && kill -9 4242 4243 2>/dev/null`);
+    expect(s).toContain(`'/var/tmp/cedana-migrate.Ab12/page-server.pid'`);
+    expect(s).toContain(`'/var/tmp/cedana-migrate.Ab12/lazy-pages.pid'`);
+    expect(s).toContain(`rm -rf '/var/tmp/cedana-migrate.Ab12'`);
+    expect(lines.at(-1)).toBe('echo ended 2>/dev/null');
+  });
+
+  it('restoreLines: the restore in the background, its PID in restore-criu.pid, a watcher over the tree PIDs, lock-blocked → exit 94', () => {
+    const lines = restoreLines(d, 'criu restore -D x', [4242, 4243]);
+    expect(lines[0]).toBe('criu restore -D x &');
+    expect(lines).toContain(`echo $c > '/var/tmp/cedana-migrate.Ab12/restore-criu.pid'`);
+    const watch = lines.find((l) => l.startsWith('( '))!;
+    expect(watch).toContain('for p in 4242 4243; do');
+    expect(watch).toContain('FCNTL=72 FLOCK=73');
+    expect(watch).toContain('FCNTL=25 FLOCK=32');
+    expect(watch).toContain(`[ $n -ge ${LOCK_WAIT_LIMIT_S * 5} ]`);
+    expect(watch).toContain(`> '/var/tmp/cedana-migrate.Ab12/lock-blocked'`);
+    expect(lines).toContain('wait $c; rc=$?');
+    expect(lines.at(-1)).toMatch(/^if \[ -s '\/var\/tmp\/cedana-migrate\.Ab12\/lock-blocked' \]; then echo "lock=\$\(cat .*exit 94; fi$/);
+  });
+});
+
+/** Whether a PID runs (a zombie does not). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
+}
+
+describe('lifelineScript run with the local sh (stand-in processes: no CRIU)', () => {
+  let parent: string;
+  let d: RemoteDir;
+  const started: ChildProcess[] = [];
+
+  /** A stand-in for CRIU's restore: sh with a sleep below it (tree_of must reach the child). Returns [sh, its child]. */
+  async function standIn(): Promise<[number, number]> {
+    const p = spawn('sh', ['-c', 'sleep 300 & echo $!; wait'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    started.push(p);
+    const child = await new Promise<number>((resolve) => p.stdout!.once('data', (b: Buffer) => resolve(Number(b.toString().trim()))));
+    return [p.pid!, child];
+  }
+  function sleeper(): number {
+    const p = spawn('sleep', ['300'], { stdio: 'ignore' });
+    started.push(p);
+    return p.pid!;
+  }
+  const lifeline = (input: string, treePids: number[]) => spawnSync('sh', ['-c', lifelineScript(d, treePids)], { input, encoding: 'utf8', timeout: 15_000 });
+
+  beforeEach(async () => {
+    parent = await mkdtemp(join(tmpdir(), 'cedana life '));
+    const dir = join(parent, 'cedana-migrate.x Y');
+    d = { dir, images: join(dir, 'img') };
+    await mkdir(d.images, { recursive: true });
+  });
+  afterEach(async () => {
+    for (const p of started.splice(0)) p.kill('SIGKILL');
+    for (const pid of [...killLater.splice(0)]) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+    await rm(parent, { recursive: true, force: true });
+  });
+  const killLater: number[] = [];
+
+  it('abort: ends the restore and everything below it, the daemons and what was placed, removes the work dir, says ended', async () => {
+    const [criu, below] = await standIn();
+    killLater.push(below);
+    const pageServer = sleeper();
+    const other = sleeper(); // a tree PID: the restore had not finished, so whatever has that PID now is left alone
+    await writeFile(join(d.dir, 'restore-criu.pid'), `${criu}\n`);
+    await writeFile(join(d.dir, 'page-server.pid'), `${pageServer}\n`);
+    const placedDir = join(parent, 'placed dir');
+    await mkdir(placedDir);
+    await writeFile(join(placedDir, 'f'), 'x');
+    await writeFile(join(d.dir, 'placed'), `${placedDir}\n${join(placedDir, 'f')}\n`);
+    const r = lifeline('abort\n', [other]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain('ended');
+    expect(r.stdout).not.toContain('kept');
+    expect(await until(() => !alive(criu) && !alive(below))).toBe(true);
+    expect(await until(() => !alive(pageServer))).toBe(true);
+    expect(alive(other)).toBe(true);
+    expect(existsSync(d.dir)).toBe(false);
+    expect(existsSync(placedDir)).toBe(false); // undone, newest first: the file, then its directory
+    expect(existsSync(parent)).toBe(true);
+  });
+
+  it('abort once the restore finished (restored.pid written): the restored tree’s PIDs are ended too', async () => {
+    const restored = sleeper();
+    await writeFile(join(d.dir, 'restored.pid'), `${restored}\n`);
+    const r = lifeline('abort\n', [restored]);
+    expect(r.stdout).toContain('ended');
+    expect(await until(() => !alive(restored))).toBe(true);
+    expect(existsSync(d.dir)).toBe(false);
+  });
+
+  it('keep: answers kept, ends nothing, removes nothing', async () => {
+    const [criu, below] = await standIn();
+    killLater.push(below);
+    const restored = sleeper();
+    await writeFile(join(d.dir, 'restore-criu.pid'), `${criu}\n`);
+    await writeFile(join(d.dir, 'restored.pid'), `${restored}\n`);
+    const r = lifeline('keep\n', [restored]);
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toBe('kept');
+    expect(alive(criu) && alive(below) && alive(restored)).toBe(true);
+    expect(existsSync(join(d.dir, 'restored.pid'))).toBe(true);
+  });
+
+  it.each([
+    ['the end of the stream (cedana gone, connection lost)', ''],
+    ['a keep cut short (no newline)', 'keep'],
+    ['anything else', 'what\n'],
+  ])('%s is an abort', async (_what, input) => {
+    const [criu, below] = await standIn();
+    killLater.push(below);
+    await writeFile(join(d.dir, 'restore-criu.pid'), `${criu}\n`);
+    const r = lifeline(input, [2 ** 22 + 1]);
+    expect(r.stdout).toContain('ended');
+    expect(r.stdout).not.toContain('kept');
+    expect(await until(() => !alive(criu) && !alive(below))).toBe(true);
+    expect(existsSync(d.dir)).toBe(false);
+  });
+
+  it('abort before the restore started (no pid files): only the work dir goes', () => {
+    const r = lifeline('abort\n', [2 ** 22 + 1]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain('ended');
+    expect(existsSync(d.dir)).toBe(false);
+  });
+});
+
+describe('restoreLines run with the local sh: a restoring task waiting on a lock held there (flock(1): no CRIU)', () => {
+  const hasFlock = spawnSync('sh', ['-c', 'command -v flock']).status === 0;
+
+  it.skipIf(!hasFlock)('is found by the watcher, the restore is ended, and lockBlocked reads what it wrote', async () => {
+    const parent = await mkdtemp(join(tmpdir(), 'cedana-lockwait-'));
+    const d: RemoteDir = { dir: parent, images: join(parent, 'img') };
+    const file = join(parent, 'shared db.lock');
+    await writeFile(file, '');
+    // The holder keeps the lock in its own process (-F: no fork); the waiter stands for a restoring task.
+    const holder = spawn('flock', ['-F', '-x', file, 'sleep', '30'], { stdio: 'ignore' });
+    let waiter: ChildProcess | undefined;
+    try {
+      expect(await until(() => readFileSync('/proc/locks', 'utf8').split('\n').some((l) => parseLockLine(l)?.pid === holder.pid))).toBe(true);
+      waiter = spawn('flock', ['-x', file, 'true'], { stdio: 'ignore' });
+      const treeOf = lifelineScript(d, []).split('\n').find((l) => l.startsWith('tree_of()'))!;
+      const script = [treeOf, ...restoreLines(d, 'sleep 30', [waiter.pid!]), 'echo "rc=$rc"', 'exit $rc'].join('\n');
+      const t0 = Date.now();
+      const r = spawnSync('sh', ['-c', script], { encoding: 'utf8', timeout: 15_000 });
+      const took = Date.now() - t0;
+      expect(r.status).toBe(94);
+      expect(took).toBeGreaterThanOrEqual(LOCK_WAIT_LIMIT_S * 1000);
+      expect(took).toBeLessThan(LOCK_WAIT_LIMIT_S * 1000 + 3000);
+      const pid = Number(readFileSync(join(parent, 'restore-criu.pid'), 'utf8'));
+      expect(await until(() => !alive(pid))).toBe(true); // the stand-in restore was ended
+      expect(r.stdout).toMatch(new RegExp(`^lock=${waiter.pid} \\d+ `, 'm'));
+      const e = lockBlocked('root@b', r.stdout);
+      expect(e.code).toBe('TARGET_LOCK_BLOCKED');
+      expect(e.details).toEqual({ file, pid: waiter.pid });
+      expect(e.message).toContain(`waited for a flock on ${file}`);
+    } finally {
+      holder.kill('SIGKILL');
+      waiter?.kill('SIGKILL');
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+
+  it('a restore that finishes without waiting on a lock goes on (no lock= line, its own status)', async () => {
+    const parent = await mkdtemp(join(tmpdir(), 'cedana-lockwait-'));
+    try {
+      const d: RemoteDir = { dir: parent, images: join(parent, 'img') };
+      const treeOf = lifelineScript(d, []).split('\n').find((l) => l.startsWith('tree_of()'))!;
+      const script = [treeOf, ...restoreLines(d, 'sh -c "exit 3"', [process.pid]), 'echo "rc=$rc"'].join('\n');
+      const r = spawnSync('sh', ['-c', script], { encoding: 'utf8', timeout: 15_000 });
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe('rc=3\n');
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
   });
 });

@@ -1,5 +1,7 @@
 #!/bin/sh
 # Run inside the test guest first: the mounts and kernel modules a Debian system would have set up.
+# A login shell would have these on PATH (CRIU built by scripts/install-criu is in /usr/local/sbin).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm

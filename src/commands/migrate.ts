@@ -595,6 +595,7 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
     const preBytes = (pre?.rounds ?? []).reduce((a, r) => a + r.pagesWritten * 4096, 0);
     return { restoredPid: state.restoredPid, downtimeMs, memoryBytes: memoryBytes + preBytes, metadataBytes: await imagesSize(images), precopy };
   } finally {
+    w.clear();
     proxy.close();
   }
 }

@@ -30,6 +30,8 @@ export function frozenWindow(o: { signal?: AbortSignal; timeoutMs: number; inter
     timedOut = true;
     ctl.abort();
   }, o.timeoutMs);
+  // A deadline must never be what keeps the process alive once the migration is over.
+  timer.unref();
   return {
     signal: ctl.signal,
     reason: () =>

@@ -3,6 +3,7 @@
  * knows it. cedana runs with that HOME, so the user's real ~/.ssh is never read or written.
  */
 import { execa } from 'execa';
+import { afterAll, beforeAll } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,4 +47,26 @@ export async function startBed(indexes: number[], opts: { writeKnownHosts?: bool
     throw e;
   }
   return bed;
+}
+
+/** A test file's second host and a directory both hosts see (under /var/lib), set up before its tests and torn down after. */
+export interface BedFixture {
+  bed: Bed;
+  host: TestHost;
+  shared: string;
+}
+
+/** Registers the file's beforeAll/afterAll for a one-host bed (test-bed index `index`) and a shared directory. */
+export function useBed(index: number): BedFixture {
+  const f = {} as BedFixture;
+  beforeAll(async () => {
+    f.bed = await startBed([index]);
+    f.host = f.bed.hosts[0]!;
+    f.shared = await mkdtemp('/var/lib/cedana-test-');
+  });
+  afterAll(async () => {
+    await f.bed?.destroy();
+    if (f.shared) await rm(f.shared, { recursive: true, force: true });
+  });
+  return f;
 }

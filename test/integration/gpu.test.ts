@@ -206,7 +206,7 @@ describe('GPU processes (stand-in cuda-checkpoint)', () => {
     const s = await standin();
     const app = await cudaApp(s);
     const out = join(await owned.tempDir(), 'img');
-    const none = await cedana(['dump', String(app.pid), '-o', out, '--json'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    const none = await cedana(['dump', String(app.pid), '-o', out, '--json'], { env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' } });
     expect(none.json?.error.code).toBe('GPU_UNSUPPORTED');
     expect(none.exitCode).toBe(40);
     expect(none.json?.error.hint).toMatch(/--cuda-checkpoint/);
@@ -268,7 +268,7 @@ describe('GPU processes (stand-in cuda-checkpoint)', () => {
     const r = await cedanaOk(['check', '--cuda-checkpoint', s.cc, '--json']);
     const f = r.features.find((x: { name: string }) => x.name === 'cuda-checkpoint');
     expect(f).toMatchObject({ available: true, gpu: { cudaCheckpoint: s.cc, driverVersion: '580.65.06', gpus: [{ uuid: GPU_A, name: H100, memoryTotalMiB: 81559 }] } });
-    const none = await cedanaOk(['check', '--json'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    const none = await cedanaOk(['check', '--json'], { env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' } });
     expect(none.features.find((x: { name: string }) => x.name === 'cuda-checkpoint')).toMatchObject({ available: false });
   });
 });

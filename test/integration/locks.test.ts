@@ -9,24 +9,14 @@ import { execa } from 'execa';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
 import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
-import { startBed, type Bed } from '../helpers/testbed.js';
+import { useBed } from '../helpers/testbed.js';
 import { LOCK_CHECK_SCRIPT, expectedLocksFile, imageLocks, parseLostLocks } from '../../src/image/file-locks.js';
 
 const owned = new Owned();
-let bed: Bed;
-let shared: string;
-
-beforeAll(async () => {
-  bed = await startBed([23]);
-  shared = await mkdtemp('/var/lib/cedana-test-');
-});
-afterAll(async () => {
-  await bed?.destroy();
-  await rm(shared, { recursive: true, force: true });
-});
+const t = useBed(23);
 afterEach(() => owned.cleanup());
 
 const count = (state: string): number => Number(readText(state)?.trim().split(' ')[1] ?? 0);
@@ -96,18 +86,17 @@ describe('a lock CRIU does not restore', () => {
   });
 
   it('a migration is refused before freezing, and moves with --allow-lost-locks', async () => {
-    const { dir, pid, state } = await mappedLocks(shared);
-    const host = bed.hosts[0]!;
-    const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+    const { dir, pid, state } = await mappedLocks(t.shared);
+    const r = await cedana(['migrate', String(pid), '--to', t.host.name, '--json'], { env: t.bed.env });
     expect(r.exitCode).toBe(50);
     expect(r.json!.error).toMatchObject({ code: 'LOCK_LOST', predicted: true, files: [join(dir, 'mapped')], sourceResumed: true });
     const n = count(state);
     await waitFor('the source to count on', () => count(state) > n + 5);
-    const ok = await cedanaOk(['migrate', String(pid), '--to', host.name, '--allow-lost-locks'], { env: bed.env });
+    const ok = await cedanaOk(['migrate', String(pid), '--to', t.host.name, '--allow-lost-locks'], { env: t.bed.env });
     expect(ok.targetPid).toBe(pid);
     expect(alive(pid)).toBe(false);
     const m = count(state);
     await waitFor('counting on the target', () => count(state) > m + 5);
-    await bed.onHost(host, `kill -9 ${pid}`);
+    await t.bed.onHost(t.host, `kill -9 ${pid}`);
   });
 });

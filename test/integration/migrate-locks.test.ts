@@ -11,28 +11,15 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { BIN, cedana, parseJsonLine } from '../helpers/cedana.js';
 import { FIXTURES, Owned, alive, readText, waitFor } from '../helpers/processes.js';
-import { startBed, type Bed } from '../helpers/testbed.js';
-import type { TestHost } from '../../scripts/testbed/host.js';
+import { useBed } from '../helpers/testbed.js';
 
 const owned = new Owned();
-let bed: Bed;
-let host: TestHost;
-let shared: string;
-
-beforeAll(async () => {
-  bed = await startBed([22]);
-  host = bed.hosts[0]!;
-  shared = await mkdtemp('/var/lib/cedana-test-');
-});
-afterAll(async () => {
-  await bed?.destroy();
-  await rm(shared, { recursive: true, force: true });
-});
+const t = useBed(22);
 afterEach(async () => {
-  await bed.onHost(host, 'for f in /tmp/cedana-lk-*/hstate; do [ -f "$f" ] && kill -9 $(cut -d" " -f1 "$f"); done; rm -rf /tmp/cedana-lk-*');
+  await t.bed.onHost(t.host, 'for f in /tmp/cedana-lk-*/hstate; do [ -f "$f" ] && kill -9 $(cut -d" " -f1 "$f"); done; rm -rf /tmp/cedana-lk-*');
   await owned.cleanup();
 });
 
@@ -43,7 +30,7 @@ async function expectSourceOnly(pid: number, state: string): Promise<void> {
   expect(alive(pid), 'source alive').toBe(true);
   const n = count(state);
   await waitFor('the source to count on', () => count(state) > n + 5);
-  const there = await bed.onHost(host, `ls -A /var/tmp; [ -e /proc/${pid} ] && echo running-there; true`);
+  const there = await t.bed.onHost(t.host, `ls -A /var/tmp; [ -e /proc/${pid} ] && echo running-there; true`);
   expect(there.stdout.trim(), 'left on the target').toBe('');
 }
 
@@ -55,21 +42,21 @@ async function lockedOnTarget(socket?: string): Promise<{ pid: number; state: st
   const dir = `/tmp/cedana-lk-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
   mkdirSync(dir);
   owned.onCleanup(() => rm(dir, { recursive: true, force: true }));
-  const held = await bed.onHost(host, `mkdir -p ${dir} && (setsid python3 ${join(FIXTURES, 'lock-holder.py')} ${dir}/data write ${dir}/hstate </dev/null >/dev/null 2>&1 &) && sleep 0.3 && for i in $(seq 50); do [ -s ${dir}/hstate ] && break; sleep 0.1; done; cat ${dir}/hstate`);
+  const held = await t.bed.onHost(t.host, `mkdir -p ${dir} && (setsid python3 ${join(FIXTURES, 'lock-holder.py')} ${dir}/data write ${dir}/hstate </dev/null >/dev/null 2>&1 &) && sleep 0.3 && for i in $(seq 50); do [ -s ${dir}/hstate ] && break; sleep 0.1; done; cat ${dir}/hstate`);
   expect(held.stdout.trim(), held.stderr).toMatch(/^\d+ \d+$/);
   const state = join(dir, 'state');
   const pid = owned.python('lock-holder.py', [join(dir, 'data'), 'read', state, ...(socket ? [socket] : [])]);
   await waitFor('the source counting', () => count(state) > 2);
   return {
     pid, state, dir,
-    releaseThere: async () => void (await bed.onHost(host, `kill -9 $(cut -d' ' -f1 ${dir}/hstate)`)),
+    releaseThere: async () => void (await t.bed.onHost(t.host, `kill -9 $(cut -d' ' -f1 ${dir}/hstate)`)),
   };
 }
 
 /** Starts a migration with JSON events; `onRestoring` runs once the target has started restoring. */
 function migrating(pid: number, extra: string[], onRestoring?: (cedanaPid: number) => void): Promise<{ code: number | null; json?: Record<string, any>; ms: number }> {
   const t0 = performance.now();
-  const child = spawn('node', [BIN, 'migrate', String(pid), '--to', host.name, '--json', ...extra], { env: { ...process.env, ...bed.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('node', [BIN, 'migrate', String(pid), '--to', t.host.name, '--json', ...extra], { env: { ...process.env, ...t.bed.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let err = '';
   let fired = false;
@@ -132,7 +119,7 @@ describe('a restore held up on the target never hangs the migration', () => {
   });
 
   it("a unix socket file of the source on shared storage survives a failed restore (CRIU's restore unlinks it there)", async () => {
-    const sock = join(shared, `sock-${process.pid}`);
+    const sock = join(t.shared, `sock-${process.pid}`);
     const { pid, state } = await lockedOnTarget(sock);
     const r = await migrating(pid, []);
     expect(r.json!.error.code).toBe('TARGET_LOCK_BLOCKED');
@@ -146,7 +133,7 @@ describe('a restore held up on the target never hangs the migration', () => {
       c.on('error', rej);
     });
     expect(answer.split(' ')[0]).toBe(String(pid));
-    const left = (await execa('sh', ['-c', `ls -A ${shared} | grep -c cedana-keep || true`])).stdout.trim();
+    const left = (await execa('sh', ['-c', `ls -A ${t.shared} | grep -c cedana-keep || true`])).stdout.trim();
     expect(left).toBe('0');
     await expectSourceOnly(pid, state);
   });
@@ -154,14 +141,14 @@ describe('a restore held up on the target never hangs the migration', () => {
 
 describe('SQLite in WAL mode on storage both hosts see', () => {
   it('is refused before freezing, never hangs, and its database stays whole', async () => {
-    const dir = await mkdtemp(join(shared, 'sqlite-'));
+    const dir = await mkdtemp(join(t.shared, 'sqlite-'));
     const db = join(dir, 'db');
     const state = join(dir, 'state');
     const pid = owned.python('sqlite-writer.py', [db, state]);
     await waitFor('rows written', () => count(state) > 50);
 
     // Its lock on db-shm, a file it maps, would be lost by CRIU: refused before anything is frozen.
-    const lost = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+    const lost = await cedana(['migrate', String(pid), '--to', t.host.name, '--json'], { env: t.bed.env });
     expect(lost.exitCode).toBe(50);
     expect(lost.json!.error).toMatchObject({ code: 'LOCK_LOST', predicted: true });
     expect(lost.json!.error.message).toContain(`${db}-shm`);
@@ -175,7 +162,7 @@ describe('SQLite in WAL mode on storage both hosts see', () => {
       const rows = count(state);
       await waitFor('the writer to write on there', () => count(state) > rows + 50);
       // Without its lock on db-shm, another client would take the database for unused: end it first.
-      await bed.onHost(host, `kill -9 ${pid}`);
+      await t.bed.onHost(t.host, `kill -9 ${pid}`);
     } else {
       expect(['SHARED_FILE_LOCKED', 'TARGET_LOCK_BLOCKED']).toContain(r.json!.error.code);
       expect(r.json!.error.message).toContain(db);

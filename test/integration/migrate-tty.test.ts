@@ -7,28 +7,15 @@ import { execa } from 'execa';
 import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
 import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
-import { startBed, type Bed } from '../helpers/testbed.js';
-import type { TestHost } from '../../scripts/testbed/host.js';
+import { useBed } from '../helpers/testbed.js';
 
 const owned = new Owned();
-let bed: Bed;
-let host: TestHost;
-let shared: string;
-
-beforeAll(async () => {
-  bed = await startBed([24]);
-  host = bed.hosts[0]!;
-  shared = await mkdtemp('/var/lib/cedana-test-');
-});
-afterAll(async () => {
-  await bed?.destroy();
-  await rm(shared, { recursive: true, force: true });
-});
+const t = useBed(24);
 afterEach(async () => {
-  await bed.onHost(host, 'pkill -9 -f cedana-pty-holder; for s in /var/lib/cedana-test-*/tmux-*/sock; do [ -S "$s" ] && tmux -S "$s" kill-server; done; true');
+  await t.bed.onHost(t.host, 'pkill -9 -f cedana-pty-holder; for s in /var/lib/cedana-test-*/tmux-*/sock; do [ -S "$s" ] && tmux -S "$s" kill-server; done; true');
   await owned.cleanup();
 });
 
@@ -36,7 +23,7 @@ const num = (f: string): number => Number(readText(f)?.trim() ?? 0);
 
 /** A tmux server (socket and a pane's counter in a shared directory); returns its PID and files. */
 async function tmux(): Promise<{ pid: number; sock: string; counter: string; ptyIndex: number }> {
-  const dir = await mkdtemp(join(shared, 'tmux-'));
+  const dir = await mkdtemp(join(t.shared, 'tmux-'));
   const sock = join(dir, 'sock');
   const counter = join(dir, 'count');
   await execa('tmux', ['-S', sock, 'new-session', '-d', '-s', 'job', `i=0; while :; do i=$((i+1)); echo $i > ${counter}; sleep 0.05; done`], { env: { ...process.env, TERM: 'xterm' } });
@@ -50,7 +37,7 @@ async function tmux(): Promise<{ pid: number; sock: string; counter: string; pty
 describe('terminals', () => {
   it('a tmux server moves and carries on there; the decisions do not ask for a terminal', async () => {
     const { pid, sock, counter } = await tmux();
-    const r = await cedanaOk(['migrate', String(pid), '--to', host.name], { env: bed.env });
+    const r = await cedanaOk(['migrate', String(pid), '--to', t.host.name], { env: t.bed.env });
     expect(r.targetPid).toBe(pid);
     const notes = r.decisions.join('\n');
     expect(notes).toMatch(/controlling terminal \(pts\/\d+\) whose master the tree holds/);
@@ -58,7 +45,7 @@ describe('terminals', () => {
     expect(alive(pid)).toBe(false);
     const n = num(counter);
     await waitFor('the pane counting on the target', () => num(counter) > n + 5);
-    const there = await bed.onHost(host, `tmux -S ${sock} list-sessions -F '#{session_name} #{pid}'`);
+    const there = await t.bed.onHost(t.host, `tmux -S ${sock} list-sessions -F '#{session_name} #{pid}'`);
     expect(there.stdout.trim()).toBe(`job ${pid}`);
   });
 
@@ -66,8 +53,8 @@ describe('terminals', () => {
     const { pid, sock, counter, ptyIndex } = await tmux();
     // Take indexes 0..ptyIndex there (its terminals start at 0), as logins would.
     const take = `exec -a cedana-pty-holder python3 -c 'import os, time; [os.openpty() for _ in range(${ptyIndex + 1})]; time.sleep(600)' </dev/null >/dev/null 2>&1 &`;
-    expect((await bed.onHost(host, `(${take}); sleep 0.5; [ -e /dev/pts/${ptyIndex} ] && echo taken`)).stdout.trim()).toBe('taken');
-    const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
+    expect((await t.bed.onHost(t.host, `(${take}); sleep 0.5; [ -e /dev/pts/${ptyIndex} ] && echo taken`)).stdout.trim()).toBe('taken');
+    const r = await cedana(['migrate', String(pid), '--to', t.host.name, '--json'], { env: t.bed.env });
     expect(r.exitCode).toBe(49);
     expect(r.json!.error).toMatchObject({ code: 'TARGET_PTY_IN_USE', ptys: [ptyIndex], sourceResumed: true });
     expect(r.json!.error.message).toContain(`/dev/pts/${ptyIndex}`);
@@ -75,6 +62,6 @@ describe('terminals', () => {
     expect((await execa('tmux', ['-S', sock, 'list-sessions', '-F', '#{session_name} #{pid}'])).stdout.trim()).toBe(`job ${pid}`);
     const n = num(counter);
     await waitFor('the pane counting here', () => num(counter) > n + 5);
-    expect((await bed.onHost(host, 'ls -A /var/tmp')).stdout.trim()).toBe('');
+    expect((await t.bed.onHost(t.host, 'ls -A /var/tmp')).stdout.trim()).toBe('');
   });
 });

@@ -231,7 +231,8 @@ export function restoreLines(d: RemoteDir, criuCmd: string, treePids: number[]):
     `${criuCmd} &`,
     'c=$!',
     `echo $c > ${f('restore-criu.pid')}`,
-    `( ${watch} ) &`,
+    // Its output goes nowhere: a sleep it leaves behind must not hold the channel open.
+    `( ${watch} ) </dev/null >/dev/null 2>&1 &`,
     'w=$!',
     'wait $c; rc=$?',
     'kill $w 2>/dev/null',

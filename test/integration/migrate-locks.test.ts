@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -42,7 +42,9 @@ async function lockedOnTarget(socket?: string): Promise<{ pid: number; state: st
   const dir = `/tmp/cedana-lk-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
   mkdirSync(dir);
   owned.onCleanup(() => rm(dir, { recursive: true, force: true }));
-  const held = await t.bed.onHost(t.host, `mkdir -p ${dir} && (setsid python3 ${join(FIXTURES, 'lock-holder.py')} ${dir}/data write ${dir}/hstate </dev/null >/dev/null 2>&1 &) && sleep 0.3 && for i in $(seq 50); do [ -s ${dir}/hstate ] && break; sleep 0.1; done; cat ${dir}/hstate`);
+  // The fixture goes there by value: this checkout may be in a /tmp of its own, which the target does not see.
+  const script = readFileSync(join(FIXTURES, 'lock-holder.py'), 'utf8');
+  const held = await t.bed.onHost(t.host, `mkdir -p ${dir} && cat > ${dir}/holder.py <<'CEDANA_EOF'\n${script}CEDANA_EOF\n(setsid python3 ${dir}/holder.py ${dir}/data write ${dir}/hstate </dev/null >/dev/null 2>&1 &) && for i in $(seq 50); do [ -s ${dir}/hstate ] && break; sleep 0.1; done; cat ${dir}/hstate`);
   expect(held.stdout.trim(), held.stderr).toMatch(/^\d+ \d+$/);
   const state = join(dir, 'state');
   const pid = owned.python('lock-holder.py', [join(dir, 'data'), 'read', state, ...(socket ? [socket] : [])]);

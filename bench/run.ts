@@ -110,8 +110,8 @@ interface StreamRep extends RssRep {
 interface Overheads {
   cliStartMs: number;
   criuVersionMs: number;
-  sha256Ms: number;
-  sha256Bytes: number;
+  checksumMs: number;
+  checksumBytes: number;
 }
 
 const GOAL_RATIO = { on: 'ratio', op: '<=', limit: 1.05 } as const;
@@ -207,7 +207,7 @@ async function warmUp(ctx: Ctx): Promise<void> {
   await rm(root, { recursive: true, force: true });
 }
 
-/** Baseline and cedana alternate (A B A B …) on the same process; the last images feed the sha256 probe. */
+/** Baseline and cedana alternate (A B A B …) on the same process; the last images feed the checksum probe. */
 async function dirRounds(ctx: Ctx, probe: (images: string) => Promise<void>): Promise<DirRep[]> {
   await warmUp(ctx);
   return repeat(ctx, 'directory: criu dump/restore, then cedana dump/restore', async (i) => {
@@ -286,12 +286,12 @@ async function fixedCosts(ctx: Ctx): Promise<Pick<Overheads, 'cliStartMs' | 'cri
   return { cliStartMs: median(cli), criuVersionMs: median(criu) };
 }
 
-/** sha256 of every file of an image, as cedana's dump (frozen) and restore (before CRIU) do it. */
-async function sha256Cost(images: string): Promise<Pick<Overheads, 'sha256Ms' | 'sha256Bytes'>> {
+/** The checksums (BLAKE3) of every file of an image, as cedana's dump (frozen) and restore (before CRIU) compute them. */
+async function checksumCost(images: string): Promise<Pick<Overheads, 'checksumMs' | 'checksumBytes'>> {
   const t0 = performance.now();
   const files = await checksumDir(images);
-  const sha256Ms = performance.now() - t0;
-  return { sha256Ms, sha256Bytes: Object.values(files).reduce((a, f) => a + f.size, 0) };
+  const checksumMs = performance.now() - t0;
+  return { checksumMs, checksumBytes: Object.values(files).reduce((a, f) => a + f.size, 0) };
 }
 
 // ---- results ----
@@ -349,8 +349,8 @@ function breakdown(s: Samples): Record<string, number> {
     restoreCriuStatBaselineMs: med(s.dir, (r) => (r.criu.restore.stats?.restoreUs ?? Number.NaN) / 1000),
     cliStartMs: o.cliStartMs,
     criuVersionMs: o.criuVersionMs,
-    sha256Ms: o.sha256Ms,
-    sha256MBps: o.sha256Bytes / MB / (o.sha256Ms / 1000),
+    checksumMs: o.checksumMs,
+    checksumMBps: o.checksumBytes / MB / (o.checksumMs / 1000),
   };
 }
 
@@ -359,12 +359,12 @@ function renderBreakdown(b: Record<string, number>): string {
   return [
     'where cedana\'s extra time goes (directory output, medians):',
     `  dump:    +${ms(b.dumpExtraMs)} over criu; ${ms(b.dumpOutsideDurationMs)} outside cedana's own timer (Node start, module load, exit);`,
-    `           frozen ${ms(b.dumpExtraFrozenMs)} longer than criu's (post-dump gate: manifest, sha256 of every file, commit)`,
+    `           frozen ${ms(b.dumpExtraFrozenMs)} longer than criu's (post-dump gate: manifest, BLAKE3 of every file, commit)`,
     `  restore: +${ms(b.restoreExtraMs)} over criu; ${ms(b.restoreOutsideDurationMs)} outside cedana's own timer;`,
     `           ${ms(b.restoreBeforeAndAfterCriuMs)} in cedana around CRIU (checksum verification, host checks);`,
     `           CRIU restore stat ${ms(b.restoreCriuStatCedanaMs)} under cedana vs ${ms(b.restoreCriuStatBaselineMs)} plain`,
     `  probes:  \`cedana --version\` ${ms(b.cliStartMs)}; \`criu --version\` ${ms(b.criuVersionMs)} (cedana runs it each time);`,
-    `           sha256 of one image ${ms(b.sha256Ms)} (${(b.sha256MBps ?? 0).toFixed(0)} MB/s, page cache hot)`,
+    `           BLAKE3 of one image ${ms(b.checksumMs)} (${(b.checksumMBps ?? 0).toFixed(0)} MB/s, page cache hot)`,
   ].join('\n');
 }
 
@@ -393,8 +393,8 @@ async function writeResults(doc: Record<string, unknown>): Promise<string> {
 // ---- main ----
 
 async function measure(ctx: Ctx): Promise<Samples> {
-  let sha: Pick<Overheads, 'sha256Ms' | 'sha256Bytes'> = { sha256Ms: Number.NaN, sha256Bytes: 0 };
-  const dir = await dirRounds(ctx, async (images) => void (sha = await sha256Cost(images)));
+  let sha: Pick<Overheads, 'checksumMs' | 'checksumBytes'> = { checksumMs: Number.NaN, checksumBytes: 0 };
+  const dir = await dirRounds(ctx, async (images) => void (sha = await checksumCost(images)));
   const zst = await archiveRounds(ctx, 'tar.zst');
   const tar = await archiveRounds(ctx, 'tar');
   const rssDir = await repeat(ctx, 'peak RSS: cedana dump -o dir, restore from it', (i) => rssDirRound(ctx, join(ctx.tmp, `rss-${i}`)));

@@ -167,9 +167,10 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
     lines.push(`  carries ${shipped.length} file(s) and directories, put in place on restore where missing:`);
     for (const e of shipped) lines.push(`    ${e.kind === 'dir' ? `${e.path}/` : `${e.path} (${formatBytes(e.size)})`} ${c.dim(`mode ${(e.mode & 0o7777).toString(8)}, owner ${e.uid}:${e.gid}`)}`);
   }
-  if (r.checksums.ok) lines.push(`  checksums ${c.green('ok')}`);
+  const algo = r.checksums.algorithm === 'blake3' ? ' (BLAKE3)' : r.checksums.algorithm === 'sha256' ? ' (sha256, image format 1)' : '';
+  if (r.checksums.ok) lines.push(`  checksums${algo} ${c.green('ok')}`);
   else {
-    lines.push(`  checksums ${c.red('do not hold')}:`);
+    lines.push(`  checksums${algo} ${c.red('do not hold')}:`);
     for (const p of r.checksums.problems) lines.push(`    ${p}`);
   }
   for (const u of r.undecodable) lines.push(`  ${c.red('undecodable')} ${u}`);

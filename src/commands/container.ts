@@ -17,7 +17,7 @@ import { decideDumpOptions, type CriuDecisions, type TcpMode } from '../criu/opt
 import { locateCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
-import { checksumDir, listImageFiles, verifyDir } from '../image/checksum.js';
+import { checksumDir, checksumDirForTransfer, listImageFiles, verifyDir } from '../image/checksum.js';
 import { MANIFEST_NAME, type ManifestContainer } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
@@ -635,13 +635,14 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     if (args.rootfs && !sendRootfs) ck.decisions.notes.push(`--rootfs: ${bundle.rootfs} is on ${args.to} already; not sent`);
     if (args.signal?.aborted) throw containerInterrupted();
     await writeFile(join(imagesDir, RESTORE_CONFIG_IMAGE), JSON.stringify(restoreConfig(bundle.config, bundle.rootfs), null, 1), { mode: 0o600 });
-    const files = await checksumDir(imagesDir);
+    // BLAKE3 in the manifest; sha256 for the target's coreutils, which check the image there.
+    const { files, sha256sums } = await checksumDirForTransfer(imagesDir);
     const manifest = makeManifest({
       criuVersion: criu.version.text, host: await hostFacts(), pid: state.pid, facts: ck.facts, decisions: ck.decisions, leaveRunning: false, networkLock: 'iptables',
       files, memoryBytes: pagesBytes(files), container: ck.manifestExtra,
     });
     await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
-    await writeFile(join(imagesDir, 'cedana.sha256'), Object.entries(files).map(([n, f]) => `${f.sha256}  ${n}\n`).join(''), { mode: 0o600 });
+    await writeFile(join(imagesDir, 'cedana.sha256'), sha256sums, { mode: 0o600 });
     const names = (await listImageFiles(imagesDir)).files;
     const flags = [...(ck.decisions.tcpEstablished ? ['--tcp-established'] : []), ...(ck.decisions.fileLocks ? ['--file-locks'] : []), ...(ck.decisions.externalUnix.length ? ['--ext-unix-sk'] : [])];
 

@@ -170,7 +170,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
         const r = await dedupeAgainstParent(imagesDir, parent.index);
         const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
         await symlink(linkText, join(imagesDir, PARENT_LINK));
-        parentRef = { path: linkText, manifestSha256: parent.manifestSha256, pagesInParent: r.pagesInParent, pagesWritten: r.pagesWritten };
+        parentRef = { path: linkText, manifestBlake3: parent.manifestBlake3, pagesInParent: r.pagesInParent, pagesWritten: r.pagesWritten };
         incremental = { parent: parent.dir, pagesWritten: r.pagesWritten, pagesInParent: r.pagesInParent };
         known = {}; // the pages files were rewritten
       } else if (args.index) {

@@ -11,7 +11,7 @@ import { CedanaError, toCedanaError } from '../errors.js';
 import { listImageFiles, verifyDir } from '../image/checksum.js';
 import { decodeImage, type DecodedImage } from '../image/criu/codec.js';
 import { assembleInspection, type Inspection } from '../image/inspect.js';
-import type { Manifest } from '../image/manifest.js';
+import { hashAlgorithmOf, type HashAlgorithm, type Manifest } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { privateTempDir } from '../util/paths.js';
@@ -27,7 +27,8 @@ export interface InspectResult extends Inspection {
   /** False when the checksums do not hold or part of the image could not be decoded. */
   ok: boolean;
   image: string;
-  checksums: { ok: boolean; problems: string[] };
+  /** algorithm: what the manifest's checksums are (blake3; sha256 in an image of format 1), null without a readable manifest. */
+  checksums: { ok: boolean; algorithm: HashAlgorithm | null; problems: string[] };
   /** Images that could not be decoded (the rest is shown without them). */
   undecodable: string[];
   /** IMAGE_INVALID when ok is false. */
@@ -89,7 +90,7 @@ export async function inspect(args: InspectArgs): Promise<InspectResult> {
       ok,
       image: label,
       ...inspection,
-      checksums: { ok: problems.length === 0, problems },
+      checksums: { ok: problems.length === 0, algorithm: manifest ? hashAlgorithmOf(manifest) : null, problems },
       undecodable,
     };
     if (!ok) {

@@ -25,7 +25,7 @@ import { readDumpStats } from '../image/criu/stats.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot, type HostFacts } from '../host.js';
 import { packImage } from '../image/archive.js';
-import { checksumDir, listImageFiles } from '../image/checksum.js';
+import { checksumDirForTransfer, listImageFiles } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { processExists } from '../proc/procfs.js';
 import { examineTree, validateTarget, type TreeFacts } from '../proc/tree.js';
@@ -458,7 +458,8 @@ export const DEFAULT_MIN_THROUGHPUT = 50e6;
 
 /**
  * With the tree frozen at the post-dump gate: the shipped files, the remapped files.img, the
- * manifest and the sha256 list go into the images; returns the names to send, manifest first.
+ * manifest (BLAKE3) and the sha256 list the target checks go into the images; returns the names to
+ * send, manifest first.
  */
 async function finishImage(p: Prepared, state: Progress, images: string, memoryBytes: number, extra: string[] = []): Promise<string[]> {
   // Copied while frozen, so they match the offsets CRIU recorded; placed there before CRIU runs.
@@ -473,13 +474,14 @@ async function finishImage(p: Prepared, state: Progress, images: string, memoryB
   }
   // The target's paths were checked in preflight; the image is rewritten in place (a transient copy).
   if (p.maps.length + p.ports.length + p.closeSome.size > 0) await writeRemappedImage(images, undefined, p.maps, p.ports, p.closeSome, () => true);
-  const files = await checksumDir(images);
+  // The manifest's checksums are BLAKE3; the target, which has nothing of cedana, checks the same
+  // files with coreutils' sha256sum (the pages go through the page server, inside SSH's AES-GCM).
+  const { files, sha256sums } = await checksumDirForTransfer(images);
   const manifest = makeManifest({
     criuVersion: p.criu.version.text, host: p.host, pid: p.args.pid, facts: p.facts, decisions: p.decisions, leaveRunning: false, networkLock: p.networkLock, files, memoryBytes, shipped,
   });
   await writeFile(join(images, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
-  const sums = Object.entries(files).map(([name, f]) => `${f.sha256}  ${name}\n`).join('');
-  await writeFile(join(images, 'cedana.sha256'), sums, { mode: 0o600 });
+  await writeFile(join(images, 'cedana.sha256'), sha256sums, { mode: 0o600 });
   const names = (await listImageFiles(images)).files;
   return [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME), ...extra];
 }

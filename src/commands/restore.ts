@@ -1,11 +1,11 @@
 /**
  * cedana restore: verifies an image and lets CRIU restore it, detached from cedana. Before CRIU
- * runs: the manifest, the set of files, every file's size and every metadata image's sha256 (CRIU
- * parses those, and a short pages image makes it spin). The contents of the pages images — the
- * process memory, nearly all of the bytes, raw data CRIU only copies — are hashed while CRIU
- * restores, and the restored tree is held at CRIU's post-restore point (restored, not one
- * instruction run) until they check out; if they do not, CRIU kills it. A damaged or tampered image
- * never runs.
+ * runs: the manifest, the set of files, every file's size and every metadata image's checksum
+ * (BLAKE3; sha256 in an image of format 1) — CRIU parses those, and a short pages image makes it
+ * spin. The contents of the pages images — the process memory, nearly all of the bytes, raw data
+ * CRIU only copies — are hashed while CRIU restores, and the restored tree is held at CRIU's
+ * post-restore point (restored, not one instruction run) until they check out; if they do not, CRIU
+ * kills it. A damaged or tampered image never runs.
  */
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';

@@ -1,18 +1,98 @@
-/** sha256 of every file in an image directory, and verification against a manifest. */
+/**
+ * Checksums of every file in an image directory, and verification against a manifest. cedana writes
+ * BLAKE3 (format 2: ~4.5 GB/s on one core here, against ~1.6 GB/s for sha256 with the CPU's SHA
+ * instructions); images of format 1 carry sha256 and are verified with it.
+ */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { CedanaError } from '../errors.js';
-import { MANIFEST_NAME, type FileEntry, type Manifest } from './manifest.js';
+import { MANIFEST_NAME, fileDigest, type FileEntry, type HashAlgorithm, type Manifest } from './manifest.js';
 
-export async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  // 1 MiB reads: fewer syscalls, bounded memory.
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
+export interface Hasher {
+  update(data: Buffer): void;
+  /** Lower-case hex. */
+  hex(): string;
 }
+
+type BlakeHash = typeof import('@napi-rs/blake-hash');
+let native: BlakeHash | undefined;
+
+/**
+ * The native BLAKE3 (a prebuilt binary, an optional dependency per platform), loaded on first use:
+ * where it is missing, only what hashes fails, with a clear error, not every command at start.
+ */
+function blakeHash(): BlakeHash {
+  if (native) return native;
+  try {
+    native = createRequire(import.meta.url)('@napi-rs/blake-hash') as BlakeHash;
+    return native;
+  } catch (e) {
+    throw new CedanaError('HOST_UNSUPPORTED', `BLAKE3 is not available: @napi-rs/blake-hash has no binary for ${process.platform}-${process.arch} here (${(e as Error).message.split('\n')[0]})`, {
+      hint: 'cedana runs on Linux x64 and arm64 (glibc or musl); install it with its optional dependencies (npm ci, not --omit=optional)',
+    });
+  }
+}
+
+export function createHasher(algorithm: HashAlgorithm): Hasher {
+  if (algorithm === 'blake3') {
+    const h = new (blakeHash().Blake3Hasher)();
+    return { update: (d) => void h.update(d), hex: () => h.digest('hex') };
+  }
+  const h = createHash('sha256');
+  return { update: (d) => void h.update(d), hex: () => h.digest('hex') };
+}
+
+/** The hex digest of bytes in memory. */
+export function hashBytes(algorithm: HashAlgorithm, data: Buffer | string): string {
+  const h = createHasher(algorithm);
+  h.update(typeof data === 'string' ? Buffer.from(data) : data);
+  return h.hex();
+}
+
+const READ_SIZE = 4 << 20;
+
+/**
+ * Feeds the file's bytes from `offset` to its current end into every hasher; returns the new offset.
+ * Two buffers: the next read runs (in libuv's pool) while this one is hashed. Measured on a 1 GiB file
+ * in page cache: BLAKE3 4.4 GB/s this way, 3.7 with one 4 MiB buffer, 2.2 through a read stream.
+ */
+async function feed(fh: FileHandle, hashers: Hasher[], offset: number, bufs: [Buffer, Buffer]): Promise<number> {
+  let i = 0;
+  let pending = fh.read(bufs[0], 0, bufs[0].length, offset);
+  for (;;) {
+    const { bytesRead } = await pending;
+    if (bytesRead === 0) return offset;
+    const cur = bufs[i]!.subarray(0, bytesRead);
+    offset += bytesRead;
+    i ^= 1;
+    pending = fh.read(bufs[i]!, 0, bufs[i]!.length, offset);
+    for (const h of hashers) h.update(cur);
+  }
+}
+
+/** Two read buffers, no larger than a file of `sizeHint` bytes needs. */
+const readBuffers = (sizeHint = READ_SIZE): [Buffer, Buffer] => {
+  const size = Math.max(64 << 10, Math.min(READ_SIZE, sizeHint + 1));
+  return [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
+};
+
+/** Hex digests of a whole file, one per algorithm, in one read. */
+export async function hashFile(path: string, algorithms: HashAlgorithm[], sizeHint?: number): Promise<string[]> {
+  const hashers = algorithms.map(createHasher);
+  const fh = await open(path, 'r');
+  try {
+    await feed(fh, hashers, 0, readBuffers(sizeHint));
+  } finally {
+    await fh.close();
+  }
+  return hashers.map((h) => h.hex());
+}
+
+export const blake3File = async (path: string): Promise<string> => (await hashFile(path, ['blake3']))[0]!;
+export const sha256File = async (path: string): Promise<string> => (await hashFile(path, ['sha256']))[0]!;
 
 /** Relative paths of all regular files below dir (symlinks and others are reported, not followed). */
 export async function listImageFiles(dir: string, rel = ''): Promise<{ files: string[]; others: string[] }> {
@@ -48,26 +128,22 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R
 export const isPagesImage = (name: string): boolean => /^pages-\d+\.img$/.test(name);
 
 /**
- * sha256 of a file another process is still appending to: each catchUp() hashes what was added
+ * BLAKE3 of a file another process is still appending to: each catchUp() hashes what was added
  * since the last one. CRIU writes pages images front to back, so cedana hashes them while CRIU dumps
  * instead of after, with the tree frozen.
  */
 export class GrowingFileHash {
-  private readonly hash = createHash('sha256');
+  private readonly hash = createHasher('blake3');
   private offset = 0;
   private fh: FileHandle | undefined;
-  private readonly buf = Buffer.allocUnsafe(4 << 20);
+  private bufs: [Buffer, Buffer] | undefined;
 
   constructor(readonly path: string) {}
 
   async catchUp(): Promise<void> {
     this.fh ??= await open(this.path, 'r');
-    for (;;) {
-      const { bytesRead } = await this.fh.read(this.buf, 0, this.buf.length, this.offset);
-      if (bytesRead === 0) return;
-      this.hash.update(this.buf.subarray(0, bytesRead));
-      this.offset += bytesRead;
-    }
+    this.bufs ??= readBuffers();
+    this.offset = await feed(this.fh, [this.hash], this.offset, this.bufs);
   }
 
   async finish(): Promise<FileEntry> {
@@ -75,8 +151,8 @@ export class GrowingFileHash {
     await this.fh?.close();
     const size = (await stat(this.path)).size;
     // Only appends were expected: a file that shrank or was rewritten is hashed again from scratch.
-    if (size !== this.offset) return { size, sha256: await sha256File(this.path) };
-    return { size, sha256: this.hash.digest('hex') };
+    if (size !== this.offset) return { size, blake3: await blake3File(this.path) };
+    return { size, blake3: this.hash.hex() };
   }
 }
 
@@ -115,22 +191,40 @@ export class PagesFollower {
   }
 }
 
-/** size and sha256 of every file but the manifest; `known` entries (already hashed) are taken as they are. */
+/** size and BLAKE3 of every file but the manifest; `known` entries (already hashed) are taken as they are. */
 export async function checksumDir(dir: string, known: Record<string, FileEntry> = {}): Promise<Record<string, FileEntry>> {
+  return (await hashDir(dir, known, false)).files;
+}
+
+/**
+ * For an image sent to a host that has nothing of cedana (a migration target): the manifest's
+ * entries (BLAKE3), and the same files' sha256 as a `sha256sum -c` list, which the target's
+ * coreutils check. Both from one read of each file.
+ */
+export async function checksumDirForTransfer(dir: string): Promise<{ files: Record<string, FileEntry>; sha256sums: string }> {
+  const { files, sha256 } = await hashDir(dir, {}, true);
+  return { files, sha256sums: Object.keys(files).map((name) => `${sha256[name]}  ${name}\n`).join('') };
+}
+
+async function hashDir(dir: string, known: Record<string, FileEntry>, withSha256: boolean): Promise<{ files: Record<string, FileEntry>; sha256: Record<string, string> }> {
   const { files } = await listImageFiles(dir);
   const names = files.filter((f) => f !== MANIFEST_NAME);
+  const sha256: Record<string, string> = {};
   const entries = await mapLimit(names, 4, async (name) => {
     if (known[name]) return [name, known[name]] as const;
     const p = join(dir, name);
-    const [st, sha256] = await Promise.all([stat(p), sha256File(p)]);
-    return [name, { size: st.size, sha256 }] as const;
+    const { size } = await stat(p);
+    const [blake3, sha] = await hashFile(p, withSha256 ? ['blake3', 'sha256'] : ['blake3'], size);
+    if (sha) sha256[name] = sha;
+    return [name, { size, blake3: blake3! }] as const;
   });
-  return Object.fromEntries(entries);
+  return { files: Object.fromEntries(entries), sha256 };
 }
 
 /**
  * Refuses an image whose files differ in any way from what the manifest lists. The set of files and
- * every size are always checked; `hash` picks the files whose contents are (all by default).
+ * every size are always checked; `hash` picks the files whose contents are (all by default), each
+ * with the algorithm its entry names (BLAKE3, or sha256 in an image of format 1).
  */
 export async function verifyDir(dir: string, manifest: Manifest, hash: (name: string) => boolean = () => true): Promise<void> {
   const listing = await listImageFiles(dir);
@@ -169,7 +263,9 @@ export async function verifyDir(dir: string, manifest: Manifest, hash: (name: st
       bad.push(`${name} (size ${st.size}, expected ${want.size})`);
       return;
     }
-    if (hash(name) && (await sha256File(p)) !== want.sha256) bad.push(`${name} (checksum mismatch)`);
+    if (!hash(name)) return;
+    const { algorithm, hex } = fileDigest(want);
+    if ((await hashFile(p, [algorithm], st.size))[0] !== hex) bad.push(`${name} (checksum mismatch)`);
   });
   if (bad.length > 0) {
     throw new CedanaError('IMAGE_INVALID', `image is corrupt or tampered with: ${bad.sort().slice(0, 5).join(', ')}`, {

@@ -9,12 +9,27 @@ import type { ManifestGpu } from '../gpu/cuda.js';
 
 export const MANIFEST_NAME = 'cedana.json';
 export const FORMAT = 'cedana-image';
-export const FORMAT_VERSION = 1;
+/**
+ * 2: every file's BLAKE3 (what cedana writes). 1: sha256, images of earlier versions, still read,
+ * verified and restored.
+ */
+export const FORMAT_VERSION = 2;
 
-export interface FileEntry {
-  size: number;
-  sha256: string;
+export type HashAlgorithm = 'blake3' | 'sha256';
+
+/** The digest each format version gives every file (and its parent's manifest). */
+export const HASH_OF_VERSION: Readonly<Record<number, HashAlgorithm>> = { 1: 'sha256', 2: 'blake3' };
+
+/** A file's size and digest (lower-case hex): BLAKE3 in format 2, sha256 in format 1. */
+export type FileEntry = { size: number; blake3: string; sha256?: never } | { size: number; sha256: string; blake3?: never };
+
+/** The algorithm and digest of an entry. */
+export function fileDigest(f: FileEntry): { algorithm: HashAlgorithm; hex: string } {
+  return f.blake3 !== undefined ? { algorithm: 'blake3', hex: f.blake3 } : { algorithm: 'sha256', hex: f.sha256! };
 }
+
+/** The algorithm of an image's checksums. */
+export const hashAlgorithmOf = (m: Pick<Manifest, 'formatVersion'>): HashAlgorithm => HASH_OF_VERSION[m.formatVersion] ?? 'blake3';
 
 export interface ManifestProcess {
   pid: number;
@@ -82,13 +97,22 @@ export interface ManifestContainer {
   rootfs: { mode: 'none' | 'full' | 'changes'; path: string; image?: string; bytes?: number; base?: string[]; upper?: string; work?: string };
 }
 
-export interface ManifestParent {
+/**
+ * The digest of the parent's cedana.json, whatever the parent's own format: a parent replaced by
+ * another image is refused. BLAKE3 in format 2 (manifestBlake3), sha256 in format 1 (manifestSha256).
+ */
+export type ParentIdentity = { manifestBlake3: string; manifestSha256?: never } | { manifestSha256: string; manifestBlake3?: never };
+
+export type ManifestParent = ParentIdentity & {
   /** The `parent` link's target, relative to this image's directory. */
   path: string;
-  /** sha256 of the parent's cedana.json: a parent replaced by another image is refused. */
-  manifestSha256: string;
   pagesInParent: number;
   pagesWritten: number;
+};
+
+/** The algorithm and digest a child names its parent's manifest by. */
+export function parentDigest(p: ParentIdentity): { algorithm: HashAlgorithm; hex: string } {
+  return p.manifestBlake3 !== undefined ? { algorithm: 'blake3', hex: p.manifestBlake3 } : { algorithm: 'sha256', hex: p.manifestSha256! };
 }
 
 function invalid(why: string): CedanaError {
@@ -101,6 +125,7 @@ const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object
 const isNat = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isStr = (v: unknown): v is string => typeof v === 'string';
 const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
+const isHex256 = (v: unknown): v is string => isStr(v) && /^[0-9a-f]{64}$/.test(v);
 
 /** An image-relative file name that cannot point outside the image directory. */
 export function isSafeRelativePath(p: string): boolean {
@@ -120,6 +145,9 @@ export function validateManifest(raw: unknown): Manifest {
       hint: 'upgrade cedana on this host',
     });
   }
+  const algorithm = HASH_OF_VERSION[raw.formatVersion];
+  if (!algorithm) throw invalid(`formatVersion ${raw.formatVersion} was never written by cedana (1: sha256 checksums, 2: BLAKE3)`);
+  const other: HashAlgorithm = algorithm === 'blake3' ? 'sha256' : 'blake3';
   for (const k of ['createdAt', 'cedanaVersion', 'criuVersion', 'kernel', 'arch', 'hostname'] as const) {
     if (!isStr(raw[k])) throw invalid(`${k} missing or not a string`);
   }
@@ -145,14 +173,18 @@ export function validateManifest(raw: unknown): Manifest {
   if (!isObj(raw.files) || Object.keys(raw.files).length === 0) throw invalid('files must list the image files');
   for (const [name, f] of Object.entries(raw.files)) {
     if (!isSafeRelativePath(name) || name === MANIFEST_NAME) throw invalid(`unsafe file name ${JSON.stringify(name)}`);
-    if (!isObj(f) || !isNat(f.size) || !isStr(f.sha256) || !/^[0-9a-f]{64}$/.test(f.sha256)) throw invalid(`bad checksum entry for ${name}`);
+    if (!isObj(f) || !isNat(f.size) || !isHex256(f[algorithm]) || other in f) {
+      throw invalid(`bad checksum entry for ${name}: format ${raw.formatVersion} gives each file its size and ${algorithm} (64 lower-case hex digits)${isObj(f) && other in f ? `, not ${other}` : ''}`);
+    }
   }
   if (!Object.keys(raw.files).includes('inventory.img')) throw invalid('inventory.img is not listed: not a CRIU image');
   if (raw.shipped !== undefined) validateShipped(raw.shipped, raw.files);
   if (raw.parent !== undefined) {
     const pp = raw.parent;
-    if (!isObj(pp) || !isStr(pp.path) || pp.path === '' || pp.path.length > 4096 || /[\n\0]/.test(pp.path) || !isStr(pp.manifestSha256) || !/^[0-9a-f]{64}$/.test(pp.manifestSha256) || !isNat(pp.pagesInParent) || !isNat(pp.pagesWritten)) {
-      throw invalid('parent must name the parent image (path, manifestSha256, page counts)');
+    const id = algorithm === 'blake3' ? 'manifestBlake3' : 'manifestSha256';
+    const otherId = algorithm === 'blake3' ? 'manifestSha256' : 'manifestBlake3';
+    if (!isObj(pp) || !isStr(pp.path) || pp.path === '' || pp.path.length > 4096 || /[\n\0]/.test(pp.path) || !isHex256(pp[id]) || otherId in pp || !isNat(pp.pagesInParent) || !isNat(pp.pagesWritten)) {
+      throw invalid(`parent must name the parent image (path, ${id}, page counts)`);
     }
   }
   if (raw.gpu !== undefined) validateGpu(raw.gpu, raw.processes as ManifestProcess[]);

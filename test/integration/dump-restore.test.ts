@@ -2,13 +2,14 @@
  * dump → restore on one host with the real CRIU, each process checked by what it reports itself
  * after the restore.
  */
-import { existsSync, readFileSync, statSync, readdirSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { blake3 } from '@napi-rs/blake-hash';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cedanaOk } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { toFormat1 } from '../helpers/images.js';
+import { Owned, alive, count, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
 afterEach(() => owned.cleanup());
@@ -151,7 +152,7 @@ describe('dump and restore', () => {
     const d = await cedanaOk(['dump', String(pid), '-o', img]);
     expect(statSync(img).mode & 0o777).toBe(0o700);
     const manifest = JSON.parse(readFileSync(join(img, 'cedana.json'), 'utf8'));
-    expect(manifest).toMatchObject({ format: 'cedana-image', formatVersion: 1, pid, criuVersion: expect.stringMatching(/^4\.\d+/) });
+    expect(manifest).toMatchObject({ format: 'cedana-image', formatVersion: 2, pid, criuVersion: expect.stringMatching(/^4\.\d+/) });
     expect(manifest.processes[0]).toMatchObject({ pid, comm: 'python3' });
     expect(manifest.processes[0].argv).toContain(join(dir, 'state'));
     let total = 0;
@@ -160,9 +161,38 @@ describe('dump and restore', () => {
       const body = readFileSync(join(img, name));
       total += body.length;
       if (name === 'cedana.json') continue;
-      expect(manifest.files[name], name).toEqual({ size: body.length, sha256: createHash('sha256').update(body).digest('hex') });
+      expect(manifest.files[name], name).toEqual({ size: body.length, blake3: blake3(body).toString('hex') });
     }
     expect(Object.keys(manifest.files).length).toBe(readdirSync(img).length - 1);
     expect(d.bytes).toBe(total);
+  });
+
+  it('restores an image of format 1 (sha256 checksums, as cedana wrote them before BLAKE3), and refuses one whose memory was changed', async () => {
+    const { dir, state, pid } = await owned.counter();
+    await waitFor('counting', () => count(state) > 5);
+    const img = join(dir, 'img');
+    await cedanaOk(['dump', String(pid), '-o', img]);
+    const atDump = count(state);
+    await waitGone(pid);
+    const m = toFormat1(img);
+    expect(m.files['pages-1.img']).toEqual({ size: statSync(join(img, 'pages-1.img')).size, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
+
+    // A byte of the memory changed (and put back): the sha256 of format 1 is what catches it.
+    const pages = join(img, 'pages-1.img');
+    const good = readFileSync(pages);
+    const bad = Buffer.from(good);
+    bad[bad.length >> 1]! ^= 1;
+    writeFileSync(pages, bad);
+    const refused = await cedana(['restore', img, '--json']);
+    expect(refused.exitCode).toBe(9);
+    expect(refused.json!.error).toMatchObject({ code: 'IMAGE_INVALID', message: expect.stringContaining('pages-1.img (checksum mismatch)') });
+    expect(alive(pid)).toBe(false);
+    writeFileSync(pages, good);
+
+    const r = await cedanaOk(['restore', img]);
+    owned.own(r.pid);
+    expect(r.pid).toBe(pid);
+    expect(count(state)).toBeGreaterThanOrEqual(atDump);
+    await waitFor('counting on from the dump', () => count(state) > atDump + 3);
   });
 });

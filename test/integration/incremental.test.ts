@@ -6,11 +6,13 @@
  * detected before CRIU runs.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { blake3 } from '@napi-rs/blake-hash';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
+import { sha256, toFormat1 } from '../helpers/images.js';
 import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -80,6 +82,67 @@ describe('dump --parent', () => {
     expect(bad.json!.error.message).toMatch(/pages-1\.img \(checksum mismatch\)/);
     expect(existsSync(`/proc/${pid}`)).toBe(false);
     expect(lstatSync(join(c3, 'parent')).isSymbolicLink()).toBe(true);
+  });
+
+  it('chains of format 1 (sha256, cedana before BLAKE3) restore, and so does a format 2 child of one; a replaced parent is refused by either digest', async () => {
+    const dir = await mkdtemp(join(shared, 'pager-'));
+    const ck = await mkdtemp(join(shared, 'chain-v1-'));
+    const pid = owned.python('pager.py', ['16', dir]);
+    await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
+    const rewrite = async (pages: number, k: number): Promise<string> => {
+      writeFileSync(join(dir, 'rewrite'), String(pages));
+      process.kill(pid, 'SIGUSR2');
+      return waitFor('rewritten', () => {
+        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
+        return Number(n) === k ? sha : undefined;
+      });
+    };
+    const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((n) => join(ck, n)) as [string, string, string];
+    await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1]);
+    const shaA = await rewrite(64, 1);
+    await cedanaOk(['dump', String(pid), '--leave-running', '--parent', c1, '-o', c2]);
+    // Both as an earlier cedana wrote them, the parent first: the child names its manifest by sha256.
+    toFormat1(c1);
+    const m2 = toFormat1(c2);
+    expect(m2.parent).toMatchObject({ path: '../c1', manifestSha256: sha256(readFileSync(join(c1, 'cedana.json'))) });
+
+    // A child made now, of the format 1 parent: format 2, naming that parent by the BLAKE3 of its manifest.
+    const shaB = await rewrite(128, 2);
+    const d3 = await cedanaOk(['dump', String(pid), '--parent', c2, '-o', c3]); // ends the process
+    expect(d3.incremental.pagesWritten).toBeGreaterThanOrEqual(128);
+    expect(d3.incremental.pagesInParent).toBeGreaterThan(2000); // the parent's page index served as it is
+    const m3 = JSON.parse(readFileSync(join(c3, 'cedana.json'), 'utf8'));
+    expect(m3.formatVersion).toBe(2);
+    expect(m3.parent).toEqual({
+      path: '../c2', manifestBlake3: blake3(readFileSync(join(c2, 'cedana.json'))).toString('hex'),
+      pagesInParent: d3.incremental.pagesInParent, pagesWritten: d3.incremental.pagesWritten,
+    });
+    expect(Object.values(m3.files).every((f) => Object.keys(f as object).join() === 'size,blake3')).toBe(true);
+    await waitGone(pid);
+
+    for (const [img, want] of [[c3, shaB], [c2, shaA]] as const) {
+      const r = await cedanaOk(['restore', img]);
+      owned.own(r.pid);
+      await rm(join(dir, 'sha-1'), { force: true });
+      process.kill(pid, 'SIGUSR1');
+      expect(await waitFor(`checksum after restoring ${img}`, () => readText(join(dir, 'sha-1')), 30_000)).toBe(want);
+      process.kill(pid, 'SIGKILL');
+      await waitGone(pid);
+    }
+
+    // A parent whose manifest changed (every one of its files still checks out against it) is another
+    // image: refused before CRIU runs, whether the child names it by BLAKE3 (c3) or by sha256 (c2).
+    for (const [child, parent] of [[c3, c2], [c2, c1]] as const) {
+      const mp = join(parent, 'cedana.json');
+      const text = readFileSync(mp, 'utf8');
+      writeFileSync(mp, text.replace(/"hostname": "[^"]*"/, '"hostname": "elsewhere"'));
+      const r = await cedana(['restore', child, '--json']);
+      expect(r.exitCode).toBe(9);
+      expect(r.json!.error.code).toBe('IMAGE_INVALID');
+      expect(r.json!.error.message).toBe(`the parent of ${child} (${parent}) is not the image it was made against`);
+      writeFileSync(mp, text);
+    }
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
   });
 
   it('refuses a parent that is not a checkpoint of this process, and an archive output', async () => {

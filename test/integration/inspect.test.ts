@@ -5,10 +5,11 @@
  * exit status while the rest is still shown.
  */
 import { execa } from 'execa';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
+import { toFormat1 } from '../helpers/images.js';
 import { FIXTURES, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -43,7 +44,7 @@ describe('cedana inspect', () => {
     const r = await cedana(['inspect', img, '--json']);
     expect(r.exitCode, r.stdout + r.stderr).toBe(0);
     const j = r.json!;
-    expect(j).toMatchObject({ ok: true, command: 'inspect', image: img, checksums: { ok: true, problems: [] }, gpu: null });
+    expect(j).toMatchObject({ ok: true, command: 'inspect', image: img, checksums: { ok: true, algorithm: 'blake3', problems: [] }, gpu: null });
     expect(j.manifest).toMatchObject({ pid: facts.appender, criuVersion: expect.stringMatching(/^4\./), arch: expect.any(String), hostname: expect.any(String) });
     expect(j.manifest.files).toBeUndefined();
     expect(j.processes).toHaveLength(1);
@@ -63,8 +64,25 @@ describe('cedana inspect', () => {
     expect(human.exitCode).toBe(0);
     expect(human.stdout).toContain(`PID ${facts.appender}`);
     expect(human.stdout).toContain(facts.log);
-    expect(human.stdout).toContain('checksums ok');
+    expect(human.stdout).toContain('checksums (BLAKE3) ok');
     expect(human.stdout).toContain('GPU: none');
+  });
+
+  it('an image of format 1 (before BLAKE3): its sha256 checksums are verified and named', async () => {
+    const img = join(await owned.tempDir(), 'img-v1');
+    cpSync(join(facts.appenderDir, 'img'), img, { recursive: true });
+    toFormat1(img);
+    const r = await cedana(['inspect', img, '--json']);
+    expect(r.exitCode, r.stdout + r.stderr).toBe(0);
+    expect(r.json).toMatchObject({ ok: true, checksums: { ok: true, algorithm: 'sha256', problems: [] }, manifest: { formatVersion: 1, pid: facts.appender } });
+    expect((await cedana(['inspect', img])).stdout).toContain('checksums (sha256, image format 1) ok');
+    const core = readdirSync(img).find((n) => /^core-\d+\.img$/.test(n))!;
+    const buf = readFileSync(join(img, core));
+    buf[buf.length - 1]! ^= 0x01;
+    writeFileSync(join(img, core), buf);
+    const bad = await cedana(['inspect', img, '--json']);
+    expect(bad.exitCode).toBe(9);
+    expect(bad.json!.checksums).toEqual({ ok: false, algorithm: 'sha256', problems: [`${core} (checksum mismatch)`] });
   });
 
   it('shows a listening TCP port, from an archive', async () => {

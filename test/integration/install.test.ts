@@ -43,7 +43,9 @@ describe('install from a packed tarball', () => {
     expect(entries.filter((e) => /(^|\/)test\/|\.test\.|\.map$|\.ts$/.test(e))).toEqual([]);
     // Runtime dependencies only: the build and test tools stay out of a user's install.
     const deps = readdirSync(join(pkgDir, 'node_modules'));
-    expect(deps).toEqual(expect.arrayContaining(['commander', 'execa', 'ssh2', 'tar']));
+    expect(deps).toEqual(expect.arrayContaining(['commander', 'execa', 'ssh2', 'tar', '@napi-rs']));
+    // BLAKE3's native binary for this machine, as the registry's prebuilt optional dependency.
+    expect(readdirSync(join(pkgDir, 'node_modules', '@napi-rs'))).toEqual(expect.arrayContaining(['blake-hash', `blake-hash-linux-${process.arch}-gnu`]));
     expect(deps).not.toContain('typescript');
     expect(deps).not.toContain('vitest');
   });

@@ -1,15 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import {
+  fileDigest,
   FORMAT,
   FORMAT_VERSION,
+  hashAlgorithmOf,
   isSafeRelativePath,
   MANIFEST_NAME,
+  parentDigest,
   parseManifest,
   validateManifest,
 } from '../../../src/image/manifest.js';
 
 const SHA = 'a'.repeat(64);
+const B3 = 'c'.repeat(64);
 
 /** A valid manifest as plain JSON data; each test changes one field. */
 function good(): Record<string, any> {
@@ -33,8 +37,8 @@ function good(): Record<string, any> {
     tcp: [{ state: 'ESTABLISHED', local: '127.0.0.1:8080', remote: '127.0.0.1:40000' }],
     notes: ['--tcp-established: requested'],
     files: {
-      'inventory.img': { size: 40, sha256: SHA },
-      'pages-1.img': { size: 4096, sha256: 'b'.repeat(64) },
+      'inventory.img': { size: 40, blake3: B3 },
+      'pages-1.img': { size: 4096, blake3: 'b'.repeat(64) },
     },
   };
 }
@@ -57,9 +61,13 @@ describe('validateManifest', () => {
     expect(v.pid).toBe(4242);
   });
 
-  it('accepts an older format version, empty lists and external unix inodes', () => {
+  it('writes format 2, whose checksums are BLAKE3', () => {
+    expect(FORMAT_VERSION).toBe(2);
+    expect(hashAlgorithmOf(validateManifest(good()))).toBe('blake3');
+  });
+
+  it('accepts empty lists and external unix inodes', () => {
     const m = good();
-    m.formatVersion = 0;
     m.tcp = [];
     m.notes = [];
     m.cpuFlags = [];
@@ -69,7 +77,7 @@ describe('validateManifest', () => {
 
   it('accepts files in subdirectories', () => {
     const m = good();
-    m.files['sub/dir/x.img'] = { size: 0, sha256: SHA };
+    m.files['sub/dir/x.img'] = { size: 0, blake3: B3 };
     expect(() => validateManifest(m)).not.toThrow();
   });
 
@@ -119,15 +127,22 @@ describe('validateManifest', () => {
     ['notes with a number', (m) => ((m.notes = [1]), m), /notes must be a list of strings/],
     ['files missing', (m) => (delete m.files, m), /files must list the image files/],
     ['files empty', (m) => ((m.files = {}), m), /files must list the image files/],
-    ['files a list', (m) => ((m.files = [{ size: 1, sha256: SHA }]), m), /files must list the image files/],
-    ['file name with ..', (m) => ((m.files['../etc/passwd'] = { size: 1, sha256: SHA }), m), /unsafe file name "..\/etc\/passwd"/],
-    ['file name absolute', (m) => ((m.files['/etc/passwd'] = { size: 1, sha256: SHA }), m), /unsafe file name/],
-    ['file name is the manifest', (m) => ((m.files[MANIFEST_NAME] = { size: 1, sha256: SHA }), m), /unsafe file name "cedana.json"/],
-    ['file entry without size', (m) => ((m.files['inventory.img'] = { sha256: SHA }), m), /bad checksum entry for inventory.img/],
+    ['files a list', (m) => ((m.files = [{ size: 1, blake3: B3 }]), m), /files must list the image files/],
+    ['file name with ..', (m) => ((m.files['../etc/passwd'] = { size: 1, blake3: B3 }), m), /unsafe file name "..\/etc\/passwd"/],
+    ['file name absolute', (m) => ((m.files['/etc/passwd'] = { size: 1, blake3: B3 }), m), /unsafe file name/],
+    ['file name is the manifest', (m) => ((m.files[MANIFEST_NAME] = { size: 1, blake3: B3 }), m), /unsafe file name "cedana.json"/],
+    ['file entry without size', (m) => ((m.files['inventory.img'] = { blake3: B3 }), m), /bad checksum entry for inventory.img/],
     ['file entry size negative', (m) => ((m.files['inventory.img'].size = -1), m), /bad checksum entry/],
-    ['sha256 too short', (m) => ((m.files['inventory.img'].sha256 = 'abc'), m), /bad checksum entry/],
-    ['sha256 upper case', (m) => ((m.files['inventory.img'].sha256 = 'A'.repeat(64)), m), /bad checksum entry/],
-    ['sha256 not hex', (m) => ((m.files['inventory.img'].sha256 = 'g'.repeat(64)), m), /bad checksum entry/],
+    ['blake3 too short', (m) => ((m.files['inventory.img'].blake3 = 'abc'), m), /bad checksum entry/],
+    ['blake3 upper case', (m) => ((m.files['inventory.img'].blake3 = 'A'.repeat(64)), m), /bad checksum entry/],
+    ['blake3 not hex', (m) => ((m.files['inventory.img'].blake3 = 'g'.repeat(64)), m), /bad checksum entry/],
+    ['format 2 with a sha256 entry', (m) => ((m.files['inventory.img'] = { size: 40, sha256: SHA }), m), /bad checksum entry for inventory\.img: format 2 gives each file its size and blake3 .*, not sha256/],
+    ['format 2 with both digests', (m) => ((m.files['inventory.img'].sha256 = SHA), m), /bad checksum entry for inventory\.img: .*not sha256/],
+    ['format 1 with BLAKE3 entries', (m) => ((m.formatVersion = 1), m), /bad checksum entry for inventory\.img: format 1 gives each file its size and sha256 .*, not blake3/],
+    ['format version 0 (never written)', (m) => ((m.formatVersion = 0), m), /formatVersion 0 was never written by cedana \(1: sha256 checksums, 2: BLAKE3\)/],
+    ['a parent named by sha256 in format 2', (m) => ((m.parent = { path: '../p', manifestSha256: SHA, pagesInParent: 1, pagesWritten: 1 }), m), /parent must name the parent image \(path, manifestBlake3, page counts\)/],
+    ['a parent without its digest', (m) => ((m.parent = { path: '../p', pagesInParent: 1, pagesWritten: 1 }), m), /manifestBlake3/],
+    ['a parent with both digests', (m) => ((m.parent = { path: '../p', manifestBlake3: B3, manifestSha256: SHA, pagesInParent: 1, pagesWritten: 1 }), m), /manifestBlake3/],
     ['file entry not an object', (m) => ((m.files['inventory.img'] = SHA), m), /bad checksum entry/],
     ['inventory.img not listed', (m) => (delete m.files['inventory.img'], m), /inventory\.img is not listed/],
   ];
@@ -139,6 +154,35 @@ describe('validateManifest', () => {
     expect(e.message).toMatch(why);
     expect(e.hint).toMatch(/make a new dump/);
     expect(e.exitCode).toBe(9);
+  });
+
+  it('accepts a format 1 image (cedana before BLAKE3): sha256 entries, a parent named by sha256', () => {
+    const m = good();
+    m.formatVersion = 1;
+    m.files = { 'inventory.img': { size: 40, sha256: SHA }, 'pages-1.img': { size: 4096, sha256: 'b'.repeat(64) } };
+    m.parent = { path: '../ckpt-1', manifestSha256: 'd'.repeat(64), pagesInParent: 3, pagesWritten: 2 };
+    const v = validateManifest(m);
+    expect(hashAlgorithmOf(v)).toBe('sha256');
+    expect(fileDigest(v.files['inventory.img']!)).toEqual({ algorithm: 'sha256', hex: SHA });
+    expect(parentDigest(v.parent!)).toEqual({ algorithm: 'sha256', hex: 'd'.repeat(64) });
+  });
+
+  it('a format 2 parent is named by the BLAKE3 of its manifest', () => {
+    const m = good();
+    m.parent = { path: '../ckpt-1', manifestBlake3: 'e'.repeat(64), pagesInParent: 3, pagesWritten: 2 };
+    const v = validateManifest(m);
+    expect(fileDigest(v.files['pages-1.img']!)).toEqual({ algorithm: 'blake3', hex: 'b'.repeat(64) });
+    expect(parentDigest(v.parent!)).toEqual({ algorithm: 'blake3', hex: 'e'.repeat(64) });
+  });
+
+  it('a format 1 image with a parent named by BLAKE3 is refused', () => {
+    const m = good();
+    m.formatVersion = 1;
+    m.files = { 'inventory.img': { size: 40, sha256: SHA } };
+    m.parent = { path: '../p', manifestBlake3: B3, pagesInParent: 1, pagesWritten: 1 };
+    const e = refusal(m);
+    expect(e.code).toBe('IMAGE_INVALID');
+    expect(e.message).toMatch(/parent must name the parent image \(path, manifestSha256, page counts\)/);
   });
 
   it('a newer format version is IMAGE_INCOMPATIBLE, not IMAGE_INVALID', () => {
@@ -209,7 +253,7 @@ describe('isSafeRelativePath', () => {
 describe('shipped entries', () => {
   const withShipped = (shipped: unknown): Record<string, any> => {
     const m = good();
-    m.files['shipped/0'] = { size: 6, sha256: SHA };
+    m.files['shipped/0'] = { size: 6, blake3: B3 };
     m.shipped = shipped;
     return m;
   };

@@ -15,7 +15,7 @@
  * breaks, the process is lost.
  */
 import { execa } from 'execa';
-import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildDumpArgs, restoreFlagArgs, type CriuDecisions, type NetworkLock, type TcpMode } from '../criu/options.js';
 import { decideDumpOptions } from '../criu/options.js';
@@ -33,7 +33,7 @@ import { silentReporter, type Progress as ProgressEvent, type Reporter } from '.
 import { ActionGate } from '../criu/gate.js';
 import { makeManifest } from '../dump/manifest.js';
 import { footprint } from '../migrate/footprint.js';
-import { releaseSourceLocks } from '../migrate/netlock.js';
+import { releaseSourceLocks, resetPeers } from '../migrate/netlock.js';
 import { openPageChannel, type PageBridge } from '../migrate/page-proxy.js';
 import { judgePreflight, runPreflight, type TargetFacts } from '../migrate/preflight.js';
 import { judgeSharedLocks, placeProbes, removeProbes } from '../migrate/shared-locks.js';
@@ -135,6 +135,8 @@ interface Prepared {
   restoreFlags: string[];
   targetLock: string;
   closeSome: Set<number>;
+  /** Connections restored closed there whose peers this host resets once the source has ended (none when the tree has a network namespace of its own: cedana cannot speak from it). */
+  resetAfter: Connection[];
   linkBytesPerSec?: number;
   /** The tree uses the GPU: what moves, and how the target's cuda-checkpoint puts it back. */
   gpu?: { plan: GpuPlan; target: CudaCheckpoint; deviceMap: Map<string, string> };
@@ -202,6 +204,8 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state, pre);
     // The connections live on the target now: lift the lock CRIU left on them here.
     if (prep.decisions.tcpEstablished) await releaseSourceLocks(prep.facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
+    // The peers of the connections closed there learn it now, not whenever they next send.
+    await resetPeers(prep.resetAfter);
     return {
       command: 'migrate',
       pid: args.pid,
@@ -343,6 +347,7 @@ async function prepare(
     restoreFlags: restoreFlagArgs({ ...decisions, tcpEstablished: tcpPlan.keep.length > 0, tcpClose: closeAll, externalUnix: decisions.externalUnix.length > 0 }),
     targetLock: target.networkLock ?? 'iptables',
     closeSome: closeAll ? new Set<number>() : new Set(tcpPlan.close.map((x) => x.ino)),
+    resetAfter: (await sameNetns(args.pid)) ? (closeAll ? conns : tcpPlan.close) : [],
     linkBytesPerSec,
     gpu,
   };
@@ -706,6 +711,12 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
   } finally {
     await lazy.close();
   }
+}
+
+/** Whether the process is in cedana's own network namespace (whose addresses cedana can speak from). */
+async function sameNetns(pid: number): Promise<boolean> {
+  const [mine, its] = await Promise.all([readlink('/proc/self/ns/net').catch(() => 'self'), readlink(`/proc/${pid}/ns/net`).catch(() => 'its')]);
+  return mine === its;
 }
 
 /** The target's restore knows the tree by its PIDs: its restoring tasks, and the restored tree. */

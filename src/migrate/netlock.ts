@@ -4,6 +4,7 @@
  * marked `! --mark 0xc114`. The connections live on the target now, so cedana removes exactly those.
  */
 import { execa } from 'execa';
+import { connect as netConnect } from 'node:net';
 import type { ManifestSocket } from '../image/manifest.js';
 
 const CRIU_MARK = '0xc114';
@@ -47,4 +48,37 @@ export async function releaseSourceLocks(conns: Pick<ManifestSocket, 'local' | '
     }
   }
   return removed;
+}
+
+/**
+ * Ends, at the peer's side, connections this host closed: the tree's socket went with it, in
+ * CRIU's repair mode, without a FIN or a reset. A peer with nothing left to send would wait in
+ * recv() forever (no retransmission ever reaches this host to be answered). So this host sends a
+ * SYN from the connection's own address and port: the peer's TCP, which has the connection, answers
+ * with an ACK (RFC 5961's challenge ACK); this host, which has no such connection, answers that with
+ * a reset carrying the sequence number the peer expects, and the peer's connection ends at once.
+ * The attempt is dropped before the SYN would be sent again. Returns how many were tried.
+ */
+export async function resetPeers(conns: Pick<ManifestSocket, 'local' | 'remote'>[], waitMs = 300): Promise<number> {
+  let tried = 0;
+  await Promise.all(
+    conns.map(async (c) => {
+      const l = split(c.local);
+      const r = split(c.remote);
+      if (!l || !r) return;
+      tried++;
+      await new Promise<void>((resolve) => {
+        const s = netConnect({ host: r.addr, port: Number(r.port), localAddress: l.addr, localPort: Number(l.port) });
+        const done = (): void => {
+          clearTimeout(timer);
+          s.destroy();
+          resolve();
+        };
+        const timer = setTimeout(done, waitMs);
+        s.once('error', done);
+        s.once('connect', done);
+      });
+    }),
+  );
+  return tried;
 }

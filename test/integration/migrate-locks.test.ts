@@ -124,7 +124,7 @@ describe('a restore held up on the target never hangs the migration', () => {
     const sock = join(t.shared, `sock-${process.pid}`);
     const { pid, state } = await lockedOnTarget(sock);
     const r = await migrating(pid, []);
-    expect(r.json!.error.code).toBe('TARGET_LOCK_BLOCKED');
+    expect(r.json!.error.code, JSON.stringify(r.json!.error)).toBe('TARGET_LOCK_BLOCKED');
     expect(existsSync(sock)).toBe(true);
     // And it is the source's own: it answers there with its PID.
     const answer = await new Promise<string>((res, rej) => {

@@ -264,8 +264,9 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
 }
 
 /**
- * Whether CRIU streams the pages into cedana (the page sink) rather than writing them itself:
- * for a dump to a directory, when CEDANA_PAGE_SINK=1.
+ * Whether CRIU streams the pages into cedana (the page sink) rather than writing them itself: for a
+ * dump to a directory, when CEDANA_PAGE_SINK=1. Not the default yet: measured here (2 CPUs, busy),
+ * a dump through the sink kept the tree frozen longer than CRIU writing its pages itself (README).
  */
 export function usePageSink(target: OutputTarget): boolean {
   return target.kind === 'dir' && process.env.CEDANA_PAGE_SINK === '1';

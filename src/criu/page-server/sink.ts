@@ -55,6 +55,7 @@ class Xfer {
   private bufBytes = 0;
   private size = 0;
   private readonly hash: Hasher = createHasher('blake3');
+  private inflight: Promise<void> | undefined;
   private run: { vaddr: number; n: number; flags: number } | undefined;
   readonly vaddrs: number[] = [];
   readonly hashes: Buffer[] = [];
@@ -95,24 +96,31 @@ class Xfer {
     if (this.bufBytes >= FLUSH_BYTES) await this.flush();
   }
 
+  /**
+   * Hands the buffered pages to a write in the thread pool, at most one at a time: the next pages are
+   * received and hashed while the last ones are written.
+   */
   private async flush(): Promise<void> {
     if (this.bufBytes === 0) return;
     const bufs = this.bufs;
     this.bufs = [];
     this.bufBytes = 0;
-    let left = bufs.reduce((a, b) => a + b.length, 0);
-    let parts = bufs;
-    while (left > 0) {
-      const { bytesWritten } = await this.fh!.writev(parts);
-      left -= bytesWritten;
-      if (left > 0) parts = skip(parts, bytesWritten);
-    }
+    if (this.inflight) await this.inflight;
+    this.inflight = writeAll(this.fh!, bufs);
+    this.inflight.catch(() => undefined); // observed by the next flush or by finish()
+  }
+
+  private async drain(): Promise<void> {
+    await this.flush();
+    const w = this.inflight;
+    this.inflight = undefined;
+    await w;
   }
 
   /** Flushes and closes the pages file, writes the pagemap; returns both files' entries. */
   async finish(dir: string): Promise<Record<string, FileEntry>> {
     this.closeRun();
-    await this.flush();
+    await this.drain();
     await this.fh!.close();
     this.fh = undefined;
     const pm = encodeImage({ kind: 'PAGEMAP', head: IMG_COMMON, magic: MAGICS.PAGEMAP, entries: this.entries });
@@ -124,8 +132,19 @@ class Xfer {
   }
 
   async abandon(): Promise<void> {
+    await this.inflight?.catch(() => undefined);
     await this.fh?.close().catch(() => undefined);
     this.fh = undefined;
+  }
+}
+
+async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<void> {
+  let left = bufs.reduce((a, b) => a + b.length, 0);
+  let parts = bufs;
+  while (left > 0) {
+    const { bytesWritten } = await fh.writev(parts);
+    left -= bytesWritten;
+    if (left > 0) parts = skip(parts, bytesWritten);
   }
 }
 

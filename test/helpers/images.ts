@@ -5,7 +5,7 @@
  * node's sha256 (nothing of cedana's own hashing).
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 export const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
@@ -23,4 +23,11 @@ export function toFormat1(img: string): Record<string, any> {
   }
   writeFileSync(path, `${JSON.stringify(m, null, 2)}\n`, { mode: 0o600 });
   return m;
+}
+
+/** The name of an image's (one) pages file: pages-1.img as CRIU writes it, pages-65537.img through the page sink. */
+export function pagesImage(dir: string): string {
+  const names = readdirSync(dir).filter((n) => /^pages-\d+\.img$/.test(n));
+  if (names.length !== 1) throw new Error(`${dir} holds ${names.length} pages images: ${names.join(', ')}`);
+  return names[0]!;
 }

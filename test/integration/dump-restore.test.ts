@@ -8,7 +8,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
-import { toFormat1 } from '../helpers/images.js';
+import { pagesImage, toFormat1 } from '../helpers/images.js';
 import { Owned, alive, count, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -175,17 +175,18 @@ describe('dump and restore', () => {
     const atDump = count(state);
     await waitGone(pid);
     const m = toFormat1(img);
-    expect(m.files['pages-1.img']).toEqual({ size: statSync(join(img, 'pages-1.img')).size, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    const pagesName = pagesImage(img);
+    expect(m.files[pagesName]).toEqual({ size: statSync(join(img, pagesName)).size, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
 
     // A byte of the memory changed (and put back): the sha256 of format 1 is what catches it.
-    const pages = join(img, 'pages-1.img');
+    const pages = join(img, pagesName);
     const good = readFileSync(pages);
     const bad = Buffer.from(good);
     bad[bad.length >> 1]! ^= 1;
     writeFileSync(pages, bad);
     const refused = await cedana(['restore', img, '--json']);
     expect(refused.exitCode).toBe(9);
-    expect(refused.json!.error).toMatchObject({ code: 'IMAGE_INVALID', message: expect.stringContaining('pages-1.img (checksum mismatch)') });
+    expect(refused.json!.error).toMatchObject({ code: 'IMAGE_INVALID', message: expect.stringContaining(`${pagesName} (checksum mismatch)`) });
     expect(alive(pid)).toBe(false);
     writeFileSync(pages, good);
 

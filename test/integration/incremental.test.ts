@@ -12,7 +12,7 @@ import { basename, join } from 'node:path';
 import { blake3 } from '@napi-rs/blake-hash';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
-import { sha256, toFormat1 } from '../helpers/images.js';
+import { pagesImage, sha256, toFormat1 } from '../helpers/images.js';
 import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -76,10 +76,11 @@ describe('dump --parent', () => {
     expect(gone.json!.error).toMatchObject({ code: 'IMAGE_INVALID', missingParent: c2 });
     expect(gone.json!.error.message).toMatch(/the parent of .*c3 is gone .*: \d+ of its pages are there/);
     renameSync(`${c2}.away`, c2);
-    writeFileSync(join(c1, 'pages-1.img'), 'tampered', { flag: 'r+' });
+    const c1Pages = pagesImage(c1);
+    writeFileSync(join(c1, c1Pages), 'tampered', { flag: 'r+' });
     const bad = await cedana(['restore', c3, '--json']);
     expect(bad.json!.error.code).toBe('IMAGE_INVALID');
-    expect(bad.json!.error.message).toMatch(/pages-1\.img \(checksum mismatch\)/);
+    expect(bad.json!.error.message).toContain(`${c1Pages} (checksum mismatch)`);
     expect(existsSync(`/proc/${pid}`)).toBe(false);
     expect(lstatSync(join(c3, 'parent')).isSymbolicLink()).toBe(true);
   });

@@ -9,7 +9,7 @@ import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
-import { toFormat1 } from '../helpers/images.js';
+import { pagesImage, toFormat1 } from '../helpers/images.js';
 import { FIXTURES, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -99,21 +99,22 @@ describe('cedana inspect', () => {
     expect(human.stdout).toContain(`tcp LISTEN 127.0.0.1:${PORT}`);
   });
 
-  it('a flipped byte in pages-1.img: checksums fail, exit 9, the rest is still shown', async () => {
+  it('a flipped byte in the pages image: checksums fail, exit 9, the rest is still shown', async () => {
     const img = join(facts.appenderDir, 'img');
-    const pages = join(img, 'pages-1.img');
+    const pagesName = pagesImage(img);
+    const pages = join(img, pagesName);
     const buf = readFileSync(pages);
     buf[Math.floor(buf.length / 2)]! ^= 0xff;
     writeFileSync(pages, buf);
 
     const r = await cedana(['inspect', img, '--json']);
     expect(r.exitCode).toBe(9);
-    expect(r.json).toMatchObject({ ok: false, command: 'inspect', checksums: { ok: false, problems: ['pages-1.img (checksum mismatch)'] }, error: { code: 'IMAGE_INVALID' } });
+    expect(r.json).toMatchObject({ ok: false, command: 'inspect', checksums: { ok: false, problems: [`${pagesName} (checksum mismatch)`] }, error: { code: 'IMAGE_INVALID' } });
     expect(r.json!.processes[0]).toMatchObject({ pid: facts.appender, cwd: facts.appenderDir });
 
     const human = await cedana(['inspect', img]);
     expect(human.exitCode).toBe(9);
-    expect(human.stdout).toContain('pages-1.img (checksum mismatch)');
+    expect(human.stdout).toContain(`${pagesName} (checksum mismatch)`);
     expect(human.stdout).toContain(`PID ${facts.appender}`);
   });
 

@@ -2,18 +2,24 @@
  * The one place that prints and sets the exit status. Handlers return results or throw
  * CedanaError; everything else thrown is a bug and becomes INTERNAL.
  */
-import { CommanderError } from 'commander';
 import { CedanaError, toCedanaError } from '../errors.js';
-import { buildProgram, type Invocation } from './program.js';
-import { errorJson, renderError, renderHuman, resultJson } from './render.js';
-import { chooseReporter } from './reporter.js';
-import { styleFor } from './style.js';
+import type { Invocation } from './program.js';
+import { CEDANA_VERSION } from '../version.js';
+
+// Rendering, colour (chalk) and the reporter are loaded once a command runs, not for --version or --help.
+const rendering = async (): Promise<typeof import('./render.js') & typeof import('./style.js')> => ({ ...(await import('./render.js')), ...(await import('./style.js')) });
 
 function commandName(argv: string[]): string {
   return argv.find((a) => !a.startsWith('-')) ?? 'cedana';
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `cedana --version` alone, as commander prints it, without loading commander (scripts call it often).
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+    process.stdout.write(`${CEDANA_VERSION}\n`);
+    return 0;
+  }
+  const [{ CommanderError }, { buildProgram }] = await Promise.all([import('commander'), import('./program.js')]);
   const wantsJson = argv.includes('--json');
   let invocation: Invocation | undefined;
   const usageErrors: string[] = [];
@@ -40,6 +46,7 @@ export async function main(argv: string[]): Promise<number> {
       if (e.code === 'commander.help') return e.exitCode === 0 ? 0 : 2;
       const err = new CedanaError('USAGE', usageErrors[0] ?? e.message.replace(/^error: /, ''), { hint: 'see `cedana --help` or `cedana <command> --help`' });
       const cmd = commandName(argv);
+      const { errorJson, renderError, styleFor } = await rendering();
       if (json()) out(cmd, errorJson(cmd, err));
       else process.stderr.write(`${renderError(cmd, err, styleFor(process.stderr))}\n`);
       return err.exitCode;
@@ -56,7 +63,8 @@ export async function main(argv: string[]): Promise<number> {
   const onSignal = (): void => abort.abort();
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const reporter = await chooseReporter({ json: inv.json, events: inv.events });
+  const { errorJson, renderError, renderHuman, resultJson, styleFor } = await rendering();
+  const reporter = await (await import('./reporter.js')).chooseReporter({ json: inv.json, events: inv.events });
   try {
     const result = await inv.run({ reporter, signal: abort.signal });
     reporter.stop();

@@ -3,6 +3,7 @@
  * process by hand, measured in one run, printed as ratios against baselines taken in the same run
  * (the machine is shared and noisy). Three phases:
  *
+ *   fixed    the fixed costs: cedana --version, dump --help and a small dump against node -e 0 (the floor)
  *   local    cedana dump/restore against plain criu on one process (directory, archives, stream, RSS)
  *   migrate  cedana migrate against criu dump + tar | ssh + ssh criu restore, to a test-bed host
  *   ssh      one SSH stream's throughput: OpenSSH against cedana's transport (ssh2), same link
@@ -10,7 +11,8 @@
  *   precopy  pre-copy against stop-and-copy, in the test guest (its kernel tracks dirty pages; emulated)
  *   overhead a job's throughput with `dump --every` running against without (not in the default run: minutes)
  *
- *   CEDANA_BENCH_ONLY          phases to run, comma-separated (default: local,migrate,ssh)
+ *   CEDANA_BENCH_ONLY          phases to run, comma-separated (default: all but overhead)
+ *   CEDANA_BENCH_FIXED_REPS    repetitions of the fixed phase (default 20: its probes are short and noisy)
  *   CEDANA_BENCH_MIB           memory of the local phase's process (default 1024)
  *   CEDANA_BENCH_REPS          repetitions; medians are reported (default 3)
  *   CEDANA_BENCH_MIGRATE_MIB   sizes of the processes migrated, comma-separated (default 256,1024)
@@ -50,15 +52,17 @@ import { streamRounds, streamRows, type StreamCtx } from './ssh-stream.js';
 import { incrementalRounds, incrementalRows } from './incremental.js';
 import { overheadRounds, overheadRows } from './overhead.js';
 import { precopyRounds, precopyRows } from './precopy.js';
+import { fixedRounds, fixedRows } from './fixed.js';
 import { evaluate, MB, median, renderTable, type Row } from './stats.js';
 
-const PHASES = ['local', 'migrate', 'ssh', 'incremental', 'precopy', 'overhead'] as const;
+const PHASES = ['fixed', 'local', 'migrate', 'ssh', 'incremental', 'precopy', 'overhead'] as const;
 type Phase = (typeof PHASES)[number];
 
 interface Config {
   phases: Phase[];
   mib: number;
   reps: number;
+  fixedReps: number;
   migrateMib: number[];
   dirtyPercent: number;
   streamMib: number;
@@ -130,6 +134,7 @@ function readConfig(): Config {
     phases: only.length > 0 ? PHASES.filter((p) => only.includes(p)) : PHASES.filter((p) => p !== 'overhead'),
     mib: positiveInt('CEDANA_BENCH_MIB', 1024),
     reps: positiveInt('CEDANA_BENCH_REPS', 3),
+    fixedReps: positiveInt('CEDANA_BENCH_FIXED_REPS', 20),
     migrateMib: positiveInts('CEDANA_BENCH_MIGRATE_MIB', [256, 1024]),
     dirtyPercent,
     streamMib: positiveInt('CEDANA_BENCH_STREAM_MIB', 1024),
@@ -504,6 +509,18 @@ async function main(): Promise<number> {
     const host = hostInfo(criu);
     const doc: Record<string, unknown> = { startedAt: new Date().toISOString(), config: cfg, host };
     const sections: string[] = [];
+    if (cfg.phases.includes('fixed')) {
+      const machine = await machineState();
+      const samples = await fixedRounds(criu, cfg.fixedReps, tmp, { ...process.env, TMPDIR: tmp }, progress);
+      const rows = fixedRows(samples).map(evaluate);
+      sections.push([
+        `cedana's fixed costs: Node start, module load, CRIU's version (cached), against the floor \`node -e 0\`; a small process (sleep) dumped by cedana and by plain criu; ${cfg.fixedReps} repetition(s), alternated, medians`,
+        describeMachine(machine),
+        '',
+        renderTable(rows),
+      ].join('\n'));
+      doc.fixed = { machine, rows, samples };
+    }
     if (cfg.phases.includes('local')) {
       fixture = Fixture.spawn(cfg.mib);
       const local = await localPhase(cfg, criu, tmp, fixture, host);

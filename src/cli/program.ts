@@ -1,7 +1,7 @@
 /** Commander wiring: parses arguments into handler calls. Handlers return results; main renders. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CedanaError } from '../errors.js';
-import { parsePathMap, parsePortMap, type PathMap, type PortMap } from '../image/remap.js';
+import { parsePathMap, parsePortMap, type PathMap, type PortMap } from '../image/remap-args.js';
 import { CEDANA_VERSION } from '../version.js';
 import type { CommandResult } from './render.js';
 import type { Reporter } from './reporter.js';

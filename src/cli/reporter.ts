@@ -4,7 +4,7 @@
  * emit them with --json (migrate); silence everywhere else, so stdout stays clean for scripts.
  */
 import type { Ora } from 'ora';
-import { colourWanted } from './style.js';
+import { colourWanted } from './colour.js';
 
 export interface Progress {
   phase: string;

@@ -10,8 +10,8 @@ import { criuCheck, criuFeature, locateCriu, networkLockBackend, type Criu } fro
 import { checkLazySource } from '../migrate/postcopy.js';
 import { CedanaError, toCedanaError, type ErrorCode } from '../errors.js';
 import { decisiveLines } from '../criu/log.js';
-import { execa } from 'execa';
-import { RUNTIMES } from '../container/runtime.js';
+import { execFileResult } from '../util/exec.js';
+import { RUNTIMES } from '../container/runtimes.js';
 import { findOnPath } from '../util/paths.js';
 import { DRIVER_ACTIONS, driverMajor, localGpuHost, type GpuHost } from '../gpu/cuda.js';
 
@@ -112,7 +112,7 @@ async function runtimeFeature(): Promise<Feature> {
   for (const name of RUNTIMES) {
     const path = await findOnPath(name);
     if (!path) continue;
-    const v = await execa(path, ['--version'], { reject: false, timeout: 10_000 });
+    const v = await execFileResult(path, ['--version'], { timeout: 10_000 });
     found.push(`${name} ${/version\s+(\S+)/.exec(String(v.stdout))?.[1] ?? '(version unknown)'}`);
   }
   return { name: 'oci-runtime', available: found.length > 0, enables: 'containers (dump/restore/migrate --container)', detail: found.length ? found.join(', ') : 'neither runc nor crun found' };

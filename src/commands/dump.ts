@@ -9,7 +9,7 @@
 import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
-import { dedupeAgainstParent, openParent, PARENT_LINK, type ParentRef } from '../image/incremental.js';
+import type { ParentRef } from '../image/incremental.js';
 import type { ManifestParent } from '../image/manifest.js';
 import { Transform, type Writable } from 'node:stream';
 import { buildDumpArgs, decideDumpOptions, type TcpMode } from '../criu/options.js';
@@ -21,7 +21,6 @@ import { packImage, pump } from '../image/archive.js';
 import { checksumDir, listImageFiles, PagesFollower } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
-import { readDumpStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { examineTree, validateTarget } from '../proc/tree.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
@@ -96,7 +95,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       throw new CedanaError('USAGE', '--parent needs a directory output (-o DIR): a checkpoint chain is directories linked to their parents', { hint: 'drop the archive ending, or dump without --parent' });
     }
     report.phase(`reading the parent checkpoint ${args.parent}`);
-    parent = await openParent(args.parent, args.pid);
+    parent = await (await import('../image/incremental.js')).openParent(args.parent, args.pid);
   }
 
   report.phase(`examining the tree of PID ${args.pid}`);
@@ -180,12 +179,14 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       let known = sunk?.files ?? (await follower?.finish()) ?? {};
       let parentRef: ManifestParent | undefined;
       if (parent && sunk) {
+        const { PARENT_LINK } = await import('../image/incremental.js');
         const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
         await symlink(linkText, join(imagesDir, PARENT_LINK));
         parentRef = { path: linkText, manifestBlake3: parent.manifestBlake3, pagesInParent: sunk.pagesInParent, pagesWritten: sunk.pagesWritten };
         incremental = { parent: parent.dir, pagesWritten: sunk.pagesWritten, pagesInParent: sunk.pagesInParent };
       } else if (parent) {
         report.phase('keeping only the pages that changed since the parent');
+        const { dedupeAgainstParent, PARENT_LINK } = await import('../image/incremental.js');
         const r = await dedupeAgainstParent(imagesDir, parent.index);
         const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
         await symlink(linkText, join(imagesDir, PARENT_LINK));
@@ -193,7 +194,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
         incremental = { parent: parent.dir, pagesWritten: r.pagesWritten, pagesInParent: r.pagesInParent };
         known = {}; // the pages files were rewritten
       } else if (args.index && !sunk) {
-        await dedupeAgainstParent(imagesDir);
+        await (await import('../image/incremental.js')).dedupeAgainstParent(imagesDir);
       }
       const files = await checksumDir(imagesDir, known);
       const memoryBytes = pagesBytes(files);
@@ -221,6 +222,9 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       committed = true;
     }
     report.phase(args.leaveRunning ? 'resuming the tree' : 'ending the dumped tree');
+    // The stats reader (protobufjs and CRIU's schema: tens of ms to load) loads while CRIU ends, after the commit.
+    const statsReader = import('../image/criu/stats.js');
+    statsReader.catch(() => undefined);
     await run.done;
     const gpuErr = await gpuBack;
     gpuBack = undefined;
@@ -229,7 +233,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       err.details.image = finalized.image;
       throw err;
     }
-    const stats = await readDumpStats(join(work, 'stats-dump'));
+    const stats = await (await statsReader).readDumpStats(join(work, 'stats-dump'));
     return {
       command: 'dump',
       pid: args.pid,

@@ -12,8 +12,9 @@ import { decisiveLines } from '../criu/log.js';
 import { keepLog } from '../criu/criu.js';
 import { findOnPath } from '../util/paths.js';
 
-export const RUNTIMES = ['runc', 'crun'] as const;
-export type RuntimeName = (typeof RUNTIMES)[number];
+import { RUNTIMES, type RuntimeName } from './runtimes.js';
+
+export { RUNTIMES, type RuntimeName } from './runtimes.js';
 
 /** What `<runtime> state <id>` says. */
 export interface ContainerState {

@@ -3,7 +3,6 @@
  * CRIU failures become CRIU_FAILED errors that quote the decisive log lines and keep the log
  * (CAPABILITY_MISSING where the log shows root lacking CAP_SYS_RESOURCE for another user's process).
  */
-import { execa } from 'execa';
 import { spawn } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { copyFile, chmod, mkdir, open, stat, writeFile } from 'node:fs/promises';
@@ -15,6 +14,8 @@ import { findOnPath, logDir, utcStamp } from '../util/paths.js';
 import { explainRlimitFailure } from './capabilities.js';
 import { decisiveLines, hintFor } from './log.js';
 import { compareVersions, MIN_CRIU, parseCriuVersion, type Version } from './version.js';
+import { binaryKey, cachedVersionOutput, storeVersionOutput } from './version-cache.js';
+import { execFileResult } from '../util/exec.js';
 
 export interface Criu {
   path: string;
@@ -31,7 +32,7 @@ export async function locateCriu(): Promise<Criu> {
       hint: outside ? `${outside} is not on PATH: add ${dirname(outside)} to PATH or set CEDANA_CRIU=${outside}` : criuInstallHint(),
     });
   }
-  const r = await execa(path, ['--version'], { reject: false, timeout: 10_000 });
+  const r = await criuVersionOutput(path);
   const version = parseCriuVersion(r.stdout);
   if (r.exitCode !== 0 || !version) {
     throw new CedanaError('CRIU_MISSING', `${path} does not run as criu (exit ${r.exitCode}): ${(r.stderr || r.stdout).slice(0, 200)}`, {
@@ -45,6 +46,16 @@ export async function locateCriu(): Promise<Criu> {
     });
   }
   return { path, version };
+}
+
+/** `criu --version` of the binary at `path`: from the cache while the binary is the same one, else run (and cached). */
+async function criuVersionOutput(path: string): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }> {
+  const key = await binaryKey(path);
+  const cached = key && (await cachedVersionOutput(path, key));
+  if (cached) return { exitCode: 0, stdout: cached, stderr: '' };
+  const r = await execFileResult(path, ['--version'], { timeout: 10_000 });
+  if (key && r.exitCode === 0 && parseCriuVersion(r.stdout)) await storeVersionOutput(path, key, r.stdout);
+  return r;
 }
 
 const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
@@ -66,13 +77,13 @@ export interface CheckResult {
 }
 
 export async function criuCheck(criu: Criu): Promise<CheckResult> {
-  const r = await execa(criu.path, ['check'], { reject: false, all: true, timeout: 60_000 });
-  return { ok: r.exitCode === 0, output: (r.all ?? '').trim() };
+  const r = await execFileResult(criu.path, ['check'], { timeout: 60_000 });
+  return { ok: r.exitCode === 0, output: r.all.trim() };
 }
 
 export async function criuFeature(criu: Criu, feature: string): Promise<CheckResult> {
-  const r = await execa(criu.path, ['check', '--feature', feature], { reject: false, all: true, timeout: 60_000 });
-  return { ok: r.exitCode === 0, output: (r.all ?? '').trim() };
+  const r = await execFileResult(criu.path, ['check', '--feature', feature], { timeout: 60_000 });
+  return { ok: r.exitCode === 0, output: r.all.trim() };
 }
 
 export interface RunOptions {

@@ -8,7 +8,7 @@
  * and reads the GPUs and the driver from nvidia-smi. Everything that decides is pure and unit-tested;
  * what runs commands takes an `Exec` so the same code serves this host and a migration target.
  */
-import { execa } from 'execa';
+import { execFileResult } from '../util/exec.js';
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { CedanaError } from '../errors.js';
@@ -21,8 +21,8 @@ export type CudaAction = 'lock' | 'checkpoint' | 'restore' | 'unlock';
 export type Exec = (file: string, args: string[], timeoutMs: number) => Promise<{ code: number; out: string; timedOut: boolean }>;
 
 export const localExec: Exec = async (file, args, timeoutMs) => {
-  const r = await execa(file, args, { reject: false, all: true, timeout: timeoutMs, killSignal: 'SIGKILL' });
-  return { code: r.exitCode ?? -1, out: (r.all ?? '').trim(), timedOut: !!r.timedOut };
+  const r = await execFileResult(file, args, { timeout: timeoutMs, killSignal: 'SIGKILL' });
+  return { code: r.exitCode ?? -1, out: r.all.trim(), timedOut: r.timedOut };
 };
 
 /** The driver that brought `--action` (lock/checkpoint/restore/unlock). */

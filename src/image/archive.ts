@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { PassThrough, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip } from 'node:zlib';
-import { create as tarCreate, Parser, type ReadEntry } from 'tar';
+import type { ReadEntry } from 'tar';
 import { CedanaError } from '../errors.js';
 import { isSafeRelativePath } from './manifest.js';
 
@@ -67,6 +67,7 @@ export async function pump(src: Readable, dest: Writable, endDest: boolean): Pro
 
 /** Writes `files` (relative to dir, manifest first) as a tar stream into dest. */
 export async function packImage(dir: string, files: string[], dest: Writable, compression: Compression, endDest = true): Promise<void> {
+  const { create: tarCreate } = await import('tar'); // loaded only for archives and streams
   const tarStream = tarCreate({ cwd: dir, portable: true, noDirRecurse: true }, files) as unknown as Readable;
   if (compression === 'none') return pump(tarStream, dest, endDest);
   if (compression === 'gzip') {
@@ -89,6 +90,7 @@ const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
 
 /** Extracts a (possibly compressed) image archive from src into the empty private directory dest. */
 export async function unpackImage(src: Readable, dest: string): Promise<void> {
+  const { Parser } = await import('tar'); // loaded only for archives and streams
   const head = await peek(src, 4);
   const compression = sniffCompression(head.bytes);
   let plain: Readable = head.stream;

@@ -9,16 +9,9 @@ import { CedanaError } from '../errors.js';
 import { decodeImage, encodeImage, type DecodedImage, type ImageEntry } from './criu/codec.js';
 import type { Connection } from './connections.js';
 import { formatInetAddr } from './inspect.js';
+import { remapPath, type PathMap, type PortMap } from './remap-args.js';
 
-export interface PathMap {
-  from: string;
-  to: string;
-}
-
-export interface PortMap {
-  from: number;
-  to: number;
-}
+export { parsePathMap, parsePortMap, remapPath, type PathMap, type PortMap } from './remap-args.js';
 
 export interface Remapped {
   id: number;
@@ -26,37 +19,6 @@ export interface Remapped {
   to: string;
   /** The size CRIU recorded at dump time, when it did. */
   size?: number;
-}
-
-/** "OLD=NEW", both absolute. Pure. */
-export function parsePathMap(text: string): PathMap {
-  const i = text.indexOf('=');
-  const [from, to] = i < 0 ? ['', ''] : [text.slice(0, i), text.slice(i + 1)];
-  if (!from.startsWith('/') || !to.startsWith('/')) {
-    throw new CedanaError('USAGE', `--map-path ${JSON.stringify(text)}: expected OLD=NEW with two absolute paths`, { hint: 'e.g. --map-path /srv/old=/srv/new' });
-  }
-  const norm = (p: string): string => (p === '/' ? p : posix.normalize(p).replace(/\/+$/, ''));
-  return { from: norm(from), to: norm(to) };
-}
-
-/** "OLD:NEW", two TCP ports. Pure. */
-export function parsePortMap(text: string): PortMap {
-  const m = /^(\d{1,5}):(\d{1,5})$/.exec(text);
-  const [from, to] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
-  if (!(from >= 1 && from <= 65535 && to >= 1 && to <= 65535)) {
-    throw new CedanaError('USAGE', `--map-port ${JSON.stringify(text)}: expected OLD:NEW, two TCP ports`, { hint: 'e.g. --map-port 8000:9000' });
-  }
-  return { from, to };
-}
-
-/** The path under the first map that covers it (the path itself or below), or undefined. Pure. */
-export function remapPath(path: string, maps: PathMap[]): string | undefined {
-  for (const m of maps) {
-    if (path === m.from) return m.to;
-    const prefix = m.from === '/' ? '/' : `${m.from}/`;
-    if (path.startsWith(prefix)) return posix.join(m.to, path.slice(prefix.length));
-  }
-  return undefined;
 }
 
 const TCP_LISTEN = 10;

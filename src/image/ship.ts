@@ -15,7 +15,7 @@ import type { Stats } from 'node:fs';
 import { CedanaError } from '../errors.js';
 import { PROC } from '../proc/procfs.js';
 import { mappedPaths } from '../migrate/footprint.js';
-import { remapPath, type PathMap } from './remap.js';
+import { remapPath, type PathMap } from './remap-args.js';
 
 export type ShipPolicy = 'auto' | 'all' | 'none';
 

@@ -3,8 +3,8 @@
  * expects a restore on the same host to lift them): DROP rules for each connection's 4-tuple,
  * marked `! --mark 0xc114`. The connections live on the target now, so cedana removes exactly those.
  */
-import { execa } from 'execa';
 import { connect as netConnect } from 'node:net';
+import { execFileResult } from '../util/exec.js';
 import type { ManifestSocket } from '../image/manifest.js';
 
 const CRIU_MARK = '0xc114';
@@ -40,10 +40,10 @@ export async function releaseSourceLocks(conns: Pick<ManifestSocket, 'local' | '
   if (conns.length === 0) return 0;
   let removed = 0;
   for (const tool of ['iptables', 'ip6tables']) {
-    const listing = await execa(tool, ['-w', '-S'], { reject: false });
+    const listing = await execFileResult(tool, ['-w', '-S']);
     if (listing.exitCode !== 0) continue;
     for (const rule of criuLockRules(String(listing.stdout), conns)) {
-      const r = await execa(tool, ['-w', '-D', ...rule.slice(3).split(' ')], { reject: false });
+      const r = await execFileResult(tool, ['-w', '-D', ...rule.slice(3).split(' ')]);
       if (r.exitCode === 0) removed++;
     }
   }

@@ -10,7 +10,6 @@
  * client key shipped to it inside the SSH connection, is served. A stranger connecting first makes
  * the transfer fail before the target runs — and the source then resumes, nothing lost.
  */
-import { execa } from 'execa';
 import { chmod, readFile } from 'node:fs/promises';
 import { createServer, connect, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -49,6 +48,7 @@ export interface TlsMaterial {
 export async function makeTls(dir: string): Promise<TlsMaterial> {
   const p = (n: string): string => join(dir, n);
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  const { execa } = await import('execa'); // loaded only here: `cedana check` imports this module too
   try {
     await execa('openssl', ['req', '-x509', ...ec, '-keyout', p('ca.key'), '-out', p('ca.pem'), '-subj', '/CN=cedana-migration-ca', '-days', '1']);
     for (const n of ['server', 'client']) {

@@ -2,7 +2,7 @@
  * Collects the facts about a process tree that decide how CRIU must be called:
  * its members, terminals and sessions, TCP connections, unix sockets with outside peers, file locks.
  */
-import { execa } from 'execa';
+import { execFileResult } from '../util/exec.js';
 import { CedanaError } from '../errors.js';
 import { treeLocks, type HeldLock } from './locks.js';
 import { readChildren, readCmdline, readFdinfo, readFds, readIds, readNetFile, readStat, readUserNs, selfAndAncestors, PROC } from './procfs.js';
@@ -120,7 +120,8 @@ export async function examineTree(root: number): Promise<TreeFacts> {
   let unixChecked = false;
   try {
     // ss lists the unix sockets of one network namespace: the tree's.
-    const r = await execa('nsenter', [`--net=${PROC}/${root}/ns/net`, 'ss', '-x', '-a', '-n', '-H'], { timeout: 10_000 });
+    const r = await execFileResult('nsenter', [`--net=${PROC}/${root}/ns/net`, 'ss', '-x', '-a', '-n', '-H'], { timeout: 10_000 });
+    if (r.exitCode !== 0) throw new Error(`nsenter ss failed (exit ${r.exitCode})`);
     unixChecked = true;
     const unix = parseSsUnix(r.stdout);
     boundUnix = [...new Set(unix.filter((s) => inodes.has(s.inode) && s.path.startsWith('/')).map((s) => s.path))];

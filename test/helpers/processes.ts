@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -88,6 +88,26 @@ export class Owned {
     const pid = this.python('memhog.py', [String(mib), d]);
     const sha0 = await waitFor('memory filled', () => readText(join(d, 'sha0')), 60_000);
     return { dir: d, pid, sha0 };
+  }
+
+  /**
+   * pager.py holding `mib` MiB, reporting in a new directory under `parent`, once its memory is
+   * filled; `rewrite(pages, k)` has it rewrite that many pages (its k-th rewrite) and gives the
+   * checksum of its memory after.
+   */
+  async pager(mib: number, parent: string): Promise<{ dir: string; pid: number; sha0: string; rewrite: (pages: number, k: number) => Promise<string> }> {
+    const dir = await mkdtemp(join(parent, 'pager-'));
+    const pid = this.python('pager.py', [String(mib), dir]);
+    const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
+    const rewrite = async (pages: number, k: number): Promise<string> => {
+      writeFileSync(join(dir, 'rewrite'), String(pages));
+      process.kill(pid, 'SIGUSR2');
+      return waitFor('rewritten', () => {
+        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
+        return Number(n) === k ? sha : undefined;
+      });
+    };
+    return { dir, pid, sha0, rewrite };
   }
 
   /** Records a PID the test now owns (e.g. one cedana restored). */

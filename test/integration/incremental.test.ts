@@ -27,18 +27,8 @@ const PAGE = 4096;
 
 describe('dump --parent', () => {
   it('stores only what changed; every link of the chain restores its own state; a missing parent is refused', async () => {
-    const dir = await mkdtemp(join(shared, 'pager-'));
+    const { dir, pid, sha0, rewrite } = await owned.pager(64, shared);
     const ck = await mkdtemp(join(shared, 'chain-'));
-    const pid = owned.python('pager.py', ['64', dir]);
-    const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
-    const rewrite = async (pages: number, k: number): Promise<string> => {
-      writeFileSync(join(dir, 'rewrite'), String(pages));
-      process.kill(pid, 'SIGUSR2');
-      return waitFor('rewritten', () => {
-        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
-        return Number(n) === k ? sha : undefined;
-      });
-    };
     const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((n) => join(ck, n)) as [string, string, string];
 
     const full = await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1]);
@@ -86,18 +76,8 @@ describe('dump --parent', () => {
   });
 
   it('chains of format 1 (sha256, cedana before BLAKE3) restore, and so does a format 2 child of one; a replaced parent is refused by either digest', async () => {
-    const dir = await mkdtemp(join(shared, 'pager-'));
+    const { dir, pid, rewrite } = await owned.pager(16, shared);
     const ck = await mkdtemp(join(shared, 'chain-v1-'));
-    const pid = owned.python('pager.py', ['16', dir]);
-    await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
-    const rewrite = async (pages: number, k: number): Promise<string> => {
-      writeFileSync(join(dir, 'rewrite'), String(pages));
-      process.kill(pid, 'SIGUSR2');
-      return waitFor('rewritten', () => {
-        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
-        return Number(n) === k ? sha : undefined;
-      });
-    };
     const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((n) => join(ck, n)) as [string, string, string];
     await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1]);
     const shaA = await rewrite(64, 1);

@@ -60,18 +60,8 @@ describe('dump through the page sink', () => {
   });
 
   it('incremental: a chain of three stores only what changed, each link restores its own memory; a missing or replaced parent is refused', async () => {
-    const dir = await mkdtemp(join(shared, 'pager-'));
+    const { dir, pid, sha0, rewrite } = await owned.pager(64, shared);
     const ck = await mkdtemp(join(shared, 'chain-'));
-    const pid = owned.python('pager.py', ['64', dir]);
-    const sha0 = await waitFor('memory filled', () => readText(join(dir, 'sha0')), 30_000);
-    const rewrite = async (pages: number, k: number): Promise<string> => {
-      writeFileSync(join(dir, 'rewrite'), String(pages));
-      process.kill(pid, 'SIGUSR2');
-      return waitFor('rewritten', () => {
-        const [n, sha] = (readText(join(dir, 'rewritten')) ?? '').split(' ');
-        return Number(n) === k ? sha : undefined;
-      });
-    };
     const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((n) => join(ck, n)) as [string, string, string];
     const full = await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1], SINK);
     expect(full.incremental).toBeUndefined();

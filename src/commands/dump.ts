@@ -17,7 +17,7 @@ import { refuseOtherUsers } from '../criu/capabilities.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
-import { packImage, pump } from '../image/archive.js';
+import { packImage, pump, WRITE_BUFFER } from '../image/archive.js';
 import { checksumDir, listImageFiles, PagesFollower } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
@@ -305,7 +305,7 @@ export async function storeImage(
   if (target.kind === 'archive') {
     report.phase(`writing ${target.path}`);
     const tmp = partialArchive(target.path);
-    const file = createWriteStream(tmp, { mode: 0o600, flags: 'w' });
+    const file = createWriteStream(tmp, { mode: 0o600, flags: 'w', highWaterMark: WRITE_BUFFER });
     await abortable(pack(imagesDir, ordered, file, target.compression, true), signal, () => file.destroy());
     await chmod(tmp, 0o600);
     await syncTree(tmp);

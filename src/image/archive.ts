@@ -7,12 +7,16 @@ import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, Readable, type Writable } from 'node:stream';
+import { PassThrough, Readable, Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip } from 'node:zlib';
 import { create as tarCreate, Parser, type ReadEntry } from 'tar';
 import { CedanaError } from '../errors.js';
+import { createHasher } from './checksum.js';
 import { isSafeRelativePath } from './manifest.js';
+
+/** Size and BLAKE3 of each file extracted, computed as its bytes went to disk (relative path → digest). */
+export type ExtractedDigests = Map<string, { size: number; blake3: string }>;
 
 export type Compression = 'none' | 'gzip' | 'zstd';
 
@@ -93,8 +97,13 @@ export const WRITE_BUFFER = 8 << 20;
 
 const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
 
-/** Extracts a (possibly compressed) image archive from src into the empty private directory dest. */
-export async function unpackImage(src: Readable, dest: string): Promise<void> {
+/**
+ * Extracts a (possibly compressed) image archive from src into the empty private directory dest.
+ * Every file is hashed (BLAKE3) in the same pass as it is written: the digests come back, so the
+ * files need not be read again to be verified.
+ */
+export async function unpackImage(src: Readable, dest: string): Promise<ExtractedDigests> {
+  const digests: ExtractedDigests = new Map();
   const head = await peek(src, 4);
   const compression = sniffCompression(head.bytes);
   let plain: Readable = head.stream;
@@ -162,8 +171,19 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
         const parent = p.includes('/') ? join(dest, p.slice(0, p.lastIndexOf('/'))) : dest;
         await mkdir(parent, { recursive: true, mode: 0o700 });
         // 'wx': a duplicate entry cannot overwrite a file already extracted (and verified later).
+        const hasher = createHasher('blake3');
+        let size = 0;
+        const hashing = new Transform({
+          highWaterMark: WRITE_BUFFER,
+          transform(chunk: Buffer, _enc, cb) {
+            hasher.update(chunk);
+            size += chunk.length;
+            cb(null, chunk);
+          },
+        });
         // A large buffer: the parser's chunks (64 KiB) go out in few writev calls, not one write each.
-        await pipeline(entry as unknown as Readable, createWriteStream(target, { flags: 'wx', mode: 0o600, highWaterMark: WRITE_BUFFER }));
+        await pipeline(entry as unknown as Readable, hashing, createWriteStream(target, { flags: 'wx', mode: 0o600, highWaterMark: WRITE_BUFFER }));
+        digests.set(p, { size, blake3: hasher.hex() });
       })().catch(failFs);
       writes.push(write);
     },
@@ -184,6 +204,7 @@ export async function unpackImage(src: Readable, dest: string): Promise<void> {
   await Promise.all(writes);
   if (failure) throw failure;
   if (entries === 0) throw new CedanaError('IMAGE_INVALID', 'archive is empty or not a tar archive', { hint: 'give a cedana image directory or archive' });
+  return digests;
 }
 
 /** Reads at least n bytes from src (or all of it, if shorter) without losing them. */

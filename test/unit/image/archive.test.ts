@@ -10,6 +10,7 @@ import { Header, Pax, type HeaderData } from 'tar';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import { compressionForPath, packImage, sniffCompression, unpackImage, type Compression } from '../../../src/image/archive.js';
+import { blake3File } from '../../../src/image/checksum.js';
 
 let root: string;
 let dest: string;
@@ -355,6 +356,43 @@ describe('packImage and unpackImage round trip', () => {
       expect((await readFile(p)).equals(data), `${name} has the same bytes`).toBe(true);
       expect((await stat(p)).mode & 0o777, `${name} is private`).toBe(0o600);
     }
+  });
+
+  it('gives the size and BLAKE3 of every file it extracted, as hashed from disk', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'img.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const out = join(root, 'out');
+    await mkdir(out, { mode: 0o700 });
+    const digests = await unpackImage(createReadStream(archive), out);
+    expect([...digests.keys()].sort()).toEqual(Object.keys(files).sort());
+    for (const name of Object.keys(files)) {
+      expect(digests.get(name), name).toEqual({ size: files[name]!.length, blake3: await blake3File(join(out, name)) });
+    }
+  });
+
+  it('a .tar.zst it writes is read by the system tar, and one the system writes is read by it', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'img.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const byTar = join(root, 'by-tar');
+    await mkdir(byTar);
+    expect(spawnSync('tar', ['--zstd', '-xf', archive, '-C', byTar]).status).toBe(0);
+    for (const [name, data] of Object.entries(files)) expect((await readFile(join(byTar, name))).equals(data), name).toBe(true);
+    const remade = join(root, 'remade.tar.zst');
+    expect(spawnSync('sh', ['-c', `tar -c -C "${byTar}" . | zstd -q -c > "${remade}"`]).status).toBe(0);
+    const out = join(root, 'out');
+    await mkdir(out, { mode: 0o700 });
+    await unpackImage(createReadStream(remade), out);
+    for (const [name, data] of Object.entries(files)) expect((await readFile(join(out, name))).equals(data), name).toBe(true);
+  });
+
+  it('a truncated .tar.zst is refused', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'img.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const buf = await readFile(archive);
+    await refusal(buf.subarray(0, buf.length >> 1));
   });
 
   it('the manifest comes first in the archive, in the given order', async () => {

@@ -38,7 +38,7 @@ export async function openImage(image: string, work: string, report: Reporter = 
   if (st.isDirectory()) return { dir: path, label: path };
   if (!st.isFile()) throw new CedanaError('IMAGE_INVALID', `${path} is neither a directory nor an archive file`);
   report.phase(`unpacking ${path}`);
-  const digests = await unpackImage(createReadStream(path, { highWaterMark: 1 << 20 }), into);
+  const digests = await unpackImage(createReadStream(path, { highWaterMark: 1 << 20 }), into, { path });
   return { dir: into, label: path, digests };
 }
 

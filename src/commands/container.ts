@@ -421,13 +421,13 @@ export async function restoreContainer(args: ContainerRestoreArgs): Promise<Cont
   const criu = await locateCriu();
   const work = await privateTempDir('cedana-ctr-restore-');
   try {
-    const { dir, label } = await openImage(args.image, work, report, args.stdin);
+    const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
     report.phase('verifying the image');
     const manifest = await readManifest(dir);
     if (!manifest.container) {
       throw new CedanaError('USAGE', 'this image is of a process tree, not of a container', { hint: 'restore it without --container' });
     }
-    await verifyDir(dir, manifest);
+    await verifyDir(dir, manifest, undefined, digests);
     checkCompatible(manifest, await hostFacts(), criu);
     const c = manifest.container;
     const id = args.id ?? c.id;

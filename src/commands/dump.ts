@@ -6,7 +6,6 @@
  * gate committed (CRIU ends the tree, or resumes it with --leave-running). Any failure before that
  * aborts the gate and CRIU resumes the tree: a failed dump never loses the process.
  */
-import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import type { ParentRef } from '../image/incremental.js';
@@ -17,7 +16,7 @@ import { refuseOtherUsers } from '../criu/capabilities.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
-import { packImage, pump } from '../image/archive.js';
+import { packImage, packImageToFile, pump } from '../image/archive.js';
 import { checksumDir, listImageFiles, PagesFollower } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
@@ -337,8 +336,8 @@ export async function storeImage(
   if (target.kind === 'archive') {
     report.phase(`writing ${target.path}`);
     const tmp = partialArchive(target.path);
-    const file = createWriteStream(tmp, { mode: 0o600, flags: 'w' });
-    await abortable(pack(imagesDir, ordered, file, target.compression, true), signal, () => file.destroy());
+    const writing = packImageToFile(imagesDir, ordered, tmp, target.compression);
+    await abortable(writingFailures(writing.done), signal, writing.stop);
     await chmod(tmp, 0o600);
     await syncTree(tmp);
     await rename(tmp, target.path);
@@ -387,6 +386,17 @@ async function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined, s
   } finally {
     signal.removeEventListener('abort', onAbort);
     work.catch(() => undefined);
+  }
+}
+
+/** An archive that could not be written: IO_ERROR unless the error says better. */
+async function writingFailures(done: Promise<void>): Promise<void> {
+  try {
+    await done;
+  } catch (e) {
+    const err = toCedanaError(e);
+    if (err.code === 'INTERNAL') throw new CedanaError('IO_ERROR', `writing the image failed: ${err.message}`, { cause: e });
+    throw err;
   }
 }
 

@@ -42,7 +42,7 @@ export async function inspect(args: InspectArgs): Promise<InspectResult> {
   const report = args.reporter ?? silentReporter;
   const work = await privateTempDir('cedana-inspect-');
   try {
-    const { dir, label } = await openImage(args.image, work, report, args.stdin);
+    const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
     const problems: string[] = [];
     let manifest: Manifest | null = null;
     try {
@@ -63,7 +63,7 @@ export async function inspect(args: InspectArgs): Promise<InspectResult> {
     if (manifest) {
       report.phase('verifying the checksums');
       try {
-        await verifyDir(dir, manifest);
+        await verifyDir(dir, manifest, undefined, digests);
       } catch (e) {
         const err = toCedanaError(e);
         const d = err.details as { corrupt?: string[]; missing?: string[]; extra?: string[] };

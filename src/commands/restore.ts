@@ -89,13 +89,16 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   const criu = await locateCriu();
   const work = await privateTempDir('cedana-restore-');
   try {
-    const { dir, label } = await openImage(args.image, work, report, args.stdin);
+    const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
     report.phase('verifying the manifest, the file sizes and the metadata images');
     const manifest = await readManifest(dir);
     if (manifest.container) {
       throw new CedanaError('USAGE', `this is an image of container ${manifest.container.id}: it is restored as a container`, { hint: `cedana restore ${args.image} --container` });
     }
-    await verifyDir(dir, manifest, (name) => !isPagesImage(name));
+    // From an archive or a stream the pages were hashed as they were extracted: every file is verified
+    // now, before CRIU runs, at no extra read. From a directory the pages are hashed while CRIU reads them.
+    const pagesVerified = digests !== undefined && Object.entries(manifest.files).every(([name, e]) => !isPagesImage(name) || (e.blake3 !== undefined && digests.has(name)));
+    await verifyDir(dir, manifest, (name) => pagesVerified || !isPagesImage(name), digests);
     if (manifest.parent) {
       if (label === '-' || dir !== label) {
         throw new CedanaError('IMAGE_INVALID', 'an incremental checkpoint is restored from its directory, where its parent is linked, not from an archive or a stream', {
@@ -140,7 +143,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       }
       report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
       const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
-      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal });
+      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal, pagesVerified });
       if (gpu && manifest.gpu) {
         const pids = manifest.gpu.processes.map((p) => p.pid);
         try {
@@ -194,6 +197,8 @@ interface RunRestore {
   locks: ExpectedLock[];
   allowLostLocks: boolean;
   signal?: AbortSignal;
+  /** The pages images were verified already (hashed as an archive was extracted). */
+  pagesVerified?: boolean;
 }
 
 /** CRIU restores; the pages are verified meanwhile, the tree held at post-restore until they check out. */
@@ -210,7 +215,7 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
   const t = performance.now();
   const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
   // The same check as before CRIU ran, now hashing the pages images only.
-  const pagesBad = verifyDir(r.dir, manifest, isPagesImage).then(
+  const pagesBad = (r.pagesVerified ? Promise.resolve() : verifyDir(r.dir, manifest, isPagesImage)).then(
     () => undefined,
     (e: unknown) => e,
   );

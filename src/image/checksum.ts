@@ -124,6 +124,9 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R
   return out;
 }
 
+/** BLAKE3 digests already computed, by relative path (see verifyDir). */
+export type KnownDigests = ReadonlyMap<string, { size: number; blake3: string }>;
+
 /** The images that hold process memory: by far the largest, and written by CRIU front to back. */
 export const isPagesImage = (name: string): boolean => /^pages-\d+\.img$/.test(name);
 
@@ -224,9 +227,11 @@ async function hashDir(dir: string, known: Record<string, FileEntry>, withSha256
 /**
  * Refuses an image whose files differ in any way from what the manifest lists. The set of files and
  * every size are always checked; `hash` picks the files whose contents are (all by default), each
- * with the algorithm its entry names (BLAKE3, or sha256 in an image of format 1).
+ * with the algorithm its entry names (BLAKE3, or sha256 in an image of format 1). `known` gives the
+ * BLAKE3 of files cedana itself wrote into its private directory (an archive extracted, hashed as it
+ * was written): those are compared without being read again.
  */
-export async function verifyDir(dir: string, manifest: Manifest, hash: (name: string) => boolean = () => true): Promise<void> {
+export async function verifyDir(dir: string, manifest: Manifest, hash: (name: string) => boolean = () => true, known?: KnownDigests): Promise<void> {
   const listing = await listImageFiles(dir);
   const { files } = listing;
   // An incremental checkpoint's one link: `parent`, pointing where its manifest says.
@@ -265,7 +270,9 @@ export async function verifyDir(dir: string, manifest: Manifest, hash: (name: st
     }
     if (!hash(name)) return;
     const { algorithm, hex } = fileDigest(want);
-    if ((await hashFile(p, [algorithm], st.size))[0] !== hex) bad.push(`${name} (checksum mismatch)`);
+    const seen = algorithm === 'blake3' ? known?.get(name) : undefined;
+    const got = seen && seen.size === st.size ? seen.blake3 : (await hashFile(p, [algorithm], st.size))[0];
+    if (got !== hex) bad.push(`${name} (checksum mismatch)`);
   });
   if (bad.length > 0) {
     throw new CedanaError('IMAGE_INVALID', `image is corrupt or tampered with: ${bad.sort().slice(0, 5).join(', ')}`, {

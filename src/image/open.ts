@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CedanaError } from '../errors.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
-import { unpackImage } from './archive.js';
+import { unpackImage, type ExtractedDigests } from './archive.js';
 import { MANIFEST_NAME, parseManifest, type Manifest } from './manifest.js';
 
 export interface OpenedImage {
@@ -16,6 +16,8 @@ export interface OpenedImage {
   dir: string;
   /** What to call the image in results: its absolute path, or '-' for stdin. */
   label: string;
+  /** For an archive or a stream: each file's size and BLAKE3, computed while it was extracted. */
+  digests?: ExtractedDigests;
 }
 
 /** `image` is a directory, an archive (.tar, .tar.gz, .tar.zst) or '-' (a tar stream on `stdin`). */
@@ -23,8 +25,8 @@ export async function openImage(image: string, work: string, report: Reporter = 
   const into = join(work, 'image');
   if (image === '-') {
     report.phase('reading the image from stdin');
-    await unpackImage(stdin ?? process.stdin, into);
-    return { dir: into, label: '-' };
+    const digests = await unpackImage(stdin ?? process.stdin, into);
+    return { dir: into, label: '-', digests };
   }
   const path = resolve(image);
   let st;
@@ -36,8 +38,8 @@ export async function openImage(image: string, work: string, report: Reporter = 
   if (st.isDirectory()) return { dir: path, label: path };
   if (!st.isFile()) throw new CedanaError('IMAGE_INVALID', `${path} is neither a directory nor an archive file`);
   report.phase(`unpacking ${path}`);
-  await unpackImage(createReadStream(path), into);
-  return { dir: into, label: path };
+  const digests = await unpackImage(createReadStream(path, { highWaterMark: 1 << 20 }), into, { path });
+  return { dir: into, label: path, digests };
 }
 
 /** The image's validated manifest; IMAGE_INVALID when it is missing or malformed. */

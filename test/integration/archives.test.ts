@@ -1,9 +1,10 @@
 /** Archive outputs and the stdout → stdin stream, each restored and checked by the process itself. */
+import { execFileSync } from 'node:child_process';
 import { execa } from 'execa';
-import { statSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BIN, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
+import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
 import { Owned, count, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -46,6 +47,73 @@ describe('archives and streams', () => {
     expect(dumped).toMatchObject({ ok: true, command: 'dump', pid, image: '-' });
     expect(dumped!.bytes).toBeGreaterThan(dumped!.memoryBytes);
     expect(restored).toMatchObject({ ok: true, command: 'restore', pid, image: '-' });
+    await expectCarriesOn(state, count(state));
+  });
+
+  it('a .tar.zst made by cedana extracts with the system tools, and one they make restores', async () => {
+    const { dir, state, pid } = await startCounter();
+    const archive = join(dir, 'image.tar.zst');
+    await cedanaOk(['dump', String(pid), '-o', archive]);
+    await waitGone(pid);
+    // GNU tar through zstd, and zstd -d | tar x: the same files, byte for byte.
+    const byTar = join(dir, 'by-tar');
+    const byPipe = join(dir, 'by-pipe');
+    mkdirSync(byTar);
+    mkdirSync(byPipe);
+    execFileSync('tar', ['--zstd', '-xf', archive, '-C', byTar]);
+    execFileSync('sh', ['-c', `zstd -d -q -c "${archive}" | tar -x -C "${byPipe}"`]);
+    const names = readdirSync(byTar).sort();
+    expect(names[0] === 'cedana.json' || names.includes('cedana.json')).toBe(true);
+    expect(names.some((n) => /^pages-\d+\.img$/.test(n))).toBe(true);
+    expect(readdirSync(byPipe).sort()).toEqual(names);
+    for (const n of names) expect(readFileSync(join(byPipe, n)).equals(readFileSync(join(byTar, n))), n).toBe(true);
+    // Archived again by the system's tar (GNU format, './' names, a directory entry) and zstd: cedana restores it.
+    const remade = join(dir, 'remade.tar.zst');
+    execFileSync('sh', ['-c', `tar -c -C "${byTar}" . | zstd -q -19 -T0 -o "${remade}"`]);
+    const at = count(state);
+    const r = await cedanaOk(['restore', remade]);
+    owned.own(r.pid);
+    expect(r.pid).toBe(pid);
+    await expectCarriesOn(state, at);
+  });
+
+  it('refuses a tampered archive before CRIU runs, and a truncated .tar.zst', async () => {
+    const { dir, state, pid } = await startCounter();
+    const archive = join(dir, 'image.tar');
+    await cedanaOk(['dump', String(pid), '-o', archive]);
+    await waitGone(pid);
+    const before = readFileSync(state, 'utf8');
+    // One byte flipped inside the pages image's data (after the tar header that names it).
+    const tarBytes = readFileSync(archive);
+    const at = tarBytes.indexOf(Buffer.from('pages-1.img\0'));
+    expect(at).toBeGreaterThanOrEqual(0);
+    const size = parseInt(tarBytes.subarray(at + 124, at + 136).toString('latin1').replace(/\0.*$/, '').trim(), 8);
+    expect(size).toBeGreaterThan(4096);
+    const tampered = Buffer.from(tarBytes);
+    const mid = at + 512 + (size >> 1);
+    tampered[mid] = tampered[mid]! ^ 0xff;
+    const bad = join(dir, 'tampered.tar');
+    writeFileSync(bad, tampered);
+    const t = await cedana(['restore', bad, '--json']);
+    expect(t.exitCode, t.stderr).toBe(9);
+    expect(t.json!.error.code).toBe('IMAGE_INVALID');
+    expect(t.json!.error.message).toMatch(/pages-1\.img \(checksum mismatch\)/);
+    // Through stdin too.
+    const s = await execa('sh', ['-c', `node ${BIN} restore - --json < "${bad}"`], { reject: false, env: { NO_COLOR: '1' } });
+    expect(s.exitCode).toBe(9);
+    expect(parseJsonLine(String(s.stdout))!.error.message).toMatch(/checksum mismatch/);
+    // A .tar.zst cut short (the pages image's data incomplete).
+    const zst = join(dir, 'cut.tar.zst');
+    const whole = join(dir, 'whole.tar.zst');
+    execFileSync('zstd', ['-q', '-1', archive, '-o', whole]);
+    writeFileSync(zst, readFileSync(whole).subarray(0, statSync(whole).size >> 1));
+    const c = await cedana(['restore', zst, '--json']);
+    expect(c.exitCode, c.stderr).toBe(9);
+    expect(c.json!.error.code).toBe('IMAGE_INVALID');
+    // The process never came back, nor counted further.
+    expect(readFileSync(state, 'utf8')).toBe(before);
+    const ok = await cedanaOk(['restore', archive]);
+    owned.own(ok.pid);
     await expectCarriesOn(state, count(state));
   });
 });

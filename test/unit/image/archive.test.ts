@@ -9,7 +9,8 @@ import { gzipSync } from 'node:zlib';
 import { Header, Pax, type HeaderData } from 'tar';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
-import { compressionForPath, packImage, sniffCompression, unpackImage, type Compression } from '../../../src/image/archive.js';
+import { compressionForPath, packImage, packImageToFile, sniffCompression, unpackImage, type Compression } from '../../../src/image/archive.js';
+import { blake3File } from '../../../src/image/checksum.js';
 
 let root: string;
 let dest: string;
@@ -355,6 +356,77 @@ describe('packImage and unpackImage round trip', () => {
       expect((await readFile(p)).equals(data), `${name} has the same bytes`).toBe(true);
       expect((await stat(p)).mode & 0o777, `${name} is private`).toBe(0o600);
     }
+  });
+
+  it('gives the size and BLAKE3 of every file it extracted, as hashed from disk', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'img.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const out = join(root, 'out');
+    await mkdir(out, { mode: 0o700 });
+    const digests = await unpackImage(createReadStream(archive), out);
+    expect([...digests.keys()].sort()).toEqual(Object.keys(files).sort());
+    for (const name of Object.keys(files)) {
+      expect(digests.get(name), name).toEqual({ size: files[name]!.length, blake3: await blake3File(join(out, name)) });
+    }
+  });
+
+  it('a .tar.zst it writes is read by the system tar, and one the system writes is read by it', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'img.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const byTar = join(root, 'by-tar');
+    await mkdir(byTar);
+    expect(spawnSync('tar', ['--zstd', '-xf', archive, '-C', byTar]).status).toBe(0);
+    for (const [name, data] of Object.entries(files)) expect((await readFile(join(byTar, name))).equals(data), name).toBe(true);
+    const remade = join(root, 'remade.tar.zst');
+    expect(spawnSync('sh', ['-c', `tar -c -C "${byTar}" . | zstd -q -c > "${remade}"`]).status).toBe(0);
+    const out = join(root, 'out');
+    await mkdir(out, { mode: 0o700 });
+    await unpackImage(createReadStream(remade), out);
+    for (const [name, data] of Object.entries(files)) expect((await readFile(join(out, name))).equals(data), name).toBe(true);
+  });
+
+  it.each<Compression>(['none', 'gzip', 'zstd'])('packImageToFile (%s) writes a private archive; read back by path (zstd reads the file itself)', async (compression) => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, `file.${compression}`);
+    await packImageToFile(dir, Object.keys(files), archive, compression).done;
+    expect((await stat(archive)).mode & 0o777).toBe(0o600);
+    expect(sniffCompression((await readFile(archive)).subarray(0, 4))).toBe(compression);
+    const out = join(root, 'out');
+    await mkdir(out, { mode: 0o700 });
+    const digests = await unpackImage(createReadStream(archive), out, { path: archive });
+    for (const [name, data] of Object.entries(files)) {
+      expect((await readFile(join(out, name))).equals(data), name).toBe(true);
+      expect(digests.get(name)?.size).toBe(data.length);
+    }
+  });
+
+  it('packImageToFile stopped midway rejects (zstd killed)', async () => {
+    const { dir, files } = await makeImageDir();
+    const w = packImageToFile(dir, Object.keys(files), join(root, 'stopped.tar.zst'), 'zstd');
+    w.stop();
+    await expect(w.done).rejects.toBeInstanceOf(Error);
+  });
+
+  it('a truncated .tar.zst is refused, also read by path', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'whole.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const cut = join(root, 'cut.tar.zst');
+    const buf = await readFile(archive);
+    await writeFile(cut, buf.subarray(0, buf.length >> 1));
+    const err = await unpackImage(createReadStream(cut), dest, { path: cut }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(CedanaError);
+    expect((err as CedanaError).code).toBe('IMAGE_INVALID');
+  });
+
+  it('a truncated .tar.zst is refused', async () => {
+    const { dir, files } = await makeImageDir();
+    const archive = join(root, 'img.tar.zst');
+    await packToFile(dir, Object.keys(files), 'zstd', archive);
+    const buf = await readFile(archive);
+    await refusal(buf.subarray(0, buf.length >> 1));
   });
 
   it('the manifest comes first in the archive, in the given order', async () => {

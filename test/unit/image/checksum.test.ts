@@ -191,6 +191,20 @@ describe('verifyDir', () => {
     expect(e.details).toEqual({ corrupt: ['inventory.img (checksum mismatch)'] });
   });
 
+  it('digests already known (hashed while extracted) are compared without reading the file; a wrong one fails', async () => {
+    const m = await manifest();
+    const pages = m.files['pages-1.img']!;
+    // The file on disk is changed, but the known digest (taken as the bytes were written) is what counts.
+    await writeFile(join(dir, 'pages-1.img'), Buffer.alloc(pages.size, 1));
+    await expect(verifyDir(dir, m, undefined, new Map([['pages-1.img', { size: pages.size, blake3: pages.blake3! }]]))).resolves.toBeUndefined();
+    const e = await (verifyDir(dir, m, undefined, new Map([['pages-1.img', { size: pages.size, blake3: '0'.repeat(64) }]])).then(() => undefined, (x: unknown) => x)) as CedanaError;
+    expect(e.details).toEqual({ corrupt: ['pages-1.img (checksum mismatch)'] });
+    // A known digest of another size is not used: the file is hashed (and now differs).
+    expect((await failure(m)).details).toEqual({ corrupt: ['pages-1.img (checksum mismatch)'] });
+    const other = await (verifyDir(dir, m, undefined, new Map([['pages-1.img', { size: pages.size + 1, blake3: pages.blake3! }]])).then(() => undefined, (x: unknown) => x)) as CedanaError;
+    expect(other.details).toEqual({ corrupt: ['pages-1.img (checksum mismatch)'] });
+  });
+
   it('a changed manifest does not matter (it is not listed)', async () => {
     const m = await manifest();
     await writeFile(join(dir, 'cedana.json'), '{"changed": true}');

@@ -7,7 +7,8 @@
  */
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -108,6 +109,9 @@ describe('a restore held up on the target never hangs the migration', () => {
 
   it('cedana killed while the target restores: the source resumes, and the target never completes a second copy', async () => {
     const { pid, state, releaseThere } = await lockedOnTarget();
+    // A killed cedana cannot remove its own work directory here: the test does.
+    const before = new Set(readdirSync(tmpdir()).filter((n) => n.startsWith('cedana-migrate-')));
+    owned.onCleanup(() => Promise.all(readdirSync(tmpdir()).filter((n) => n.startsWith('cedana-migrate-') && !before.has(n)).map((n) => rm(join(tmpdir(), n), { recursive: true, force: true }))).then(() => undefined));
     const r = await migrating(pid, [], (c) => {
       process.kill(c, 'SIGKILL');
       // The lock there goes at once: a restore that outlived its session would now complete.

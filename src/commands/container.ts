@@ -30,7 +30,7 @@ import { commitImageDir, partialArchive, partialImagesDir, privateFiles, refuseE
 import { Transform } from 'node:stream';
 import { SshSession, shq } from '../transport/ssh.js';
 import { REMOTE_PATH } from '../migrate/preflight.js';
-import { Lifeline, lifeline, undoOnTarget } from '../migrate/remote.js';
+import { awaitRestore, Lifeline, lifeline, undoOnTarget, WAIT_R_GONE } from '../migrate/remote.js';
 import { freezeTimeoutFor, frozenWindow, type FrozenWindow } from '../migrate/frozen.js';
 import { packImage } from '../image/archive.js';
 import { checkCompatible } from './restore.js';
@@ -655,7 +655,7 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     const life = await Lifeline.open(session, lifeline([
       // The restore script, runc and CRIU under it; then whatever it made (it may have begun just now).
       `r=$(cat ${pidFile} 2>/dev/null); [ -n "$r" ] && kill -9 $(tree_of "$r") 2>/dev/null`,
-      `i=0; while [ -n "$r" ] && kill -0 "$r" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done`,
+      WAIT_R_GONE,
       containerCleanupScript(runtime.name, args.id, remoteDir, true),
     ]));
     const ch = await session.channel(`sh -c ${shq(containerRestoreScript(runtime.name, args.id, remoteDir, ck.manifestExtra, flags))}`);
@@ -668,24 +668,20 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
     const closed = new Promise<void>((r) => ch.on('close', () => r()));
     const counting = new Transform({ transform(chunk: Buffer, _e, cb) { bytesSent += chunk.length; cb(null, chunk); } });
     counting.pipe(ch);
-    const win = w;
-    const aborted = new Promise<'aborted'>((resolve) => {
-      if (win.signal.aborted) resolve('aborted');
-      else win.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
-    });
-    const abort = async (): Promise<never> => {
+    const code = await awaitRestore({
+      send: () => packImage(imagesDir, [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)], counting, 'none', true),
+      exited,
+      closed,
+      lost: () => session.lost(),
+      signal: w.signal,
       // No more of the image: the restore script there reads end of file, and its lifeline ends it.
-      counting.unpipe(ch);
-      ch.close();
-      await life.end();
-      throw win.reason();
-    };
-    const sent = packImage(imagesDir, [MANIFEST_NAME, ...names.filter((n) => n !== MANIFEST_NAME)], counting, 'none', true);
-    if ((await Promise.race([sent.then(() => 'sent' as const), session.lost(), aborted])) === 'aborted') await abort();
-    const code = await Promise.race([exited, session.lost(), aborted]);
-    if (code === 'aborted') return await abort();
-    await Promise.race([closed, session.lost()]);
-    if (win.signal.aborted) await abort();
+      stop: async () => {
+        counting.unpipe(ch);
+        ch.close();
+        await life.end();
+      },
+      reason: w.reason,
+    });
     const pid = Number(/^pid=(\d+)$/m.exec(stdout)?.[1]);
     if (code !== 0 || !(pid > 0)) {
       const lines = stdout.split('\n').filter((l) => /^(rt|criu)=/.test(l)).map((l) => l.replace(/^(rt|criu)=/, '').replace(/^\(\s*\d+\.\d+\)\s*/, ''));

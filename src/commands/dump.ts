@@ -177,21 +177,20 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       const sunk = sinkDone && (await sinkDone);
       let known = sunk?.files ?? (await follower?.finish()) ?? {};
       let parentRef: ManifestParent | undefined;
-      if (parent && sunk) {
-        const { PARENT_LINK } = await import('../image/incremental.js');
-        const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
-        await symlink(linkText, join(imagesDir, PARENT_LINK));
-        parentRef = { path: linkText, manifestBlake3: parent.manifestBlake3, pagesInParent: sunk.pagesInParent, pagesWritten: sunk.pagesWritten };
-        incremental = { parent: parent.dir, pagesWritten: sunk.pagesWritten, pagesInParent: sunk.pagesInParent };
-      } else if (parent) {
-        report.phase('keeping only the pages that changed since the parent');
+      if (parent) {
         const { dedupeAgainstParent, PARENT_LINK } = await import('../image/incremental.js');
-        const r = await dedupeAgainstParent(imagesDir, parent.index);
+        // The sink wrote only the changed pages already; otherwise CRIU wrote them all, and they are dropped now.
+        let r: { pagesWritten: number; pagesInParent: number };
+        if (sunk) r = sunk;
+        else {
+          report.phase('keeping only the pages that changed since the parent');
+          r = await dedupeAgainstParent(imagesDir, parent.index);
+          known = {}; // the pages files were rewritten
+        }
         const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
         await symlink(linkText, join(imagesDir, PARENT_LINK));
         parentRef = { path: linkText, manifestBlake3: parent.manifestBlake3, pagesInParent: r.pagesInParent, pagesWritten: r.pagesWritten };
         incremental = { parent: parent.dir, pagesWritten: r.pagesWritten, pagesInParent: r.pagesInParent };
-        known = {}; // the pages files were rewritten
       } else if (args.index && !sunk) {
         await (await import('../image/incremental.js')).dedupeAgainstParent(imagesDir);
       }

@@ -39,7 +39,7 @@ import { judgePreflight, runPreflight, type TargetFacts } from '../migrate/prefl
 import { judgeSharedLocks, placeProbes, removeProbes } from '../migrate/shared-locks.js';
 import { freezeTimeoutFor, frozenWindow, type FrozenWindow } from '../migrate/frozen.js';
 import { dropKeptSocketFiles, keepSocketFiles, putBackSocketFiles, type KeptSocket } from '../migrate/keep-sockets.js';
-import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, undoOnTarget, type PendingRestore, type RemoteDir, type RestoreOptions } from '../migrate/remote.js';
+import { cleanupRemote, makeRemoteDir, openRestore, startPageServer, undoOnTarget, type PendingRestore, type RemoteDir } from '../migrate/remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { addressOf, decideConnections, type Connection } from '../image/connections.js';
 import { remapPath, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
@@ -533,7 +533,7 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
   // After pre-copy, the final dump sends only what changed since the last round (CRIU's parent link).
   const psPort = await startPageServer(session, remote, pre ? { into: 'img', prev: pre.prev } : undefined);
   const bridge = await openPageChannel(session, psPort);
-  state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, restoreOptions(state));
+  state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { treePids: state.treePids });
 
   const { images, gate, logFile, criuArgs } = await finalDump(p, [
     '--page-server', '--ps-socket', '3',
@@ -579,7 +579,7 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
       }
       // An interrupt that came while the target restored still wins: nothing is committed yet.
       if (w.signal.aborted) throw w.reason();
-      // The target's lifeline lets its copy live on; only then does the source end (see commitSource).
+      // The target's lifeline lets its copy live on; only then does the source end (gate.commit below).
       await state.pending.keep();
       downtimeMs = Math.round(performance.now() - frozenAt);
     } catch (e) {
@@ -588,9 +588,9 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
       await putBackSocketFiles(kept);
       await gate.abortAndWait(run.done);
       throw e;
-    } finally {
-      w.clear();
     }
+    // The window closes: nothing from here on may abandon the migration.
+    w.clear();
     await gate.commit();
     state.committed = true;
     await dropKeptSocketFiles(kept);
@@ -624,7 +624,7 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
   const lazy = await bridgeLazyPages(session, criuPort);
   try {
     state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, {
-      ...restoreOptions(state), lazy: { port: lazy.port, ca: 'tls-ca.pem', cert: 'tls-client.pem', key: 'tls-client.key' },
+      treePids: state.treePids, lazy: { port: lazy.port, ca: 'tls-ca.pem', cert: 'tls-client.pem', key: 'tls-client.key' },
     });
     const { images, gate, logFile, criuArgs } = await finalDump(p, ['--lazy-pages', '--address', '127.0.0.1', '--port', String(criuPort), ...tls.serverArgs]);
     const frozenAt = performance.now();
@@ -719,11 +719,6 @@ async function sameNetns(pid: number): Promise<boolean> {
   return mine === its;
 }
 
-/** The target's restore knows the tree by its PIDs: its restoring tasks, and the restored tree. */
-function restoreOptions(state: Progress): RestoreOptions {
-  return { treePids: state.treePids };
-}
-
 /** Runs the user's hook; a failure at pre-restore aborts the migration (HOOK_FAILED). */
 async function runHook(args: MigrateArgs, phase: 'pre-restore' | 'post-restore' | 'rollback'): Promise<void> {
   const r = await execa('sh', ['-c', args.hook!], {
@@ -780,4 +775,3 @@ export function progressOf(bytes: number, estimate: number, elapsedMs: number): 
     etaMs: settled && total !== undefined && total > bytes ? Math.round(((total - bytes) / rate) * 1000) : undefined,
   };
 }
-export { freezeTimeoutFor } from '../migrate/frozen.js';

@@ -90,10 +90,15 @@ export async function pump(src: Readable, dest: Writable, endDest: boolean): Pro
   });
 }
 
+/** The tar stream of `files` (relative to dir), in that order. */
+async function tarOf(dir: string, files: string[]): Promise<Readable> {
+  const { create } = await import('tar'); // loaded only for archives and streams
+  return create({ cwd: dir, portable: true, noDirRecurse: true }, files) as unknown as Readable;
+}
+
 /** Writes `files` (relative to dir, manifest first) as a tar stream into dest. */
 export async function packImage(dir: string, files: string[], dest: Writable, compression: Compression, endDest = true): Promise<void> {
-  const { create: tarCreate } = await import('tar'); // loaded only for archives and streams
-  const tarStream = tarCreate({ cwd: dir, portable: true, noDirRecurse: true }, files) as unknown as Readable;
+  const tarStream = await tarOf(dir, files);
   if (compression === 'none') return pump(tarStream, dest, endDest);
   if (compression === 'gzip') {
     const gz = createGzip({ level: 3 });
@@ -131,8 +136,7 @@ export function packImageToFile(dir: string, files: string[], path: string, comp
     } finally {
       await fh.close(); // zstd has its own copy
     }
-    const { create: tarCreate } = await import('tar'); // loaded only for archives and streams
-    const tarStream = tarCreate({ cwd: dir, portable: true, noDirRecurse: true }, files) as unknown as Readable;
+    const tarStream = await tarOf(dir, files);
     // zstd killed: its input breaks, and the pipeline ends the tar stream.
     stopNow = () => void z.child.kill('SIGKILL');
     if (stopped) stopNow();

@@ -142,6 +142,9 @@ export const LOCK_WAIT_LIMIT_S = 2;
 const TREE_OF =
   `tree_of() { for f in /proc/[0-9]*/stat; do cat "$f" 2>/dev/null; echo; done | awk -v r="$1" '$1 ~ /^[0-9]+$/ { s = $0; sub(/.*\\) /, "", s); split(s, a, " "); pp[$1] = a[2] } END { for (p in pp) { q = p; n = 0; while ((q in pp) && q != r && n++ < 4096) q = pp[q]; if (q == r) print p } }'; }`;
 
+/** Shell, for a lifeline's undo: waits (5 s at most) for the process whose PID is in $r to be gone. */
+export const WAIT_R_GONE = 'i=0; while [ -n "$r" ] && kill -0 "$r" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done';
+
 /**
  * The target's restore ends with the session that started it: a second channel (the lifeline) reads
  * one line. `keep` lets what was restored live. `abort`, or the end of the stream — cedana ended it,
@@ -171,7 +174,7 @@ export function lifelineScript(d: RemoteDir, treePids: number[]): string {
     `[ -s ${f('restored.pid')} ] && kill -9 ${treePids.join(' ')} 2>/dev/null`,
     ...['page-server.pid', 'lazy-pages.pid'].map((n) => `p=$(cat ${f(n)} 2>/dev/null) && kill "$p" 2>/dev/null`),
     // The restore script undoes its placed files when CRIU fails: let it finish first (5 s at most).
-    `r=$(cat ${f('restore-sh.pid')} 2>/dev/null); i=0; while [ -n "$r" ] && kill -0 "$r" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done`,
+    `r=$(cat ${f('restore-sh.pid')} 2>/dev/null); ${WAIT_R_GONE}`,
     `${undoPlaced(d)}; rm -rf ${shq(d.dir)}`,
   ]);
 }
@@ -240,6 +243,43 @@ export function restoreLines(d: RemoteDir, criuCmd: string, treePids: number[]):
   ];
 }
 
+/**
+ * Sends an image into a restore channel on the target and waits for the restore's exit status.
+ * Once `signal` fires — before, while sending, while restoring, or as it finished — the outcome is
+ * the abort, whatever the restore did meanwhile: `stop` ends it there (and what it made) first, then
+ * `reason()` is thrown. Process trees and containers alike.
+ */
+export async function awaitRestore(o: {
+  send: () => Promise<void>;
+  exited: Promise<number | null>;
+  closed: Promise<void>;
+  lost: () => Promise<never>;
+  signal?: AbortSignal;
+  stop: () => Promise<void>;
+  reason: () => Error;
+}): Promise<number | null> {
+  let fire: () => void = () => undefined;
+  const aborted = new Promise<'aborted'>((resolve) => {
+    fire = () => resolve('aborted');
+    if (o.signal?.aborted) fire();
+    else o.signal?.addEventListener('abort', fire, { once: true });
+  });
+  const abort = async (): Promise<never> => {
+    await o.stop();
+    throw o.reason();
+  };
+  try {
+    if ((await Promise.race([o.send().then(() => 'sent' as const), o.lost(), aborted])) === 'aborted') return await abort();
+    const code = await Promise.race([o.exited, o.lost(), aborted]);
+    if (code === 'aborted') return await abort();
+    await Promise.race([o.closed, o.lost()]);
+    if (o.signal?.aborted) return await abort();
+    return code;
+  } finally {
+    o.signal?.removeEventListener('abort', fire);
+  }
+}
+
 export interface RestoreOptions {
   /** The tree's PIDs: what the restore's tasks and the restored tree are called there. */
   treePids: number[];
@@ -291,29 +331,20 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
     },
     keep: () => life.keep(),
     async send(tar, signal, onAbort) {
-      // Once aborted, the outcome is the abort, whatever the restore did meanwhile: it is ended there first.
-      let fire: () => void = () => undefined;
-      const aborted = new Promise<'aborted'>((resolve) => {
-        fire = () => resolve('aborted');
-        if (signal?.aborted) fire();
-        else signal?.addEventListener('abort', fire, { once: true });
-      });
-      const abort = async (): Promise<never> => {
+      const code = await awaitRestore({
+        send: () => tar(ch),
+        exited,
+        closed,
+        lost: () => s.lost(),
+        signal,
         // No more of the images: the restore script there reads end of file; the lifeline ends it.
-        ch.close();
-        await life.end();
-        throw onAbort?.() ?? new CedanaError('INTERRUPTED', 'the restore on the target was ended');
-      };
-      try {
-        if ((await Promise.race([tar(ch).then(() => 'sent' as const), s.lost(), aborted])) === 'aborted') return await abort();
-        const code = await Promise.race([exited, s.lost(), aborted]);
-        if (code === 'aborted') return await abort();
-        await Promise.race([closed, s.lost()]);
-        if (signal?.aborted) return await abort();
-        return outcome(code);
-      } finally {
-        signal?.removeEventListener('abort', fire);
-      }
+        stop: async () => {
+          ch.close();
+          await life.end();
+        },
+        reason: () => onAbort?.() ?? new CedanaError('INTERRUPTED', 'the restore on the target was ended'),
+      });
+      return outcome(code);
     },
   };
 

@@ -55,7 +55,7 @@ describe('migrate', () => {
     await waitFor('memory filled', () => readText(join(dir, 'sha0')), 60_000);
     const host = bed.hosts[0]!;
     const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
-    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     const events = r.stderr.split('\n').filter((l) => l.includes('"event":"progress"')).map((l) => JSON.parse(l) as { bytes: number; totalBytes?: number; etaMs?: number });
     expect(events.length).toBeGreaterThan(0);
     const sent = r.json!.memoryBytes as number;
@@ -125,7 +125,7 @@ describe('migrate', () => {
       return f && Number(f[0]) > 5 ? f : undefined;
     });
     const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
-    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     const events = r.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; phase?: string });
     const listed = events.find((e) => e.event === 'phase' && e.phase?.startsWith('will ship to'))?.phase;
     expect(listed).toContain(join(dir, 'data.bin'));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { freezeTimeoutFor } from '../../../src/commands/migrate.js';
+import { freezeTimeoutFor } from '../../../src/migrate/frozen.js';
 
 const GiB = 2 ** 30;
 

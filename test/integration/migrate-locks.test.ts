@@ -47,7 +47,9 @@ async function lockedOnTarget(socket?: string): Promise<{ pid: number; state: st
   const script = readFileSync(join(FIXTURES, 'lock-holder.py'), 'utf8');
   const held = await t.bed.onHost(t.host, `mkdir -p ${dir} && cat > ${dir}/holder.py <<'CEDANA_EOF'\n${script}CEDANA_EOF\n(setsid python3 ${dir}/holder.py ${dir}/data write ${dir}/hstate </dev/null >/dev/null 2>&1 &) && for i in $(seq 50); do [ -s ${dir}/hstate ] && break; sleep 0.1; done; cat ${dir}/hstate`);
   expect(held.stdout.trim(), held.stderr).toMatch(/^\d+ \d+$/);
-  const state = join(dir, 'state');
+  // Its state file on storage both hosts see: a state.tmp it happens to have open at the freeze
+  // (it writes one every 20 ms) is then there too, and cannot fail the restore for another reason.
+  const state = join(await owned.tempDir('lk-state-', t.shared), 'state');
   const pid = owned.python('lock-holder.py', [join(dir, 'data'), 'read', state, ...(socket ? [socket] : [])]);
   await waitFor('the source counting', () => count(state) > 2);
   return {
@@ -149,7 +151,9 @@ describe('SQLite in WAL mode on storage both hosts see', () => {
   it('is refused before freezing, never hangs, and its database stays whole', async () => {
     const dir = await mkdtemp(join(t.shared, 'sqlite-'));
     const db = join(dir, 'db');
-    const state = join(dir, 'state');
+    // Its state file on storage both hosts see: a state.tmp it happens to have open at the freeze
+  // (it writes one every 20 ms) is then there too, and cannot fail the restore for another reason.
+  const state = join(await owned.tempDir('lk-state-', t.shared), 'state');
     const pid = owned.python('sqlite-writer.py', [db, state]);
     await waitFor('rows written', () => count(state) > 50);
 

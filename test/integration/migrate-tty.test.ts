@@ -26,7 +26,7 @@ async function tmux(): Promise<{ pid: number; sock: string; counter: string; pty
   const dir = await mkdtemp(join(t.shared, 'tmux-'));
   const sock = join(dir, 'sock');
   const counter = join(dir, 'count');
-  await execa('tmux', ['-S', sock, 'new-session', '-d', '-s', 'job', `i=0; while :; do i=$((i+1)); echo $i > ${counter}; sleep 0.05; done`], { env: { ...process.env, TERM: 'xterm' } });
+  await execa('tmux', ['-S', sock, 'new-session', '-d', '-s', 'job', `i=0; while :; do i=$((i+1)); echo $i > ${counter}; sleep 0.05; done`], { env: { ...process.env, TERM: 'xterm' }, cwd: '/' }); // a cwd every host has (a checkout may sit in a private /tmp)
   const pid = owned.own(Number((await execa('tmux', ['-S', sock, 'display', '-p', '#{pid}'])).stdout.trim()));
   await waitFor('the pane counting', () => num(counter) > 3);
   const fd = readdirSync(`/proc/${pid}/fd`).find((f) => readlinkSync(`/proc/${pid}/fd/${f}`) === '/dev/ptmx')!;

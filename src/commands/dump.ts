@@ -9,6 +9,7 @@
 import { chmod, mkdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import type { ParentRef } from '../image/incremental.js';
+import type { ParentPages } from '../image/parent-pages.js';
 import type { ManifestParent } from '../image/manifest.js';
 import { Transform, type Writable } from 'node:stream';
 import { buildDumpArgs, decideDumpOptions, type TcpMode } from '../criu/options.js';
@@ -94,7 +95,8 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       throw new CedanaError('USAGE', '--parent needs a directory output (-o DIR): a checkpoint chain is directories linked to their parents', { hint: 'drop the archive ending, or dump without --parent' });
     }
     report.phase(`reading the parent checkpoint ${args.parent}`);
-    parent = await (await import('../image/incremental.js')).openParent(args.parent, args.pid);
+    // Through the page sink the pages are compared with the chain's own bytes: no index needed.
+    parent = await (await import('../image/incremental.js')).openParent(args.parent, args.pid, { index: !usePageSink(target, true) });
   }
 
   report.phase(`examining the tree of PID ${args.pid}`);
@@ -126,8 +128,16 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   let incremental: DumpResult['incremental'];
   let gpu: GpuSuspension | undefined;
   let gpuBack: Promise<unknown> | undefined;
-  const sinkMode = usePageSink(target);
+  const sinkMode = usePageSink(target, parent !== undefined);
+  let against: ParentPages | undefined;
+  let keepWhole: Map<number, [number, number][]> | undefined;
   try {
+    if (sinkMode && parent) {
+      // Before the freeze: the chain's pagemaps, and the mappings that must be stored whole.
+      const { ParentPages, hugetlbRanges } = await import('../image/parent-pages.js');
+      against = await ParentPages.open(parent.dir);
+      keepWhole = await hugetlbRanges(pids);
+    }
     if (gpuPlan) {
       // Before the freeze, with the tree running: GPU work locked, then its state copied into host memory.
       gpu = await GpuSuspension.suspend(gpuPlan.cc, gpuPlan.pids, { lockTimeoutMs: args.gpuLockTimeoutMs ?? DEFAULT_GPU_LOCK_TIMEOUT_MS, supportsTimeout: gpuPlan.lockTimeout, progress: (m) => report.phase(m), states: gpuPlan.states });
@@ -141,7 +151,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}`, pageServerSocket: sinkMode });
     // The page sink: CRIU streams the pages into cedana, which writes (with a parent: only the
     // changed ones) and hashes them as they arrive.
-    const sinkDone: Promise<SinkResult> | undefined = sinkMode ? servePageSink(run.psSocket!, { dir: imagesDir, parent: parent?.index, index: args.index }) : undefined;
+    const sinkDone: Promise<SinkResult> | undefined = sinkMode ? servePageSink(run.psSocket!, { dir: imagesDir, against, keepWhole }) : undefined;
     sinkDone?.catch(() => undefined);
     // Hash the memory while CRIU writes it, not after with the tree frozen.
     // Not for an incremental checkpoint (its pages files are rewritten afterwards), nor with
@@ -184,14 +194,14 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
         if (sunk) r = sunk;
         else {
           report.phase('keeping only the pages that changed since the parent');
-          r = await dedupeAgainstParent(imagesDir, parent.index);
+          r = await dedupeAgainstParent(imagesDir, parent.index!);
           known = {}; // the pages files were rewritten
         }
         const linkText = relative(target.kind === 'dir' ? target.path : imagesDir, parent.dir);
         await symlink(linkText, join(imagesDir, PARENT_LINK));
         parentRef = { path: linkText, manifestBlake3: parent.manifestBlake3, pagesInParent: r.pagesInParent, pagesWritten: r.pagesWritten };
         incremental = { parent: parent.dir, pagesWritten: r.pagesWritten, pagesInParent: r.pagesInParent };
-      } else if (args.index && !sunk) {
+      } else if (args.index) {
         await (await import('../image/incremental.js')).dedupeAgainstParent(imagesDir);
       }
       const files = await checksumDir(imagesDir, known);
@@ -259,6 +269,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     throw err;
   } finally {
     report.stop();
+    against?.close();
     await follower?.finish().catch(() => undefined);
     if (target.kind !== 'stream' && (await pathExists(imagesDir))) await rm(imagesDir, { recursive: true, force: true });
     await rm(work, { recursive: true, force: true });
@@ -266,12 +277,15 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
 }
 
 /**
- * Whether CRIU streams the pages into cedana (the page sink) rather than writing them itself: for a
- * dump to a directory, when CEDANA_PAGE_SINK=1. Not the default yet: measured here (2 CPUs, busy),
- * a dump through the sink kept the tree frozen longer than CRIU writing its pages itself (README).
+ * Whether CRIU streams the pages into cedana (the page sink) rather than writing them itself, for a
+ * dump to a directory. By default, for an incremental dump (a parent): the sink writes only the
+ * pages that changed, where CRIU would write all of memory to fresh page cache with the tree frozen.
+ * Not for a full dump: there CRIU writing its own pages kept the tree frozen less (README, figures).
+ * CEDANA_PAGE_SINK=1 uses it for every dump to a directory, =0 for none.
  */
-export function usePageSink(target: OutputTarget): boolean {
-  return target.kind === 'dir' && process.env.CEDANA_PAGE_SINK === '1';
+export function usePageSink(target: OutputTarget, withParent: boolean): boolean {
+  const env = process.env.CEDANA_PAGE_SINK;
+  return target.kind === 'dir' && (env === '1' || (withParent && env !== '0'));
 }
 
 function interrupted(): CedanaError {

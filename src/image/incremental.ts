@@ -289,11 +289,12 @@ export interface ParentRef {
   manifest: Manifest;
   /** BLAKE3 of its cedana.json, as it was read: what the child names it by. */
   manifestBlake3: string;
-  index: PageIndex;
+  /** Its page index (hashes), when asked for. */
+  index?: PageIndex;
 }
 
 /** The parent named by --parent, checked for use: a directory image of the same process. */
-export async function openParent(path: string, pid: number): Promise<ParentRef> {
+export async function openParent(path: string, pid: number, opts: { index: boolean } = { index: true }): Promise<ParentRef> {
   const dir = resolve(path);
   const text = await readFile(join(dir, MANIFEST_NAME)).catch(() => undefined);
   if (!text) {
@@ -303,5 +304,5 @@ export async function openParent(path: string, pid: number): Promise<ParentRef> 
   if (manifest.pid !== pid) {
     throw new CedanaError('USAGE', `--parent ${path} is a checkpoint of PID ${manifest.pid}, not of ${pid}`, { hint: 'give an earlier checkpoint of the same process' });
   }
-  return { dir, manifest, manifestBlake3: hashBytes('blake3', text), index: await loadIndex(dir) };
+  return { dir, manifest, manifestBlake3: hashBytes('blake3', text), index: opts.index ? await loadIndex(dir) : undefined };
 }

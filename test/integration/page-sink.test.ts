@@ -23,6 +23,7 @@ afterAll(() => rm(shared, { recursive: true, force: true }));
 afterEach(() => owned.cleanup());
 
 const SINK: CliOptions = { env: { CEDANA_PAGE_SINK: '1' } };
+const OFF: CliOptions = { env: { CEDANA_PAGE_SINK: '0' } };
 const PAGE = 4096;
 
 /** Every file's size and BLAKE3 as the manifest lists them: what the sink hashed is what is on disk. */
@@ -59,25 +60,37 @@ describe('dump through the page sink', () => {
     expect(r.sha).toBe(sha0);
   });
 
-  it('incremental: a chain of three stores only what changed, each link restores its own memory; a missing or replaced parent is refused', async () => {
+  // The page sink compares by content (the default for a dump with a parent); CEDANA_PAGE_SINK=0 lets
+  // CRIU write every page and drops the unchanged ones afterwards by their hashes (cedana-pages.idx).
+  // A chain may mix both.
+  it.each([
+    ['through the sink, by content', [{}, {}]],
+    ['without the sink, by hash', [OFF, OFF]],
+    ['mixed: by hash, then by content', [OFF, {}]],
+  ] as const)('incremental %s: a chain of three stores only what changed, each link restores its own memory; a missing or replaced parent is refused', async (_, modes) => {
     const { dir, pid, sha0, rewrite } = await owned.pager(64, shared);
     const ck = await mkdtemp(join(shared, 'chain-'));
     const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((n) => join(ck, n)) as [string, string, string];
-    const full = await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1], SINK);
+    const full = await cedanaOk(['dump', String(pid), '--leave-running', '-o', c1]);
     expect(full.incremental).toBeUndefined();
     const shaA = await rewrite(256, 1);
-    const d2 = await cedanaOk(['dump', String(pid), '--leave-running', '--parent', c1, '-o', c2], SINK);
+    const d2 = await cedanaOk(['dump', String(pid), '--leave-running', '--parent', c1, '-o', c2], modes[0]);
     expect(d2.incremental).toMatchObject({ parent: c1 });
     expect(d2.incremental.pagesWritten).toBeGreaterThanOrEqual(256);
     expect(d2.incremental.pagesWritten).toBeLessThan(2048);
     expect(d2.memoryBytes).toBe(d2.incremental.pagesWritten * PAGE);
     expect(d2.incremental.pagesInParent).toBeGreaterThan(15_000);
     const shaB = await rewrite(512, 2);
-    const d3 = await cedanaOk(['dump', String(pid), '--parent', c2, '-o', c3], SINK); // ends the process
+    const d3 = await cedanaOk(['dump', String(pid), '--parent', c2, '-o', c3], modes[1]); // ends the process
     expect(d3.incremental.pagesWritten).toBeGreaterThanOrEqual(512);
     expect(d3.incremental.pagesWritten).toBeLessThan(2048);
     await waitGone(pid);
-    for (const c of [c2, c3]) expect(readdirSync(c)).toContain('cedana-pages.idx'); // c1: computed from its pages when c2 was made, as today
+    // The sink made the pages files itself (numbered as CRIU's page server does) and needs no index.
+    for (const [c, mode] of [[c2, modes[0]], [c3, modes[1]]] as const) {
+      const names = readdirSync(c);
+      if (mode === OFF) expect(names).toContain('cedana-pages.idx');
+      else expect([names.includes('cedana-pages.idx'), names.some((n) => n === 'pages-65537.img')]).toEqual([false, true]);
+    }
     for (const c of [c1, c2, c3]) expectManifestTrue(c);
 
     for (const [img, want] of [[c3, shaB], [c2, shaA], [c1, sha0]] as const) {

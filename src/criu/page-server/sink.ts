@@ -5,12 +5,11 @@
  * 0x10001, one pagemap entry per command), hashing each file as it goes, so the manifest's entries
  * of these files need no second read.
  *
- * With a parent's page index, each arriving page is compared with the parent's page at the same
- * address: only changed pages are written, the rest become PE_PARENT entries, and this image's own
- * index (cedana-pages.idx) is written as incremental.ts would. CRIU is told has_parent = 0 (else it
- * would look for a parent inventory of its own).
+ * With a parent, each arriving page is compared with the page the parent chain holds at the same
+ * address, by content (ParentPages: the chain's bytes, read from its pages files while the command's
+ * pages arrive): only changed pages are written, the rest become PE_PARENT entries. CRIU is told
+ * has_parent = 0 (else it would look for a parent inventory of its own).
  */
-import { createHash } from 'node:crypto';
 import { open, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -18,24 +17,23 @@ import { CedanaError } from '../../errors.js';
 import { createHasher, hashBytes, type Hasher } from '../../image/checksum.js';
 import { encodeImage, type ImageEntry } from '../../image/criu/codec.js';
 import { IMG_COMMON, MAGICS } from '../../image/criu/kinds.js';
-import { encodeIndex, lookup, PAGE_INDEX, type PageIndex, type PidIndex } from '../../image/incremental.js';
 import type { FileEntry } from '../../image/manifest.js';
+import type { ParentPages } from '../../image/parent-pages.js';
 import {
   addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsHeader,
 } from './protocol.js';
 
 /** The stock page server's first pages image id (criu/image.c up_page_ids_base: 1 + 0x10000). */
 export const FIRST_PAGES_ID = 0x10001;
-const HASH_BYTES = 16;
 const FLUSH_BYTES = 4 << 20;
 
 export interface SinkOptions {
   /** The images directory. */
   dir: string;
-  /** Compare with this parent's pages: write only the changed ones. */
-  parent?: PageIndex;
-  /** Write this image's page index (always with a parent). */
-  index?: boolean;
+  /** Compare with the parent chain's pages (exact): write only the changed ones. */
+  against?: ParentPages;
+  /** Per process (as CRIU names it): address ranges [start, end) never to leave in the parent (hugetlb: CRIU restores those from the top image only). */
+  keepWhole?: Map<number, [number, number][]>;
 }
 
 export interface SinkResult {
@@ -57,8 +55,6 @@ class Xfer {
   private readonly hash: Hasher = createHasher('blake3');
   private inflight: Promise<void> | undefined;
   private run: { vaddr: number; n: number; flags: number } | undefined;
-  readonly vaddrs: number[] = [];
-  readonly hashes: Buffer[] = [];
 
   constructor(readonly dstId: bigint, readonly pagemapName: string, readonly pagesName: string, pagesId: number, readonly pid: number | undefined) {
     this.entries = [{ type: 'pagemap_head', value: { pages_id: pagesId } }];
@@ -161,7 +157,26 @@ function skip(bufs: Buffer[], n: number): Buffer[] {
   return out;
 }
 
-const pageHash = (page: Buffer): Buffer => createHash('sha256').update(page).digest().subarray(0, HASH_BYTES);
+/** A command's pages being received, compared with the chain's once all are in. */
+interface Pending {
+  vaddr: number;
+  pages: number;
+  flags: number;
+  chunks: Buffer[];
+  got: number;
+  /** Which of its pages the chain holds; their bytes are in the sink's reference buffer once this resolves. */
+  ref: Promise<Uint8Array>;
+}
+
+function allHeld(held: Uint8Array, from: number, n: number): boolean {
+  for (let i = from; i < from + n; i++) if (held[i] !== 1) return false;
+  return true;
+}
+
+/** Whether [vaddr, vaddr + bytes) touches one of the ranges that must stay whole in this image. */
+function wholeOnly(ranges: [number, number][] | undefined, vaddr: number, bytes: number): boolean {
+  return ranges !== undefined && ranges.some(([s, e]) => vaddr < e && s < vaddr + bytes);
+}
 
 /**
  * Serves one page-server session on `sock` (CRIU's end is its --ps-socket): resolves once CRIU's
@@ -172,8 +187,8 @@ const pageHash = (page: Buffer): Buffer => createHash('sha256').update(page).dig
 export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<SinkResult> {
   const decoder = new PsDecoder();
   const files: Record<string, FileEntry> = {};
-  const index: PageIndex = new Map();
-  const withIndex = opts.index === true || opts.parent !== undefined;
+  // Shared memory (no PID) is stored whole.
+  const incremental = (x: Xfer): boolean => opts.against !== undefined && x.pid !== undefined;
   let nextId = FIRST_PAGES_ID;
   let cur: Xfer | undefined;
   let pagesWritten = 0;
@@ -185,19 +200,52 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
     if (!cur) return;
     const x = cur;
     cur = undefined;
+    if (pend) throw new ProtocolError('a pagemap closed before all pages of its last command arrived');
     Object.assign(files, await x.finish(opts.dir));
-    if (withIndex && x.pid !== undefined) {
-      const order = x.vaddrs.map((_, k) => k).sort((a, b) => x.vaddrs[a]! - x.vaddrs[b]!);
-      const prev = index.get(x.pid);
-      const vaddrs = order.map((k) => x.vaddrs[k]!);
-      const hashes = order.map((k) => x.hashes[k]!);
-      if (prev) throw new ProtocolError(`a second pagemap for PID ${x.pid}`);
-      index.set(x.pid, { vaddrs: Float64Array.from(vaddrs), hashes: Buffer.concat(hashes) } satisfies PidIndex);
-    }
   };
 
   const answer = (b: Buffer): Promise<void> =>
     new Promise((resolve, reject) => sock.write(b, (e) => (e ? reject(e) : resolve())));
+
+  // The command whose pages are arriving (content mode): its pages are compared once all are in,
+  // with the chain's bytes read for it in the thread pool meanwhile.
+  let pend: Pending | undefined;
+  let refBuf = Buffer.alloc(0);
+
+  const compareCommand = async (x: Xfer, p: Pending): Promise<void> => {
+    const held = await p.ref;
+    let at = 0; // page index within the command
+    for (const data of p.chunks) {
+      const n = data.length / PAGE_SIZE;
+      const o0 = at * PAGE_SIZE;
+      // The common case: nothing in this piece changed.
+      if (allHeld(held, at, n) && data.compare(refBuf, o0, o0 + data.length) === 0) {
+        x.addRun(p.vaddr + o0, n, PE_PARENT);
+        pagesInParent += n;
+        at += n;
+        continue;
+      }
+      let keepFrom = -1;
+      for (let i = 0; i < n; i++) {
+        const o = i * PAGE_SIZE;
+        const r = o0 + o;
+        if (held[at + i] === 1 && data.compare(refBuf, r, r + PAGE_SIZE, o, o + PAGE_SIZE) === 0) {
+          if (keepFrom >= 0) {
+            await x.write(data.subarray(keepFrom * PAGE_SIZE, o));
+            keepFrom = -1;
+          }
+          x.addRun(p.vaddr + r, 1, PE_PARENT);
+          pagesInParent++;
+        } else {
+          if (keepFrom < 0) keepFrom = i;
+          x.addRun(p.vaddr + r, 1, p.flags);
+          pagesWritten++;
+        }
+      }
+      if (keepFrom >= 0) await x.write(data.subarray(keepFrom * PAGE_SIZE));
+      at += n;
+    }
+  };
 
   const onCommand = async (h: PsHeader): Promise<void> => {
     if (h.op === PS_IOV_OPEN2) {
@@ -213,11 +261,6 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
     }
     if (h.op === PS_IOV_CLOSE || h.op === PS_IOV_FORCE_CLOSE) {
       await finishXfer();
-      if (withIndex) {
-        const buf = encodeIndex(index);
-        await writeFile(join(opts.dir, PAGE_INDEX), buf, { mode: 0o600, flag: 'wx' });
-        files[PAGE_INDEX] = { size: buf.length, blake3: hashBytes('blake3', buf) };
-      }
       const status = Buffer.alloc(4);
       status.writeInt32LE(0, 0);
       await answer(status);
@@ -228,60 +271,50 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
     if (flags === undefined) throw new ProtocolError(`page-server command ${h.op} is not expected from criu dump`);
     if (!cur || cur.dstId !== h.dstId) throw new ProtocolError('pages sent outside of an open pagemap');
     if (!(flags & PE_PRESENT)) {
-      if (withIndex && cur.pid !== undefined && flags & PE_PARENT) throw new ProtocolError('a parent hole, though cedana answered has_parent = 0');
-      if (opts.parent && cur.pid !== undefined) cur.addRun(h.vaddr, h.nrPages, flags);
+      if (incremental(cur) && flags & PE_PARENT) throw new ProtocolError('a parent hole, though cedana answered has_parent = 0');
+      if (incremental(cur)) cur.addRun(h.vaddr, h.nrPages, flags);
       else cur.entry(h.vaddr, h.nrPages, flags);
-    } else if (!(opts.parent && cur.pid !== undefined)) {
+    } else if (!incremental(cur)) {
       cur.entry(h.vaddr, h.nrPages, flags);
+    } else if (h.nrPages > 0) {
+      if (wholeOnly(opts.keepWhole?.get(cur.pid!), h.vaddr, h.nrPages * PAGE_SIZE)) {
+        pend = { vaddr: h.vaddr, pages: h.nrPages, flags, chunks: [], got: 0, ref: Promise.resolve(new Uint8Array(h.nrPages)) };
+      } else {
+        const bytes = h.nrPages * PAGE_SIZE;
+        if (refBuf.length < bytes) refBuf = Buffer.allocUnsafe(bytes);
+        const ref = opts.against!.readAsync(cur.pid!, h.vaddr, h.nrPages, refBuf);
+        ref.catch(() => undefined); // awaited when the pages are in
+        pend = { vaddr: h.vaddr, pages: h.nrPages, flags, chunks: [], got: 0, ref };
+      }
     }
   };
 
-  const onPages = async (h: PsHeader, first: number, data: Buffer): Promise<void> => {
+  const onPages = async (data: Buffer): Promise<void> => {
     const x = cur!;
-    const flags = addFlags(h)!;
     bytesReceived += data.length;
     const n = data.length / PAGE_SIZE;
-    if (!withIndex || x.pid === undefined) {
+    if (!incremental(x)) {
       pagesWritten += n;
       await x.write(data);
       return;
     }
-    const parentIdx = opts.parent?.get(x.pid);
-    // Runs of changed pages are written as one slice.
-    let keepFrom = -1;
-    for (let i = 0; i < n; i++) {
-      const page = data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-      const vaddr = h.vaddr + (first + i) * PAGE_SIZE;
-      const hash = pageHash(page);
-      x.vaddrs.push(vaddr);
-      x.hashes.push(hash);
-      if (!opts.parent) continue;
-      const before = lookup(parentIdx, vaddr);
-      if (before && before.equals(hash)) {
-        if (keepFrom >= 0) {
-          await x.write(data.subarray(keepFrom * PAGE_SIZE, i * PAGE_SIZE));
-          keepFrom = -1;
-        }
-        x.addRun(vaddr, 1, PE_PARENT);
-        pagesInParent++;
-      } else {
-        if (keepFrom < 0) keepFrom = i;
-        x.addRun(vaddr, 1, flags);
-        pagesWritten++;
-      }
+    const p = pend;
+    if (!p) throw new ProtocolError('pages sent outside of a command');
+    p.chunks.push(data);
+    p.got += n;
+    if (p.got === p.pages) {
+      pend = undefined;
+      await compareCommand(x, p);
     }
-    if (!opts.parent) {
-      pagesWritten += n;
-      await x.write(data);
-    } else if (keepFrom >= 0) await x.write(data.subarray(keepFrom * PAGE_SIZE));
   };
+
 
   try {
     for await (const chunk of sock as AsyncIterable<Buffer>) {
       if (closed) throw new ProtocolError('data after the page server was closed');
       for (const ev of decoder.push(chunk)) {
         if (ev.kind === 'command') await onCommand(ev.header);
-        else await onPages(ev.header, ev.first, ev.data);
+        else await onPages(ev.data);
       }
       if (closed) break;
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
@@ -11,7 +11,7 @@ import {
 import { FIRST_PAGES_ID, servePageSink } from '../../../src/criu/page-server/sink.js';
 import { decodeImage, type MessageEntry } from '../../../src/image/criu/codec.js';
 import { hashBytes } from '../../../src/image/checksum.js';
-import { decodeIndex, PAGE_INDEX } from '../../../src/image/incremental.js';
+import { ParentPages } from '../../../src/image/parent-pages.js';
 import { PE_PARENT } from '../../../src/image/criu/kinds.js';
 
 /**
@@ -142,41 +142,66 @@ describe('page sink', () => {
     }
   });
 
-  it('with a parent, writes only the pages that changed and PE_PARENT for the rest', async () => {
-    const dir1 = await mkdtemp(join(tmpdir(), 'sink-'));
-    const dir2 = await mkdtemp(join(tmpdir(), 'sink-'));
+  it('with a parent chain, writes only the pages whose content changed, PE_PARENT for the rest, and the chain reads back the new memory', async () => {
+    const dirs = await Promise.all([0, 1, 2].map(() => mkdtemp(join(tmpdir(), 'sink-'))));
+    const [dir1, dir2, dir3] = dirs as [string, string, string];
     try {
-      const first = await servePageSink(fakeCriu(STREAM).sock, { dir: dir1, index: true });
-      const index = decodeIndex(await readFile(join(dir1, PAGE_INDEX)));
-      expect(first.files[PAGE_INDEX]).toBeDefined();
-      // Change one page of the third command's data.
-      const changed = Buffer.from(STREAM);
-      const events = new PsDecoder().push(STREAM);
+      const first = await servePageSink(fakeCriu(STREAM).sock, { dir: dir1 });
+      // Where each ADD_F command's data starts in the stream.
+      const starts: number[] = [];
       let off = 0;
-      let target = -1;
-      let n = 0;
-      for (const e of events) {
+      for (const e of new PsDecoder().push(STREAM)) {
         if (e.kind === 'command') {
           off += HEADER_SIZE;
-          if (e.header.op === PS_IOV_ADD_F && ++n === 3) target = off;
+          if (e.header.op === PS_IOV_ADD_F && e.header.nrPages > 0) starts.push(off);
         } else off += e.data.length;
       }
-      changed[target + 100]! ^= 0xff;
-      const r = await servePageSink(fakeCriu(changed, 777).sock, { dir: dir2, parent: index });
-      expect(r.pagesWritten).toBe(1);
-      expect(r.pagesInParent).toBe(first.pagesWritten - 1);
+      // Link 2: one byte of the third command's first page changed.
+      const second = Buffer.from(STREAM);
+      second[starts[2]! + 100]! ^= 0xff;
+      const p1 = await ParentPages.open(dir1);
+      const r2 = await servePageSink(fakeCriu(second, 777).sock, { dir: dir2, against: p1 }).finally(() => p1.close());
+      expect([r2.pagesWritten, r2.pagesInParent]).toEqual([1, first.pagesWritten - 1]);
       expect((await readFile(join(dir2, `pages-${FIRST_PAGES_ID}.img`))).length).toBe(PAGE_SIZE);
-      const img = decodeImage(await readFile(join(dir2, `pagemap-${PID}.img`)), 'pagemap');
-      const entries = img.entries.slice(1).map((e) => (e as MessageEntry).value);
-      const present = entries.filter((v) => (v.flags as number) & PE_PRESENT);
-      expect(present).toHaveLength(1);
+      const entries = decodeImage(await readFile(join(dir2, `pagemap-${PID}.img`)), 'pagemap').entries.slice(1).map((e) => (e as MessageEntry).value);
+      expect(entries.filter((v) => (v.flags as number) & PE_PRESENT)).toHaveLength(1);
       expect(entries.filter((v) => v.flags === PE_PARENT).reduce((a, v) => a + Number(v.nr_pages), 0)).toBe(first.pagesWritten - 1);
-      // The child's index covers every page, as dedupeAgainstParent's does.
-      const idx2 = decodeIndex(await readFile(join(dir2, PAGE_INDEX)));
-      expect(idx2.get(PID)!.vaddrs).toEqual(index.get(PID)!.vaddrs);
+      const ascending = entries.every((v, i) => i === 0 || Number(v.vaddr) >= Number(entries[i - 1]!.vaddr) + Number(entries[i - 1]!.nr_pages) * PAGE_SIZE);
+      expect(ascending).toBe(true);
+
+      // Link 3 against 2 (whose parent is 1): the same stream again, and a page of the fifth command changed.
+      await symlink(dir1, join(dir2, 'parent'));
+      const third = Buffer.from(second);
+      third[starts[4]! + 5]! ^= 0x01;
+      const p2 = await ParentPages.open(dir2);
+      const r3 = await servePageSink(fakeCriu(third, 777).sock, { dir: dir3, against: p2 });
+      expect([r3.pagesWritten, r3.pagesInParent]).toEqual([1, first.pagesWritten - 1]);
+      // Read through the chain 2 → 1, every command's pages are the second stream's (the changed page from dir2).
+      const cmds = new PsDecoder().push(second);
+      let cmd: { vaddr: number; nrPages: number } | undefined;
+      const want: Buffer[] = [];
+      for (const e of cmds) {
+        if (e.kind === 'command') cmd = e.header.nrPages > 0 && e.header.op === PS_IOV_ADD_F ? e.header : undefined;
+        else want.push(e.data);
+        if (e.kind === 'command' && cmd) {
+          const out = Buffer.alloc(cmd.nrPages * PAGE_SIZE);
+          const held = await p2.readAsync(PID, cmd.vaddr, cmd.nrPages, out);
+          expect(held.every((b) => b === 1)).toBe(true);
+          want.push(out);
+        }
+      }
+      p2.close();
+      // Pairs of (read back, sent): equal.
+      const pairs = [];
+      for (let i = 0; i + 1 < want.length; i += 2) pairs.push(want[i]!.equals(want[i + 1]!));
+      expect(pairs.length).toBeGreaterThan(3);
+      expect(pairs.every(Boolean)).toBe(true);
+      // An address the chain never held is reported missing.
+      const p3 = await ParentPages.open(dir2);
+      const none = await p3.readAsync(PID, 0x1000, 2, Buffer.alloc(2 * PAGE_SIZE)).finally(() => p3.close());
+      expect([...none]).toEqual([0, 0]);
     } finally {
-      await rm(dir1, { recursive: true, force: true });
-      await rm(dir2, { recursive: true, force: true });
+      await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
     }
   });
 

@@ -3,6 +3,8 @@
  * the process actually changed. test/fixtures/pager.py holds N MiB of random memory and, when told,
  * rewrites exactly K pages with new random bytes; after a full checkpoint, each step rewrites a share
  * of its pages and takes a checkpoint with the one before as parent. Goal: stored ≤ 1.2 × changed.
+ * Each step is also taken without the page sink (CEDANA_PAGE_SINK=0: CRIU writes every page, cedana
+ * drops the unchanged ones afterwards), from the same parent, alternating which goes first.
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +23,8 @@ export interface IncrementalStep {
   pagesInParent: number;
   frozenMs: number;
   durationMs: number;
+  /** The same checkpoint, same parent, without the page sink (CRIU writes every page, cedana drops the unchanged ones after). */
+  noSink: { frozenMs: number; durationMs: number; storedBytes: number };
 }
 
 export interface IncrementalSamples {
@@ -50,8 +54,9 @@ export async function incrementalRounds(mib: number, percents: number[], tmp: st
   try {
     progress(`incremental: filling ${mib} MiB`);
     await waitFor('the pager fixture', async () => (await readFile(join(dir, 'sha0'), 'utf8').catch(() => undefined)) || undefined);
-    const dump = async (out: string, parent?: string): Promise<{ r: DumpResult; ms: number }> => {
-      const run = startCedana(['dump', String(pid), '--leave-running', '-o', out, ...(parent ? ['--parent', parent] : []), '--json'], { ...process.env, TMPDIR: tmp });
+    const dump = async (out: string, parent?: string, sink = true): Promise<{ r: DumpResult; ms: number }> => {
+      const env = { ...process.env, TMPDIR: tmp, ...(sink ? {} : { CEDANA_PAGE_SINK: '0' }) };
+      const run = startCedana(['dump', String(pid), '--leave-running', '-o', out, ...(parent ? ['--parent', parent] : []), '--json'], env);
       const exit = await run.done;
       return { r: cedanaResult<DumpResult & { ok: true }>(exit, 'dump', 'stdout'), ms: exit.ms };
     };
@@ -68,10 +73,26 @@ export async function incrementalRounds(mib: number, percents: number[], tmp: st
       await waitFor('the rewrite', async () => ((await readFile(join(dir, 'rewritten'), 'utf8').catch(() => '')).startsWith(`${i + 1} `) ? true : undefined));
       progress(`incremental: ${percent}% of the pages rewritten (${k}), checkpoint with the one before as parent`);
       const out = join(ck, `c${i + 1}`);
-      const d = await dump(out, prev);
+      // Alternated: which of the two goes first changes each step.
+      const viaSink = (): Promise<{ r: DumpResult; ms: number }> => dump(out, prev);
+      const noSink = async (): Promise<{ r: DumpResult; ms: number }> => {
+        const r = await dump(`${out}-nosink`, prev, false);
+        await rm(`${out}-nosink`, { recursive: true, force: true });
+        return r;
+      };
+      let d: { r: DumpResult; ms: number };
+      let n: { r: DumpResult; ms: number };
+      if (i % 2 === 0) {
+        d = await viaSink();
+        n = await noSink();
+      } else {
+        n = await noSink();
+        d = await viaSink();
+      }
       steps.push({
         percent, pagesRewritten: k, changedBytes: k * 4096, storedBytes: d.r.memoryBytes, pagesWritten: d.r.incremental?.pagesWritten ?? 0,
         pagesInParent: d.r.incremental?.pagesInParent ?? 0, frozenMs: d.r.frozenMs, durationMs: d.ms,
+        noSink: { frozenMs: n.r.frozenMs, durationMs: n.ms, storedBytes: n.r.memoryBytes },
       });
       prev = out;
     }
@@ -91,5 +112,7 @@ export function incrementalRows(s: IncrementalSamples): Row[] {
   return s.steps.flatMap((x) => [
     { name: `incremental after ${x.percent}% rewritten: stored`, unit: 'MB', value: x.storedBytes / MB, baseline: x.changedBytes / MB, baselineLabel: 'bytes changed', goal: GOAL_SIZE },
     { name: `incremental after ${x.percent}% rewritten: frozen`, unit: 'ms', value: x.frozenMs, baseline: s.full.frozenMs, baselineLabel: 'full dump frozen' },
+    { name: `incremental after ${x.percent}% rewritten: frozen, page sink`, unit: 'ms', value: x.frozenMs, baseline: x.noSink.frozenMs, baselineLabel: 'the same without the sink' },
+    { name: `incremental after ${x.percent}% rewritten: whole command, page sink`, unit: 'ms', value: x.durationMs, baseline: x.noSink.durationMs, baselineLabel: 'the same without the sink' },
   ] satisfies Row[]);
 }

@@ -91,6 +91,35 @@ export async function pump(src: Readable, dest: Writable, endDest: boolean): Pro
 }
 
 /** The tar stream of `files` (relative to dir), in that order. */
+/**
+ * GNU tar writing `files` of `dir` (in that order, no recursion, regular files as they are) into
+ * `into`, a child's stdin pipe, handed to tar as its stdout; undefined where there is no GNU tar
+ * (node-tar then does it). The archive reads back with node-tar like one it made.
+ */
+async function gnuTar(dir: string, files: string[], into: Writable): Promise<{ child: ChildProcess; done: Promise<void> } | undefined> {
+  const child = spawn('tar', ['--create', '--file=-', '--format=gnu', '--no-recursion', '--numeric-owner', '--owner=0', '--group=0', '--directory', dir, '--null', '--no-unquote', '--verbatim-files-from', '--files-from=-'], {
+    stdio: ['pipe', into as unknown as NodeJS.WritableStream & { fd?: number }, 'pipe'],
+  } as Parameters<typeof spawn>[2]);
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const started = await new Promise<boolean>((resolve) => {
+    child.once('spawn', () => resolve(true));
+    child.once('error', () => resolve(false));
+  });
+  if (!started) return undefined;
+  // zstd has the pipe now, through tar: Node's end is closed, so zstd sees the end when tar exits.
+  (into as Writable).destroy();
+  child.stdin!.on('error', () => undefined); // reported through `done`
+  child.stdin!.end(Buffer.from(files.map((f) => `${f}\0`).join('')));
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('close', (code, sig) => {
+      if (code === 0) resolve();
+      else reject(new CedanaError('IO_ERROR', `tar failed (${code ?? sig}): ${stderr.trim().slice(0, 300)}`));
+    });
+  });
+  return { child, done };
+}
+
 async function tarOf(dir: string, files: string[]): Promise<Readable> {
   const { create } = await import('tar'); // loaded only for archives and streams
   return create({ cwd: dir, portable: true, noDirRecurse: true }, files) as unknown as Readable;
@@ -136,10 +165,20 @@ export function packImageToFile(dir: string, files: string[], path: string, comp
     } finally {
       await fh.close(); // zstd has its own copy
     }
+    // GNU tar frames the files and hands them to zstd through a pipe of their own: the image's bytes
+    // never pass through Node (measured: node-tar feeding zstd held the archive to ~270 MB/s).
+    const tar = await gnuTar(dir, files, z.input!);
+    stopNow = () => {
+      z.child.kill('SIGKILL');
+      tar?.child.kill('SIGKILL');
+    };
+    if (stopped) stopNow();
+    if (tar) {
+      await Promise.all([tar.done, z.done]);
+      return;
+    }
     const tarStream = await tarOf(dir, files);
     // zstd killed: its input breaks, and the pipeline ends the tar stream.
-    stopNow = () => void z.child.kill('SIGKILL');
-    if (stopped) stopNow();
     await Promise.all([pipeline(tarStream, z.input!), z.done]);
   })();
   return {

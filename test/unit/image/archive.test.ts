@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
-import { Header, Pax, type HeaderData } from 'tar';
+import { Header, Parser, Pax, type HeaderData } from 'tar';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CedanaError } from '../../../src/errors.js';
 import { compressionForPath, packImage, packImageToFile, sniffCompression, unpackImage, type Compression } from '../../../src/image/archive.js';
@@ -399,6 +399,37 @@ describe('packImage and unpackImage round trip', () => {
     for (const [name, data] of Object.entries(files)) {
       expect((await readFile(join(out, name))).equals(data), name).toBe(true);
       expect(digests.get(name)?.size).toBe(data.length);
+    }
+  });
+
+  it('packImageToFile (zstd, framed by GNU tar) keeps the order given and names taken literally: a leading dash, spaces, a newline, non-ASCII, a long nested path', async () => {
+    const dir = join(root, 'odd');
+    const long = `shipped/${'d'.repeat(120)}/${'f'.repeat(120)}.txt`;
+    const files: Record<string, Buffer> = {
+      'cedana.json': Buffer.from('{"first":true}'),
+      '-rf': Buffer.from('not an option'),
+      'shipped/a b/c\nd': Buffer.from('newline'),
+      'shipped/été.log': Buffer.from('unicode'),
+      [long]: Buffer.alloc(70_000, 7),
+      'pages-1.img': Buffer.alloc(1 << 20, 1),
+    };
+    for (const [name, data] of Object.entries(files)) {
+      await mkdir(join(dir, name, '..'), { recursive: true });
+      await writeFile(join(dir, name), data);
+    }
+    const order = Object.keys(files);
+    const archive = join(root, 'odd.tar.zst');
+    await packImageToFile(dir, order, archive, 'zstd').done;
+    const names: string[] = [];
+    const parser = new Parser({ onReadEntry: (e) => void (names.push(e.path), e.resume()) });
+    parser.end(spawnSync('zstd', ['-dc', archive]).stdout); // parsed as it is written
+    expect(names).toEqual(order);
+    const out = join(root, 'odd-out');
+    await mkdir(out, { mode: 0o700 });
+    const digests = await unpackImage(createReadStream(archive), out, { path: archive });
+    for (const [name, data] of Object.entries(files)) {
+      expect((await readFile(join(out, name))).equals(data), name).toBe(true);
+      expect(digests.get(name)?.blake3, name).toBe(await blake3File(join(dir, name)));
     }
   });
 

@@ -17,7 +17,7 @@ import { refuseOtherUsers } from '../criu/capabilities.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
-import { packImage, packImageToFile, pump } from '../image/archive.js';
+import { packImage, packImageToFd, packImageToFile, pump } from '../image/archive.js';
 import { checksumDir, listImageFiles, PagesFollower } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
@@ -359,6 +359,15 @@ export async function storeImage(
   }
   if (!stream) throw new CedanaError('INTERNAL', 'no stream to write the image to');
   report.phase('streaming the image to stdout');
+  // GNU tar writes straight into the descriptor (stdout) where there is one.
+  const fd = (stream as Writable & { imageFd?: number }).imageFd;
+  const direct = fd === undefined ? undefined : await packImageToFd(imagesDir, ordered, fd);
+  if (direct) {
+    const sent = direct.done.catch((e: unknown) => {
+      throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
+    });
+    return { bytes: await abortable(sent, signal, direct.stop), memoryBytes: 0, image: '-' };
+  }
   let bytes = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _enc, cb) {

@@ -93,13 +93,14 @@ export async function pump(src: Readable, dest: Writable, endDest: boolean): Pro
 /** The tar stream of `files` (relative to dir), in that order. */
 /**
  * GNU tar writing `files` of `dir` (in that order, no recursion, regular files as they are) into
- * `into`, a child's stdin pipe, handed to tar as its stdout; undefined where there is no GNU tar
- * (node-tar then does it). The archive reads back with node-tar like one it made.
+ * `into`: a child's stdin pipe (Node's end is closed once tar has its copy) or a descriptor of ours
+ * (stdout). Undefined where there is no GNU tar (node-tar then does it). `done` resolves with the
+ * bytes written. The archive reads back with node-tar like one it made.
  */
-async function gnuTar(dir: string, files: string[], into: Writable): Promise<{ child: ChildProcess; done: Promise<void> } | undefined> {
-  const child = spawn('tar', ['--create', '--file=-', '--format=gnu', '--no-recursion', '--numeric-owner', '--owner=0', '--group=0', '--directory', dir, '--null', '--no-unquote', '--verbatim-files-from', '--files-from=-'], {
-    stdio: ['pipe', into as unknown as NodeJS.WritableStream & { fd?: number }, 'pipe'],
-  } as Parameters<typeof spawn>[2]);
+async function gnuTar(dir: string, files: string[], into: Writable | number): Promise<{ child: ChildProcess; done: Promise<number> } | undefined> {
+  const args = ['--create', '--file=-', '--format=gnu', '--no-recursion', '--numeric-owner', '--owner=0', '--group=0', '--totals'];
+  args.push('--directory', dir, '--null', '--no-unquote', '--verbatim-files-from', '--files-from=-');
+  const child = spawn('tar', args, { stdio: ['pipe', into as number, 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const started = await new Promise<boolean>((resolve) => {
@@ -107,17 +108,28 @@ async function gnuTar(dir: string, files: string[], into: Writable): Promise<{ c
     child.once('error', () => resolve(false));
   });
   if (!started) return undefined;
-  // zstd has the pipe now, through tar: Node's end is closed, so zstd sees the end when tar exits.
-  (into as Writable).destroy();
+  // zstd's pipe is tar's now: with Node's end closed, zstd sees the end when tar exits.
+  if (typeof into !== 'number') into.destroy();
   child.stdin!.on('error', () => undefined); // reported through `done`
   child.stdin!.end(Buffer.from(files.map((f) => `${f}\0`).join('')));
-  const done = new Promise<void>((resolve, reject) => {
+  const done = new Promise<number>((resolve, reject) => {
     child.on('close', (code, sig) => {
-      if (code === 0) resolve();
-      else reject(new CedanaError('IO_ERROR', `tar failed (${code ?? sig}): ${stderr.trim().slice(0, 300)}`));
+      const total = /^Total bytes written: (\d+)/m.exec(stderr);
+      if (code === 0 && total) resolve(Number(total[1]));
+      else reject(new CedanaError('IO_ERROR', `tar failed (${code ?? sig}): ${stderr.replace(/^Total bytes written:.*$/m, '').trim().slice(0, 300)}`));
     });
   });
   return { child, done };
+}
+
+/**
+ * Writes the uncompressed tar of `files` to the descriptor `fd` (the image stream on stdout) with GNU
+ * tar, the bytes never passing through Node; undefined where there is no GNU tar.
+ */
+export async function packImageToFd(dir: string, files: string[], fd: number): Promise<{ done: Promise<number>; stop: () => void } | undefined> {
+  const tar = await gnuTar(dir, files, fd);
+  if (!tar) return undefined;
+  return { done: tar.done, stop: () => void tar.child.kill('SIGKILL') };
 }
 
 async function tarOf(dir: string, files: string[]): Promise<Readable> {

@@ -4,6 +4,7 @@
  * instructions); images of format 1 carry sha256 and are verified with it.
  */
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,12 +28,29 @@ let native: BlakeHash | undefined;
 function blakeHash(): BlakeHash {
   if (native) return native;
   try {
-    native = createRequire(import.meta.url)('@napi-rs/blake-hash') as BlakeHash;
+    const req = createRequire(import.meta.url);
+    native = (linuxBinding(req) ?? req('@napi-rs/blake-hash')) as BlakeHash;
     return native;
   } catch (e) {
     throw new CedanaError('HOST_UNSUPPORTED', `BLAKE3 is not available: @napi-rs/blake-hash has no binary for ${process.platform}-${process.arch} here (${(e as Error).message.split('\n')[0]})`, {
       hint: 'cedana runs on Linux x64 and arm64 (glibc or musl); install it with its optional dependencies (npm ci, not --omit=optional)',
     });
+  }
+}
+
+/**
+ * On Linux x64/arm64, the platform package the loader would pick, loaded directly: the loader tells
+ * glibc from musl with process.report.getReport(), ~7 ms (more on a busy machine) on every command
+ * that hashes. Here the C library mapped into this process says. Anything unexpected: undefined, and
+ * the package's own loader decides.
+ */
+function linuxBinding(req: NodeJS.Require): unknown {
+  if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) return undefined;
+  try {
+    const libc = readFileSync('/proc/self/maps', 'latin1').includes('/ld-musl-') ? 'musl' : 'gnu';
+    return createRequire(req.resolve('@napi-rs/blake-hash'))(`@napi-rs/blake-hash-linux-${process.arch}-${libc}`);
+  } catch {
+    return undefined;
   }
 }
 

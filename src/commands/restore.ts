@@ -15,8 +15,6 @@ import { buildRestoreArgs, type TcpMode } from '../criu/options.js';
 import { decideConnections, localAddresses } from '../image/connections.js';
 import { decodeImage } from '../image/criu/codec.js';
 import { placeShipped } from '../image/ship.js';
-import { verifyChain } from '../image/incremental.js';
-import { releaseSourceLocks } from '../migrate/netlock.js';
 import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
 import { ActionGate } from '../criu/gate.js';
 import { imageLocks, locksLost, type ExpectedLock } from '../image/file-locks.js';
@@ -32,7 +30,7 @@ import { readRestoreStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { privateTempDir } from '../util/paths.js';
-import { CudaCheckpoint, deviceMapArg, localGpuHost, planGpuRestore, resumeRestored } from '../gpu/cuda.js';
+import type { CudaCheckpoint } from '../gpu/cuda.js';
 
 function killQuietly(pid: number): void {
   try {
@@ -106,12 +104,13 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
         });
       }
       report.phase('verifying the parent checkpoints');
-      await verifyChain(dir, manifest);
+      await (await import('../image/incremental.js')).verifyChain(dir, manifest);
     }
     checkCompatible(manifest, await hostFacts(), criu);
     let gpu: { cc: CudaCheckpoint; deviceMap: Map<string, string>; notes: string[] } | undefined;
     if (manifest.gpu) {
       report.phase('checking the GPUs and the driver against the image');
+      const { CudaCheckpoint, localGpuHost, planGpuRestore } = await import('../gpu/cuda.js');
       const host = await localGpuHost(args.cudaCheckpoint);
       gpu = { cc: new CudaCheckpoint(host.cudaCheckpoint ?? ''), ...planGpuRestore(manifest.gpu, host) };
     }
@@ -147,6 +146,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       if (gpu && manifest.gpu) {
         const pids = manifest.gpu.processes.map((p) => p.pid);
         try {
+          const { deviceMapArg, resumeRestored } = await import('../gpu/cuda.js');
           gpu.notes.push(...(await resumeRestored(gpu.cc, pids, deviceMapArg(gpu.deviceMap), (m) => report.phase(m))));
         } catch (e) {
           // A tree whose GPU state did not come back would hang on its first CUDA call: end it; the image is intact.
@@ -160,7 +160,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       }
       if (args.pidFile) await writeFile(resolve(args.pidFile), `${restored.pid}\n`);
       // The dump's network lock still drops the closed connections' packets here: lift it, so their peers get a reset.
-      await releaseSourceLocks(plan.close);
+      if (plan.close.length > 0) await (await import('../migrate/netlock.js')).releaseSourceLocks(plan.close);
       return {
         command: 'restore',
         pid: restored.pid,

@@ -214,8 +214,8 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
   );
   const t = performance.now();
   const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
-  // The same check as before CRIU ran, now hashing the pages images only.
-  const pagesBad = (r.pagesVerified ? Promise.resolve() : verifyDir(r.dir, manifest, isPagesImage)).then(
+  // The same check as before CRIU ran, now hashing the pages images only, on one core (CRIU has the other).
+  const pagesBad = (r.pagesVerified ? Promise.resolve() : verifyDir(r.dir, manifest, isPagesImage, undefined, true)).then(
     () => undefined,
     (e: unknown) => e,
   );

@@ -3,7 +3,6 @@
  * BLAKE3 (format 2: ~4.5 GB/s on one core here, against ~1.6 GB/s for sha256 with the CPU's SHA
  * instructions); images of format 1 carry sha256 and are verified with it.
  */
-import { createHash } from 'node:crypto';
 import { readFileSync, readSync } from 'node:fs';
 import { open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -59,7 +58,8 @@ export function createHasher(algorithm: HashAlgorithm): Hasher {
     const h = new (blakeHash().Blake3Hasher)();
     return { update: (d) => void h.update(d), hex: () => h.digest('hex') };
   }
-  const h = createHash('sha256');
+  // node:crypto (~5 ms to load) only for images of format 1; BLAKE3 does not need it.
+  const h = (createRequire(import.meta.url)('node:crypto') as typeof import('node:crypto')).createHash('sha256');
   return { update: (d) => void h.update(d), hex: () => h.digest('hex') };
 }
 

@@ -86,6 +86,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   requireRoot('restore');
   const criu = await locateCriu();
   const work = await privateTempDir('cedana-restore-');
+  let gate: Promise<ActionGate> | undefined;
   try {
     const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
     report.phase('verifying the manifest, the file sizes and the metadata images');
@@ -96,6 +97,11 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     // From an archive or a stream the pages were hashed as they were extracted: every file is verified
     // now, before CRIU runs, at no extra read. From a directory the pages are hashed while CRIU reads them.
     const pagesVerified = digests !== undefined && Object.entries(manifest.files).every(([name, e]) => !isPagesImage(name) || (e.blake3 !== undefined && digests.has(name)));
+    // Meanwhile, what does not depend on the image's contents: the host's facts, and the gate CRIU will wait at.
+    const facts = hostFacts();
+    gate = ActionGate.create(work, 'post-restore');
+    facts.catch(() => undefined);
+    gate.catch(() => undefined);
     await verifyDir(dir, manifest, (name) => pagesVerified || !isPagesImage(name), digests);
     if (manifest.parent) {
       if (label === '-' || dir !== label) {
@@ -106,7 +112,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       report.phase('verifying the parent checkpoints');
       await (await import('../image/incremental.js')).verifyChain(dir, manifest);
     }
-    checkCompatible(manifest, await hostFacts(), criu);
+    checkCompatible(manifest, await facts, criu);
     let gpu: { cc: CudaCheckpoint; deviceMap: Map<string, string>; notes: string[] } | undefined;
     if (manifest.gpu) {
       report.phase('checking the GPUs and the driver against the image');
@@ -142,7 +148,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       }
       report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
       const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
-      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal, pagesVerified });
+      const restored = await runRestore({ criu, manifest, dir, criuDir, work, gate: await gate, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal, pagesVerified });
       if (gpu && manifest.gpu) {
         const pids = manifest.gpu.processes.map((p) => p.pid);
         try {
@@ -180,6 +186,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     }
   } finally {
     report.stop();
+    await gate?.catch(() => undefined); // written into work: done before work is removed
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -199,6 +206,8 @@ interface RunRestore {
   signal?: AbortSignal;
   /** The pages images were verified already (hashed as an archive was extracted). */
   pagesVerified?: boolean;
+  /** The post-restore gate, in `work`. */
+  gate: ActionGate;
 }
 
 /** CRIU restores; the pages are verified meanwhile, the tree held at post-restore until they check out. */
@@ -206,7 +215,7 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
   const { criu, manifest, work } = r;
   const pidFile = join(work, 'restored.pid');
   const logFile = join(work, 'restore.log');
-  const gate = await ActionGate.create(work, 'post-restore');
+  const gate = r.gate;
   const o = manifest.options;
   const criuArgs = buildRestoreArgs(
     { shellJob: o.shellJob, ...r.tcp, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 },

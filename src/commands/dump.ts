@@ -230,7 +230,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       committed = true;
     }
     report.phase(args.leaveRunning ? 'resuming the tree' : 'ending the dumped tree');
-    // The stats reader (protobufjs and CRIU's schema: tens of ms to load) loads while CRIU ends, after the commit.
+    // The stats reader loads while CRIU ends, after the commit.
     const statsReader = import('../image/criu/stats.js');
     statsReader.catch(() => undefined);
     await run.done;

@@ -15,8 +15,6 @@ import { buildRestoreArgs, type TcpMode } from '../criu/options.js';
 import { decideConnections, localAddresses } from '../image/connections.js';
 import { decodeImage } from '../image/criu/codec.js';
 import { placeShipped } from '../image/ship.js';
-import { verifyChain } from '../image/incremental.js';
-import { releaseSourceLocks } from '../migrate/netlock.js';
 import { keepLog, locateCriu, spawnCriu, type Criu } from '../criu/criu.js';
 import { ActionGate } from '../criu/gate.js';
 import { imageLocks, locksLost, type ExpectedLock } from '../image/file-locks.js';
@@ -32,7 +30,7 @@ import { readRestoreStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { privateTempDir } from '../util/paths.js';
-import { CudaCheckpoint, deviceMapArg, localGpuHost, planGpuRestore, resumeRestored } from '../gpu/cuda.js';
+import type { CudaCheckpoint } from '../gpu/cuda.js';
 
 function killQuietly(pid: number): void {
   try {
@@ -88,6 +86,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   requireRoot('restore');
   const criu = await locateCriu();
   const work = await privateTempDir('cedana-restore-');
+  let gate: Promise<ActionGate> | undefined;
   try {
     const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
     report.phase('verifying the manifest, the file sizes and the metadata images');
@@ -98,6 +97,11 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     // From an archive or a stream the pages were hashed as they were extracted: every file is verified
     // now, before CRIU runs, at no extra read. From a directory the pages are hashed while CRIU reads them.
     const pagesVerified = digests !== undefined && Object.entries(manifest.files).every(([name, e]) => !isPagesImage(name) || (e.blake3 !== undefined && digests.has(name)));
+    // Meanwhile, what does not depend on the image's contents: the host's facts, and the gate CRIU will wait at.
+    const facts = hostFacts();
+    gate = ActionGate.create(work, 'post-restore');
+    facts.catch(() => undefined);
+    gate.catch(() => undefined);
     await verifyDir(dir, manifest, (name) => pagesVerified || !isPagesImage(name), digests);
     if (manifest.parent) {
       if (label === '-' || dir !== label) {
@@ -106,12 +110,13 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
         });
       }
       report.phase('verifying the parent checkpoints');
-      await verifyChain(dir, manifest);
+      await (await import('../image/incremental.js')).verifyChain(dir, manifest);
     }
-    checkCompatible(manifest, await hostFacts(), criu);
+    checkCompatible(manifest, await facts, criu);
     let gpu: { cc: CudaCheckpoint; deviceMap: Map<string, string>; notes: string[] } | undefined;
     if (manifest.gpu) {
       report.phase('checking the GPUs and the driver against the image');
+      const { CudaCheckpoint, localGpuHost, planGpuRestore } = await import('../gpu/cuda.js');
       const host = await localGpuHost(args.cudaCheckpoint);
       gpu = { cc: new CudaCheckpoint(host.cudaCheckpoint ?? ''), ...planGpuRestore(manifest.gpu, host) };
     }
@@ -143,10 +148,11 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       }
       report.phase(`restoring ${manifest.processes.length} process(es) and verifying their memory`);
       const tcp = { tcpEstablished: o.tcpEstablished && !closeAll, tcpClose: closeAll };
-      const restored = await runRestore({ criu, manifest, dir, criuDir, work, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal, pagesVerified });
+      const restored = await runRestore({ criu, manifest, dir, criuDir, work, gate: await gate, tcp, locks: await imageLocks(dir), allowLostLocks: !!args.allowLostLocks, signal: args.signal, pagesVerified });
       if (gpu && manifest.gpu) {
         const pids = manifest.gpu.processes.map((p) => p.pid);
         try {
+          const { deviceMapArg, resumeRestored } = await import('../gpu/cuda.js');
           gpu.notes.push(...(await resumeRestored(gpu.cc, pids, deviceMapArg(gpu.deviceMap), (m) => report.phase(m))));
         } catch (e) {
           // A tree whose GPU state did not come back would hang on its first CUDA call: end it; the image is intact.
@@ -160,7 +166,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       }
       if (args.pidFile) await writeFile(resolve(args.pidFile), `${restored.pid}\n`);
       // The dump's network lock still drops the closed connections' packets here: lift it, so their peers get a reset.
-      await releaseSourceLocks(plan.close);
+      if (plan.close.length > 0) await (await import('../migrate/netlock.js')).releaseSourceLocks(plan.close);
       return {
         command: 'restore',
         pid: restored.pid,
@@ -180,6 +186,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
     }
   } finally {
     report.stop();
+    await gate?.catch(() => undefined); // written into work: done before work is removed
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -199,6 +206,8 @@ interface RunRestore {
   signal?: AbortSignal;
   /** The pages images were verified already (hashed as an archive was extracted). */
   pagesVerified?: boolean;
+  /** The post-restore gate, in `work`. */
+  gate: ActionGate;
 }
 
 /** CRIU restores; the pages are verified meanwhile, the tree held at post-restore until they check out. */
@@ -206,7 +215,7 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
   const { criu, manifest, work } = r;
   const pidFile = join(work, 'restored.pid');
   const logFile = join(work, 'restore.log');
-  const gate = await ActionGate.create(work, 'post-restore');
+  const gate = r.gate;
   const o = manifest.options;
   const criuArgs = buildRestoreArgs(
     { shellJob: o.shellJob, ...r.tcp, fileLocks: o.fileLocks, externalUnix: o.externalUnix.length > 0 },
@@ -214,8 +223,8 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
   );
   const t = performance.now();
   const run = spawnCriu(criu, criuArgs, { logFile, label: `restore-${manifest.pid}` });
-  // The same check as before CRIU ran, now hashing the pages images only.
-  const pagesBad = (r.pagesVerified ? Promise.resolve() : verifyDir(r.dir, manifest, isPagesImage)).then(
+  // The same check as before CRIU ran, now hashing the pages images only, on one core (CRIU has the other).
+  const pagesBad = (r.pagesVerified ? Promise.resolve() : verifyDir(r.dir, manifest, isPagesImage, undefined, true)).then(
     () => undefined,
     (e: unknown) => e,
   );
@@ -236,8 +245,10 @@ async function runRestore(r: RunRestore): Promise<{ pid: number; restoreMs: numb
     await run.done;
     throw new CedanaError('CRIU_FAILED', 'criu restore exited before its post-restore step', { hint: `log: ${await keepLog(logFile, `restore-${manifest.pid}`)}` });
   }
-  // Every lock of the image held again, before the tree runs a single instruction.
-  const lost = lostLocks(r.locks, await readFile('/proc/locks', 'utf8'), localFileOf).map((l) => ({ ...l, path: localPathOf(l.pid, l.fd) }));
+  // Every lock of the image held again, before the tree runs a single instruction. An image without
+  // locks has nothing to check: /proc/locks is not read (its first read in a process costs ~10-17 ms
+  // here — the kernel takes a lock that waits for an RCU grace period — with the tree held at the gate).
+  const lost = r.locks.length === 0 ? [] : lostLocks(r.locks, await readFile('/proc/locks', 'utf8'), localFileOf).map((l) => ({ ...l, path: localPathOf(l.pid, l.fd) }));
   const lockNotes: string[] = [];
   if (lost.length > 0) {
     const err = locksLost(lost, 'here');

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CedanaError } from '../errors.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
-import { unpackImage, type ExtractedDigests } from './archive.js';
+import type { ExtractedDigests } from './archive.js';
 import { MANIFEST_NAME, parseManifest, type Manifest } from './manifest.js';
 
 export interface OpenedImage {
@@ -25,6 +25,7 @@ export async function openImage(image: string, work: string, report: Reporter = 
   const into = join(work, 'image');
   if (image === '-') {
     report.phase('reading the image from stdin');
+    const { unpackImage } = await import('./archive.js');
     const digests = await unpackImage(stdin ?? process.stdin, into);
     return { dir: into, label: '-', digests };
   }
@@ -38,6 +39,7 @@ export async function openImage(image: string, work: string, report: Reporter = 
   if (st.isDirectory()) return { dir: path, label: path };
   if (!st.isFile()) throw new CedanaError('IMAGE_INVALID', `${path} is neither a directory nor an archive file`);
   report.phase(`unpacking ${path}`);
+  const { unpackImage } = await import('./archive.js'); // streams, zlib, tar: only for archives
   const digests = await unpackImage(createReadStream(path, { highWaterMark: 1 << 20 }), into, { path });
   return { dir: into, label: path, digests };
 }

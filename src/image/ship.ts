@@ -8,7 +8,6 @@
  * Deleted-but-open files are CRIU's own business (it stores them as "ghost" files); cedana only
  * raises CRIU's ghost limit to the shipping limit and refuses, before freezing, one that is larger.
  */
-import { randomBytes } from 'node:crypto';
 import { chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rename, rm, rmdir, stat, utimes } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import type { Stats } from 'node:fs';
@@ -243,6 +242,7 @@ export async function placeShipped(imageDir: string, entries: ShippedEntry[], ma
         }
         throw conflict(st.isFile() ? `${to} exists with ${st.size} bytes; the image carries it with ${e.size}` : `${to} exists and is not a regular file`);
       }
+      const { randomBytes } = await import('node:crypto'); // loaded only when a file is placed
       const tmp = join(dirname(to), `.cedana-${randomBytes(6).toString('hex')}`);
       await copyFile(join(imageDir, e.image!), tmp).catch((err: NodeJS.ErrnoException) => {
         throw err.code === 'ENOENT' ? conflict(`the parent directory of ${to} does not exist`) : err;

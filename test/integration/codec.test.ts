@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeImage, encodeImage, type DecodedImage, type MessageEntry } from '../../src/image/criu/codec.js';
 import { PAGE_SIZE, PE_PRESENT } from '../../src/image/criu/kinds.js';
 import type { Message } from '../../src/image/criu/message.js';
-import { root } from '../../src/image/criu/schema/index.js';
+import { root } from '../../src/image/criu/schema/protobuf.js';
 import { cedanaOk } from '../helpers/cedana.js';
 import { critDecode, diffImage, hasCrit, pycriuSchema } from '../helpers/crit.js';
 import { Owned, readText, waitFor } from '../helpers/processes.js';

@@ -1,18 +1,20 @@
 /**
  * Reads CRIU's stats-dump / stats-restore images (written to the work directory).
  * Layout: u32 service magic, u32 stats magic, then one entry: u32 length + protobuf message.
- * Schema from CRIU's images/stats.proto.
+ * Schema from CRIU's images/stats.proto (field names from the compiled schema; no protobufjs at run
+ * time). Lenient where the codec is strict: a missing field reads as 0, as CRIU's numbers are only
+ * reported, never acted on.
  */
-import protobuf from 'protobufjs';
-import { TASK_SCHEMA } from './schema/task.js';
 import { readFile } from 'node:fs/promises';
+import { lookupMessage, type MessageInfo } from './schema/index.js';
+import { TASK_SCHEMA } from './schema/task.js';
+import { WIRE_LEN, WIRE_VARINT, WireReader } from './wire.js';
 
 /** CRIU's images/stats.proto, among the task images' schemas of the codec. */
 export const STATS_SCHEMA = TASK_SCHEMA;
 
 const STATS_MAGIC = 0x57093306;
 const SERVICE_MAGIC = 0x55105940;
-const StatsEntry = protobuf.parse(STATS_SCHEMA, { keepCase: true }).root.lookupType('stats_entry');
 
 export interface DumpStats {
   freezingUs: number;
@@ -32,8 +34,27 @@ export interface RestoreStats {
 }
 
 interface RawStats {
-  dump?: Record<string, number | protobuf.Long>;
-  restore?: Record<string, number | protobuf.Long>;
+  dump?: Record<string, number>;
+  restore?: Record<string, number>;
+}
+
+const schemaOf = (name: string): MessageInfo => {
+  const m = lookupMessage(name);
+  if (!m) throw new Error(`schema lacks ${name}`);
+  return m;
+};
+
+/** The varint fields of one stats message, by their schema names, as numbers. */
+function numbers(r: WireReader, info: MessageInfo): Record<string, number> {
+  const out: Record<string, number> = {};
+  while (!r.done) {
+    const at = r.pos;
+    const tag = r.varintNumber();
+    const f = info.byId.get(tag >>> 3);
+    if (f && (tag & 7) === WIRE_VARINT) out[f.name] = Number(r.varint64());
+    else r.skip(tag & 7, at);
+  }
+  return out;
 }
 
 export function decodeStats(buf: Buffer): RawStats {
@@ -41,11 +62,23 @@ export function decodeStats(buf: Buffer): RawStats {
   if (buf.readUInt32LE(0) !== SERVICE_MAGIC || buf.readUInt32LE(4) !== STATS_MAGIC) throw new Error('not a CRIU stats image');
   const len = buf.readUInt32LE(8);
   if (12 + len > buf.length) throw new Error('stats entry truncated');
-  const msg = StatsEntry.decode(buf.subarray(12, 12 + len));
-  return StatsEntry.toObject(msg, { longs: Number }) as RawStats;
+  const out: RawStats = {};
+  const r = new WireReader(buf, 12, 12 + len);
+  while (!r.done) {
+    const at = r.pos;
+    const tag = r.varintNumber();
+    const field = tag >>> 3;
+    if ((field === 1 || field === 2) && (tag & 7) === WIRE_LEN) {
+      const { start, end } = r.lengthDelimited();
+      const values = numbers(new WireReader(buf, start, end), schemaOf(field === 1 ? 'dump_stats_entry' : 'restore_stats_entry'));
+      if (field === 1) out.dump = { ...out.dump, ...values };
+      else out.restore = { ...out.restore, ...values };
+    } else r.skip(tag & 7, at);
+  }
+  return out;
 }
 
-const n = (v: number | protobuf.Long | undefined): number => (v === undefined ? 0 : Number(v));
+const n = (v: number | undefined): number => v ?? 0;
 
 export async function readDumpStats(path: string): Promise<DumpStats | undefined> {
   try {

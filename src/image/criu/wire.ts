@@ -1,8 +1,9 @@
 /**
  * Protobuf wire primitives over a Buffer, bounds-checked at every read. Offsets are absolute in the
- * image file so that an error can say where the damage is. protobufjs parses the schemas; the
- * wire format is read here because images come from anywhere and every malformed byte must become
- * a precise WireError (protobufjs throws bare RangeErrors without an offset).
+ * image file so that an error can say where the damage is. protobufjs parses the schemas (when
+ * schema/compiled.ts is generated); the wire format is read here because images come from anywhere
+ * and every malformed byte must become a precise WireError (protobufjs throws bare RangeErrors
+ * without an offset).
  */
 
 /** A malformed byte sequence at `offset` (absolute in the image). The codec turns it into IMAGE_INVALID. */

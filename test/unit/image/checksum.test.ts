@@ -99,6 +99,17 @@ describe('blake3File', () => {
     expect(await hashFile(p, ['blake3', 'sha256'])).toEqual([b3(FILES['pages-1.img']!), sha(FILES['pages-1.img']!)]);
     expect(await hashFile(p, ['sha256'], 10)).toEqual([sha(FILES['pages-1.img']!)]);
   });
+
+  it('hashFile on one core (synchronous reads in slices) gives the same digests, at every size around its read size', async () => {
+    for (const size of [0, 1, 4095, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 3 * 1024 * 1024 + 7]) {
+      const data = Buffer.alloc(size);
+      for (let i = 0; i + 4 <= size; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+      const p = join(dir, `one-core-${size}`);
+      await writeFile(p, data);
+      expect(await hashFile(p, ['blake3', 'sha256'], size, true)).toEqual([b3(data), sha(data)]);
+      expect(await hashFile(p, ['blake3'], undefined, true)).toEqual([b3(data)]);
+    }
+  });
 });
 
 describe('GrowingFileHash', () => {

@@ -1,11 +1,10 @@
 /**
- * CRIU's image schemas parsed once with protobufjs (proto2, field names as in CRIU: keepCase) and
- * flattened into what the codec needs per message: its fields by number, in number order, with
- * their wire kind.
+ * CRIU's image schemas, flattened into what the codec needs per message: its fields by number, in
+ * number order, with their wire kind. They are read from compiled.ts, a table generated from the
+ * proto2 text in task.ts and files.ts (field names as in CRIU) by protobufjs (protobuf.ts); the
+ * codec does not load protobufjs at run time.
  */
-import protobuf from 'protobufjs';
-import { FILES_SCHEMA } from './files.js';
-import { TASK_SCHEMA } from './task.js';
+import { COMPILED_SCHEMA } from './compiled.js';
 
 export type ScalarKind =
   | 'double' | 'float' | 'int32' | 'uint32' | 'sint32' | 'fixed32' | 'sfixed32'
@@ -41,37 +40,45 @@ const SCALARS = new Set<string>([
   'int64', 'uint64', 'sint64', 'fixed64', 'sfixed64', 'bool', 'string', 'bytes',
 ]);
 
-export const root = protobuf.parse(`syntax = "proto2";\n${TASK_SCHEMA}\n${FILES_SCHEMA}`, { keepCase: true }).root;
-root.resolveAll();
+/** One field of the compiled table: name, number, type, rule, and 'packed' when written packed. */
+export type CompiledField = [name: string, id: number, type: string, rule: 'optional' | 'required' | 'repeated', packed?: 'packed'];
 
-const messages = new Map<protobuf.Type, MessageInfo>();
-const enums = new Map<protobuf.Enum, EnumInfo>();
+export interface CompiledSchema {
+  /** Each enum's values by name. */
+  enums: Record<string, Record<string, number>>;
+  /** Each message's fields, in number order. */
+  messages: Record<string, CompiledField[]>;
+}
 
-function enumInfo(e: protobuf.Enum): EnumInfo {
-  let info = enums.get(e);
+const messages = new Map<string, MessageInfo>();
+const enums = new Map<string, EnumInfo>();
+
+function enumInfo(name: string, values: Record<string, number>): EnumInfo {
+  let info = enums.get(name);
   if (!info) {
-    const byName = new Map(Object.entries(e.values));
-    info = { name: e.name, byName, byNumber: new Map([...byName].map(([k, v]) => [v, k])) };
-    enums.set(e, info);
+    const byName = new Map(Object.entries(values));
+    info = { name: name.slice(name.lastIndexOf('.') + 1), byName, byNumber: new Map([...byName].map(([k, v]) => [v, k])) };
+    enums.set(name, info);
   }
   return info;
 }
 
-function messageInfo(t: protobuf.Type): MessageInfo {
-  const known = messages.get(t);
+function messageInfo(name: string, compiled: CompiledField[]): MessageInfo {
+  const known = messages.get(name);
   if (known) return known;
   const fields: FieldInfo[] = [];
-  const info: MessageInfo = { name: t.name, fields, byId: new Map() };
-  messages.set(t, info); // before the fields: messages may contain themselves (cgroup_dir_entry)
-  for (const f of [...t.fieldsArray].sort((a, b) => a.id - b.id)) {
-    if (f.map) throw new Error(`schema: map field ${t.name}.${f.name} is not supported`);
-    const field: FieldInfo = { name: f.name, id: f.id, kind: 'message', repeated: f.repeated, required: f.required, packed: f.packed };
-    if (SCALARS.has(f.type)) field.kind = f.type as ScalarKind;
-    else if (f.resolvedType instanceof protobuf.Enum) {
+  const info: MessageInfo = { name: name.slice(name.lastIndexOf('.') + 1), fields, byId: new Map() };
+  messages.set(name, info); // before the fields: messages may contain themselves (cgroup_dir_entry)
+  for (const [fname, id, type, rule, packed] of compiled) {
+    const field: FieldInfo = { name: fname, id, kind: 'message', repeated: rule === 'repeated', required: rule === 'required', packed: packed === 'packed' };
+    const e = COMPILED_SCHEMA.enums[type];
+    const m = COMPILED_SCHEMA.messages[type];
+    if (SCALARS.has(type)) field.kind = type as ScalarKind;
+    else if (e) {
       field.kind = 'enum';
-      field.enumInfo = enumInfo(f.resolvedType);
-    } else if (f.resolvedType instanceof protobuf.Type) field.message = messageInfo(f.resolvedType);
-    else throw new Error(`schema: cannot resolve ${t.name}.${f.name} (${f.type})`);
+      field.enumInfo = enumInfo(type, e);
+    } else if (m) field.message = messageInfo(type, m);
+    else throw new Error(`schema: cannot resolve ${name}.${fname} (${type})`);
     fields.push(field);
   }
   info.byId = new Map(fields.map((f) => [f.id, f]));
@@ -80,6 +87,6 @@ function messageInfo(t: protobuf.Type): MessageInfo {
 
 /** The message type of that name (a top-level CRIU message, e.g. 'core_entry'), or undefined. */
 export function lookupMessage(name: string): MessageInfo | undefined {
-  const t = root.lookup(name);
-  return t instanceof protobuf.Type ? messageInfo(t) : undefined;
+  const m = Object.hasOwn(COMPILED_SCHEMA.messages, name) ? COMPILED_SCHEMA.messages[name] : undefined;
+  return m ? messageInfo(name, m) : undefined;
 }

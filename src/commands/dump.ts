@@ -146,12 +146,14 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     const criuArgs = buildDumpArgs(args.pid, decisions, {
       imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning, ghostLimit: ghost,
     });
-    if (sinkMode) criuArgs.push('--page-server', '--ps-socket', '3');
+    // The page sink's socket: CRIU's end becomes its fd 0.
+    const pair = sinkMode ? await (await import('../criu/page-server/source.js')).socketPair(work) : undefined;
+    if (pair) criuArgs.push('--page-server', '--ps-socket', '0');
     report.phase(`freezing and dumping ${facts.processes.length} process(es)`);
-    const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}`, pageServerSocket: sinkMode });
+    const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}`, stdinSocket: pair?.criuEnd });
     // The page sink: CRIU streams the pages into cedana, which writes (with a parent: only the
     // changed ones) and hashes them as they arrive.
-    const sinkDone: Promise<SinkResult> | undefined = sinkMode ? servePageSink(run.psSocket!, { dir: imagesDir, against, keepWhole }) : undefined;
+    const sinkDone: Promise<SinkResult> | undefined = sinkMode ? servePageSink(pair!.source, { dir: imagesDir, against, keepWhole }) : undefined;
     sinkDone?.catch(() => undefined);
     // Hash the memory while CRIU writes it, not after with the tree frozen.
     // Not for an incremental checkpoint (its pages files are rewritten afterwards), nor with

@@ -3,6 +3,7 @@
  * CRIU failures become CRIU_FAILED errors that quote the decisive log lines and keep the log
  * (CAPABILITY_MISSING where the log shows root lacking CAP_SYS_RESOURCE for another user's process).
  */
+import type { Socket } from 'node:net';
 import { spawn } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { copyFile, chmod, mkdir, open, stat, writeFile } from 'node:fs/promises';
@@ -101,15 +102,19 @@ export interface RunOptions {
  * CAPABILITY_MISSING those lines show (dump and migrate alike, both running CRIU through here).
  *
  * With `pageServerSocket`, CRIU gets a unix socket as fd 3 (pass `--ps-socket 3`): cedana carries
- * the page stream itself. A unix socket, not TCP: over loopback TCP, CRIU's last small write before
+ * the page stream itself. With `stdinSocket` (socketPair's CRIU end), that socket is CRIU's fd 0
+ * (pass `--ps-socket 0`), read on cedana's side with one reused buffer. A unix socket, not TCP: over loopback TCP, CRIU's last small write before
  * it waits for the page server's answer meets Nagle and delayed ACK, a stall of ~200 ms.
  */
-export function spawnCriu(criu: Criu, args: string[], opts: RunOptions & { pageServerSocket?: boolean }): { done: Promise<void>; psSocket?: Duplex } {
+export function spawnCriu(criu: Criu, args: string[], opts: RunOptions & { pageServerSocket?: boolean; stdinSocket?: Socket }): { done: Promise<void>; psSocket?: Duplex } {
   const child = spawn(criu.path, args, {
     detached: true,
-    stdio: opts.pageServerSocket ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
+    stdio: opts.pageServerSocket ? ['ignore', 'pipe', 'pipe', 'pipe'] : [opts.stdinSocket ?? 'ignore', 'pipe', 'pipe'],
     env: opts.env ?? process.env,
   });
+  // CRIU has its own copy (as fd 0, which the child is given blocking: CRIU's page-server writes
+  // expect a blocking socket, and only descriptors 0–2 are handed over that way).
+  opts.stdinSocket?.destroy();
   let output = '';
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (output += d.toString()));

@@ -108,6 +108,12 @@ export class ProtocolError extends Error {}
  * out in whole pages (a partial page waits for the rest); a 'command' event precedes its pages.
  */
 export class PsDecoder {
+  /**
+   * transient: each pushed chunk is valid only until push returns and the events are handled (a
+   * reused read buffer): the part of a header or page that waits for the next chunk is copied.
+   */
+  constructor(private readonly opts: { transient?: boolean } = {}) {}
+
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private current: PsHeader | undefined;
@@ -129,14 +135,14 @@ export class PsDecoder {
     for (;;) {
       if (this.pagesLeft > 0) {
         const pages = Math.min(this.pagesLeft, Math.floor(this.pendingBytes / PAGE_SIZE));
-        if (pages === 0) return out;
+        if (pages === 0) return this.keepRest(out);
         const data = this.take(pages * PAGE_SIZE);
         out.push({ kind: 'pages', header: this.current!, first: this.pageIndex, data });
         this.pageIndex += pages;
         this.pagesLeft -= pages;
         continue;
       }
-      if (this.pendingBytes < HEADER_SIZE) return out;
+      if (this.pendingBytes < HEADER_SIZE) return this.keepRest(out);
       const header = parseHeader(this.take(HEADER_SIZE));
       if (!KNOWN.has(header.op)) throw new ProtocolError(`unknown page-server command 0x${header.cmd.toString(16)}`);
       if (header.nrPages > MAX_PAGES) throw new ProtocolError(`page-server command with ${header.nrPages} pages`);
@@ -145,6 +151,12 @@ export class PsDecoder {
       this.pageIndex = 0;
       this.pagesLeft = dataBytes(header) / PAGE_SIZE;
     }
+  }
+
+  /** In transient mode, the bytes left over (less than a header or a page) become our own copy. */
+  private keepRest(out: PsEvent[]): PsEvent[] {
+    if (this.opts.transient && this.pendingBytes > 0) this.pending = [Buffer.concat(this.pending)]; // concat copies, even one buffer
+    return out;
   }
 
   /** The first n pending bytes, as one buffer (no copy when one chunk holds them). */

@@ -13,6 +13,7 @@
 import { open, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
+import { duplexSource, type PageSource } from './source.js';
 import { CedanaError } from '../../errors.js';
 import { createHasher, hashBytes, type Hasher } from '../../image/checksum.js';
 import { encodeImage, type ImageEntry } from '../../image/criu/codec.js';
@@ -20,12 +21,12 @@ import { IMG_COMMON, MAGICS } from '../../image/criu/kinds.js';
 import type { FileEntry } from '../../image/manifest.js';
 import type { ParentPages } from '../../image/parent-pages.js';
 import {
-  addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsHeader,
+  addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
 } from './protocol.js';
 
 /** The stock page server's first pages image id (criu/image.c up_page_ids_base: 1 + 0x10000). */
 export const FIRST_PAGES_ID = 0x10001;
-const FLUSH_BYTES = 4 << 20;
+const STAGE_BYTES = 4 << 20;
 
 export interface SinkOptions {
   /** The images directory. */
@@ -49,8 +50,9 @@ export interface SinkResult {
 class Xfer {
   readonly entries: ImageEntry[];
   private fh: FileHandle | undefined;
-  private bufs: Buffer[] = [];
-  private bufBytes = 0;
+  private stage = Buffer.allocUnsafe(STAGE_BYTES);
+  private spare = Buffer.allocUnsafe(STAGE_BYTES);
+  private staged = 0;
   private size = 0;
   private readonly hash: Hasher = createHasher('blake3');
   private inflight: Promise<void> | undefined;
@@ -84,26 +86,46 @@ class Xfer {
     this.run = undefined;
   }
 
-  async write(data: Buffer): Promise<void> {
+  /**
+   * Copies `data` (which may be the socket's reused read buffer) into a staging buffer. A full
+   * staging buffer goes to a write in the thread pool while the other one fills: a promise comes back
+   * only when both are taken (the caller then waits before handing in more).
+   */
+  write(data: Buffer): Promise<void> | undefined {
     this.hash.update(data);
     this.size += data.length;
-    this.bufs.push(data);
-    this.bufBytes += data.length;
-    if (this.bufBytes >= FLUSH_BYTES) await this.flush();
+    return this.copyIn(data, 0);
   }
 
-  /**
-   * Hands the buffered pages to a write in the thread pool, at most one at a time: the next pages are
-   * received and hashed while the last ones are written.
-   */
-  private async flush(): Promise<void> {
-    if (this.bufBytes === 0) return;
-    const bufs = this.bufs;
-    this.bufs = [];
-    this.bufBytes = 0;
-    if (this.inflight) await this.inflight;
-    this.inflight = writeAll(this.fh!, bufs);
+  private copyIn(data: Buffer, from: number): Promise<void> | undefined {
+    let off = from;
+    while (off < data.length) {
+      const n = data.copy(this.stage, this.staged, off);
+      this.staged += n;
+      off += n;
+      if (this.staged === this.stage.length) {
+        const wait = this.flush();
+        const rest = off;
+        if (wait) return wait.then(() => this.copyIn(data, rest));
+      }
+    }
+    return undefined;
+  }
+
+  /** Sends the staging buffer to be written; a promise when the other one is still being written (then nothing is sent yet). */
+  private flush(): Promise<void> | undefined {
+    if (this.staged === 0) return undefined;
+    if (this.inflight) {
+      const w = this.inflight;
+      this.inflight = undefined;
+      return w.then(() => this.flush());
+    }
+    const full = this.stage.subarray(0, this.staged);
+    this.inflight = writeAll(this.fh!, [full]);
     this.inflight.catch(() => undefined); // observed by the next flush or by finish()
+    [this.stage, this.spare] = [this.spare, this.stage];
+    this.staged = 0;
+    return undefined;
   }
 
   private async drain(): Promise<void> {
@@ -111,6 +133,7 @@ class Xfer {
     const w = this.inflight;
     this.inflight = undefined;
     await w;
+    if (this.staged > 0) await this.drain();
   }
 
   /** Flushes and closes the pages file, writes the pagemap; returns both files' entries. */
@@ -162,10 +185,12 @@ interface Pending {
   vaddr: number;
   pages: number;
   flags: number;
-  chunks: Buffer[];
+  /** Pages received so far. */
   got: number;
-  /** Which of its pages the chain holds; their bytes are in the sink's reference buffer once this resolves. */
-  ref: Promise<Uint8Array>;
+  /** Which of its pages the chain holds (their bytes then in refBuf): set when the read is done. */
+  held: Uint8Array | undefined;
+  /** The chain's read, when there is one. */
+  ref: Promise<void> | undefined;
 }
 
 function allHeld(held: Uint8Array, from: number, n: number): boolean {
@@ -179,13 +204,15 @@ function wholeOnly(ranges: [number, number][] | undefined, vaddr: number, bytes:
 }
 
 /**
- * Serves one page-server session on `sock` (CRIU's end is its --ps-socket): resolves once CRIU's
+ * Serves one page-server session from `src` (CRIU's end is its --ps-socket): resolves once CRIU's
  * CLOSE is answered, with every file written and hashed. On any failure (a write, a malformed
  * stream, CRIU going away) it rejects and cuts the connection, which makes CRIU fail its dump and
- * resume the tree; the caller removes the images directory.
+ * resume the tree; the caller removes the images directory. Chunks from `src` may be a reused read
+ * buffer: whatever is kept is copied (into the command's buffer, or a pages file's staging buffer).
  */
-export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<SinkResult> {
-  const decoder = new PsDecoder();
+export async function servePageSink(src: PageSource | Duplex, opts: SinkOptions): Promise<SinkResult> {
+  const source: PageSource = 'run' in src ? src : duplexSource(src);
+  const decoder = new PsDecoder({ transient: true });
   const files: Record<string, FileEntry> = {};
   // Shared memory (no PID) is stored whole.
   const incremental = (x: Xfer): boolean => opts.against !== undefined && x.pid !== undefined;
@@ -195,6 +222,11 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
   let pagesInParent = 0;
   let bytesReceived = 0;
   let closed = false;
+  // The command whose pages are arriving (content mode): its pages are copied into cmdBuf and
+  // compared once all are in, with the chain's bytes read into refBuf in the thread pool meanwhile.
+  let pend: Pending | undefined;
+  let cmdBuf = Buffer.alloc(0);
+  let refBuf = Buffer.alloc(0);
 
   const finishXfer = async (): Promise<void> => {
     if (!cur) return;
@@ -204,47 +236,41 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
     Object.assign(files, await x.finish(opts.dir));
   };
 
-  const answer = (b: Buffer): Promise<void> =>
-    new Promise((resolve, reject) => sock.write(b, (e) => (e ? reject(e) : resolve())));
-
-  // The command whose pages are arriving (content mode): its pages are compared once all are in,
-  // with the chain's bytes read for it in the thread pool meanwhile.
-  let pend: Pending | undefined;
-  let refBuf = Buffer.alloc(0);
-
-  const compareCommand = async (x: Xfer, p: Pending): Promise<void> => {
-    const held = await p.ref;
-    let at = 0; // page index within the command
-    for (const data of p.chunks) {
-      const n = data.length / PAGE_SIZE;
-      const o0 = at * PAGE_SIZE;
-      // The common case: nothing in this piece changed.
-      if (allHeld(held, at, n) && data.compare(refBuf, o0, o0 + data.length) === 0) {
-        x.addRun(p.vaddr + o0, n, PE_PARENT);
-        pagesInParent += n;
-        at += n;
-        continue;
-      }
-      let keepFrom = -1;
-      for (let i = 0; i < n; i++) {
-        const o = i * PAGE_SIZE;
-        const r = o0 + o;
-        if (held[at + i] === 1 && data.compare(refBuf, r, r + PAGE_SIZE, o, o + PAGE_SIZE) === 0) {
-          if (keepFrom >= 0) {
-            await x.write(data.subarray(keepFrom * PAGE_SIZE, o));
-            keepFrom = -1;
-          }
-          x.addRun(p.vaddr + r, 1, PE_PARENT);
-          pagesInParent++;
-        } else {
-          if (keepFrom < 0) keepFrom = i;
-          x.addRun(p.vaddr + r, 1, p.flags);
-          pagesWritten++;
-        }
-      }
-      if (keepFrom >= 0) await x.write(data.subarray(keepFrom * PAGE_SIZE));
-      at += n;
+  /** Runs of changed pages of the complete command go to the pages file; the rest become PE_PARENT. */
+  const compareCommand = (x: Xfer, p: Pending, held: Uint8Array): Promise<void> | undefined => {
+    const bytes = p.pages * PAGE_SIZE;
+    if (allHeld(held, 0, p.pages) && cmdBuf.compare(refBuf, 0, bytes, 0, bytes) === 0) {
+      x.addRun(p.vaddr, p.pages, PE_PARENT);
+      pagesInParent += p.pages;
+      return undefined;
     }
+    const kept: [number, number][] = [];
+    for (let i = 0; i < p.pages; i++) {
+      const o = i * PAGE_SIZE;
+      if (held[i] === 1 && cmdBuf.compare(refBuf, o, o + PAGE_SIZE, o, o + PAGE_SIZE) === 0) {
+        x.addRun(p.vaddr + o, 1, PE_PARENT);
+        pagesInParent++;
+      } else {
+        const last = kept.at(-1);
+        if (last && last[1] === i) last[1] = i + 1;
+        else kept.push([i, i + 1]);
+        x.addRun(p.vaddr + o, 1, p.flags);
+        pagesWritten++;
+      }
+    }
+    return writeRanges(x, kept, 0);
+  };
+
+  /** Writes the kept page ranges of cmdBuf in order; a promise once one write has to wait. */
+  const writeRanges = (x: Xfer, kept: [number, number][], j: number): Promise<void> | undefined => {
+    for (; j < kept.length; j++) {
+      const w = x.write(cmdBuf.subarray(kept[j]![0] * PAGE_SIZE, kept[j]![1] * PAGE_SIZE));
+      if (w) {
+        const next = j + 1;
+        return w.then(() => writeRanges(x, kept, next));
+      }
+    }
+    return undefined;
   };
 
   const onCommand = async (h: PsHeader): Promise<void> => {
@@ -256,20 +282,22 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
       const name = type === PS_TYPE_PID ? `pagemap-${id}.img` : `pagemap-shmem-${id}.img`;
       cur = new Xfer(h.dstId, name, `pages-${pagesId}.img`, pagesId, type === PS_TYPE_PID ? id : undefined);
       await cur.open(opts.dir);
-      await answer(Buffer.from([0])); // has_parent: no (cedana keeps the parent itself)
+      await source.write(Buffer.from([0])); // has_parent: no (cedana keeps the parent itself)
       return;
     }
     if (h.op === PS_IOV_CLOSE || h.op === PS_IOV_FORCE_CLOSE) {
       await finishXfer();
       const status = Buffer.alloc(4);
       status.writeInt32LE(0, 0);
-      await answer(status);
+      await source.write(status);
       closed = true;
+      source.stop();
       return;
     }
     const flags = addFlags(h);
     if (flags === undefined) throw new ProtocolError(`page-server command ${h.op} is not expected from criu dump`);
     if (!cur || cur.dstId !== h.dstId) throw new ProtocolError('pages sent outside of an open pagemap');
+    if (pend) throw new ProtocolError('a command before all pages of the last one arrived');
     if (!(flags & PE_PRESENT)) {
       if (incremental(cur) && flags & PE_PARENT) throw new ProtocolError('a parent hole, though cedana answered has_parent = 0');
       if (incremental(cur)) cur.addRun(h.vaddr, h.nrPages, flags);
@@ -277,51 +305,62 @@ export async function servePageSink(sock: Duplex, opts: SinkOptions): Promise<Si
     } else if (!incremental(cur)) {
       cur.entry(h.vaddr, h.nrPages, flags);
     } else if (h.nrPages > 0) {
-      if (wholeOnly(opts.keepWhole?.get(cur.pid!), h.vaddr, h.nrPages * PAGE_SIZE)) {
-        pend = { vaddr: h.vaddr, pages: h.nrPages, flags, chunks: [], got: 0, ref: Promise.resolve(new Uint8Array(h.nrPages)) };
-      } else {
-        const bytes = h.nrPages * PAGE_SIZE;
+      const bytes = h.nrPages * PAGE_SIZE;
+      if (cmdBuf.length < bytes) cmdBuf = Buffer.allocUnsafe(bytes);
+      const p: Pending = { vaddr: h.vaddr, pages: h.nrPages, flags, got: 0, held: undefined, ref: undefined };
+      if (wholeOnly(opts.keepWhole?.get(cur.pid!), h.vaddr, bytes)) p.held = new Uint8Array(h.nrPages);
+      else {
         if (refBuf.length < bytes) refBuf = Buffer.allocUnsafe(bytes);
-        const ref = opts.against!.readAsync(cur.pid!, h.vaddr, h.nrPages, refBuf);
-        ref.catch(() => undefined); // awaited when the pages are in
-        pend = { vaddr: h.vaddr, pages: h.nrPages, flags, chunks: [], got: 0, ref };
+        p.ref = opts.against!.readAsync(cur.pid!, h.vaddr, h.nrPages, refBuf).then((held) => void (p.held = held));
+        p.ref.catch(() => undefined); // awaited when the pages are in
       }
+      pend = p;
     }
   };
 
-  const onPages = async (data: Buffer): Promise<void> => {
+  /** Page data of the current command; synchronous unless a write or the chain's read must be waited for. */
+  const onPages = (data: Buffer): Promise<void> | undefined => {
     const x = cur!;
     bytesReceived += data.length;
     const n = data.length / PAGE_SIZE;
     if (!incremental(x)) {
       pagesWritten += n;
-      await x.write(data);
-      return;
+      return x.write(data);
     }
     const p = pend;
     if (!p) throw new ProtocolError('pages sent outside of a command');
-    p.chunks.push(data);
+    data.copy(cmdBuf, p.got * PAGE_SIZE);
     p.got += n;
-    if (p.got === p.pages) {
-      pend = undefined;
-      await compareCommand(x, p);
-    }
+    if (p.got < p.pages) return undefined;
+    pend = undefined;
+    if (p.held) return compareCommand(x, p, p.held);
+    return p.ref!.then(() => compareCommand(x, p, p.held!));
   };
 
+  /** Handles events from index i on; a promise when one of them has to wait (the source pauses meanwhile). */
+  const handle = (events: PsEvent[], i: number): Promise<void> | undefined => {
+    for (; i < events.length; i++) {
+      if (closed) throw new ProtocolError('data after the page server was closed');
+      const ev = events[i]!;
+      const r = ev.kind === 'command' ? onCommand(ev.header) : onPages(ev.data);
+      if (r) {
+        const next = i + 1;
+        return r.then(() => handle(events, next));
+      }
+    }
+    return undefined;
+  };
 
   try {
-    for await (const chunk of sock as AsyncIterable<Buffer>) {
+    await source.run((chunk) => {
       if (closed) throw new ProtocolError('data after the page server was closed');
-      for (const ev of decoder.push(chunk)) {
-        if (ev.kind === 'command') await onCommand(ev.header);
-        else await onPages(ev.data);
-      }
-      if (closed) break;
-    }
+      return handle(decoder.push(chunk), 0);
+    });
     if (!closed) throw new ProtocolError('criu closed the page stream before its end');
+    source.destroy(); // CRIU has its answer (the status is in the socket, CRIU may still read it)
     return { files, pagesWritten, pagesInParent, bytesReceived };
   } catch (e) {
-    sock.destroy();
+    source.destroy();
     await cur?.abandon();
     if (e instanceof ProtocolError) throw new CedanaError('CRIU_FAILED', `the page stream from criu: ${e.message}`, { cause: e });
     throw new CedanaError('IO_ERROR', `writing the pages images failed: ${(e as Error).message}`, {

@@ -9,6 +9,7 @@ import {
   decodeDstId, encodeCmd, encodeDstId, encodeHeader, HEADER_SIZE, PAGE_SIZE, parseHeader, PE_LAZY, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, type PsEvent,
 } from '../../../src/criu/page-server/protocol.js';
 import { FIRST_PAGES_ID, servePageSink } from '../../../src/criu/page-server/sink.js';
+import type { PageSource } from '../../../src/criu/page-server/source.js';
 import { decodeImage, type MessageEntry } from '../../../src/image/criu/codec.js';
 import { hashBytes } from '../../../src/image/checksum.js';
 import { ParentPages } from '../../../src/image/parent-pages.js';
@@ -111,6 +112,33 @@ function fakeCriu(stream: Buffer, chunk = 10000): { sock: Duplex; answers: () =>
   return { sock, answers: () => Buffer.concat(answers) };
 }
 
+/**
+ * A source like the local socket's: every chunk is copied into one reused buffer, which is scribbled
+ * over as soon as the sink lets go of it (returns, or its promise settles), so that anything kept
+ * without a copy shows up as wrong bytes.
+ */
+function reusedBufferSource(stream: Buffer, sizes: number[]): { source: PageSource; answers: () => Buffer } {
+  const answers: Buffer[] = [];
+  const buf = Buffer.alloc(Math.max(...sizes));
+  let stopped = false;
+  const source: PageSource = {
+    async run(onChunk) {
+      for (let off = 0, i = 0; off < stream.length && !stopped; i++) {
+        const n = Math.min(sizes[i % sizes.length]!, stream.length - off);
+        stream.copy(buf, 0, off, off + n);
+        off += n;
+        const r = onChunk(buf.subarray(0, n));
+        if (r) await r;
+        buf.fill(0xa5);
+      }
+    },
+    stop: () => void (stopped = true),
+    write: async (b) => void answers.push(Buffer.from(b)),
+    destroy: () => undefined,
+  };
+  return { source, answers: () => Buffer.concat(answers) };
+}
+
 describe('page sink', () => {
   it('writes the pagemap and pages images of a recorded stream, hashed as it goes', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'sink-'));
@@ -200,6 +228,63 @@ describe('page sink', () => {
       const p3 = await ParentPages.open(dir2);
       const none = await p3.readAsync(PID, 0x1000, 2, Buffer.alloc(2 * PAGE_SIZE)).finally(() => p3.close());
       expect([...none]).toEqual([0, 0]);
+    } finally {
+      await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    }
+  });
+
+  it('a reused read buffer (the local socket) gives the very images owned chunks give: full and by content, across staging flushes and odd chunk sizes', async () => {
+    // A synthetic stream of 12 MiB: four commands (two of 1024 pages), as criu dump sends them.
+    const pid = 4242;
+    const dst = encodeDstId(PS_TYPE_PID, pid);
+    const runs = [[0x7f0000000000, 1024], [0x7f0000800000, 7], [0x7f0000a00000, 1024], [0x7f0001000000, 1017]] as const;
+    const build = (mutate: (data: Buffer, cmd: number) => void): Buffer => {
+      const parts: Buffer[] = [encodeHeader({ op: PS_IOV_OPEN2, dstId: dst })];
+      runs.forEach(([vaddr, n], i) => {
+        const data = Buffer.alloc(n * PAGE_SIZE);
+        for (let k = 0; k < data.length; k += 4) data.writeUInt32LE((vaddr / PAGE_SIZE + k * 2654435761) >>> 0, k);
+        mutate(data, i);
+        parts.push(encodeHeader({ op: PS_IOV_ADD_F, flags: PE_PRESENT, nrPages: n, vaddr, dstId: dst }), data);
+      });
+      parts.push(encodeHeader({ op: PS_IOV_FORCE_CLOSE }));
+      return Buffer.concat(parts);
+    };
+    const base = build(() => undefined);
+    const next = build((data, i) => {
+      if (i === 0) data[5 * PAGE_SIZE + 9]! ^= 1; // one page
+      if (i === 2) data.fill(7, 100 * PAGE_SIZE, 140 * PAGE_SIZE); // a run of 40
+      if (i === 3) data[1016 * PAGE_SIZE]! ^= 0x80; // the very last page
+    });
+    const dirs: string[] = [];
+    const dirOf = async (): Promise<string> => {
+      const d = await mkdtemp(join(tmpdir(), 'sink-'));
+      dirs.push(d);
+      return d;
+    };
+    const contents = async (d: string): Promise<Record<string, string>> =>
+      Object.fromEntries(await Promise.all((await readdir(d)).filter((n) => n !== 'parent').map(async (n) => [n, hashBytes('blake3', await readFile(join(d, n)))])));
+    try {
+      const parent = await dirOf();
+      await servePageSink(fakeCriu(base, 65536).sock, { dir: parent });
+      for (const mode of ['full', 'content'] as const) {
+        const [a, b] = [await dirOf(), await dirOf()];
+        const serve = async (dir: string, src: Duplex | PageSource) => {
+          const against = mode === 'content' ? await ParentPages.open(parent) : undefined;
+          try {
+            return await servePageSink(src, { dir, against });
+          } finally {
+            against?.close();
+          }
+        };
+        const owned = await serve(a, fakeCriu(next, 65536).sock);
+        const reused = reusedBufferSource(next, [4096 * 3 + 17, 31, 65536, 1, 200_000]);
+        const viaReused = await serve(b, reused.source);
+        expect(viaReused).toEqual(owned);
+        expect(await contents(b)).toEqual(await contents(a));
+        expect(reused.answers()).toEqual(Buffer.from([0, 0, 0, 0, 0]));
+        if (mode === 'content') expect([owned.pagesWritten, owned.pagesInParent]).toEqual([42, 1024 + 7 + 1024 + 1017 - 42]);
+        else expect(owned.pagesWritten).toBe(1024 + 7 + 1024 + 1017);
+      }
     } finally {
       await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
     }

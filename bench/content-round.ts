@@ -3,7 +3,7 @@
  * stock `criu page-server` (unix socket, page cache), then 1% of its pages rewritten and round 1
  * against round 0. Prints MB/s and where the time goes (pagemap, /proc/PID/mem, hashing, waiting on
  * the socket), and the reader alone (no hash, no send) for comparison.
- *   npx vite-node bench/content-round.ts [MIB]
+ *   npx vite-node bench/content-round.ts [MIB] [WORKERS]   (WORKERS: read+hash threads, 0: none)
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -18,6 +18,7 @@ import { readPages, type ReadTimings } from '../src/migrate/precopy/memory.js';
 import { sendRound, type RoundResult } from '../src/migrate/precopy/round.js';
 
 const mib = Number(process.argv[2] ?? 256);
+const workers = Number(process.argv[3] ?? 0);
 const fixture = fileURLToPath(new URL('../test/fixtures/pager.py', import.meta.url));
 
 async function waitFile(path: string, ms: number): Promise<string> {
@@ -51,7 +52,7 @@ async function main(): Promise<void> {
       const ps = spawn(criu.path, ['page-server', '-D', dir, '--ps-socket', '3', '-o', 'ps.log', ...(prev ? ['--prev-images-dir', prev] : [])], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true });
       pids.push(ps.pid!);
       const done = new Promise<number | null>((res) => ps.once('close', res));
-      const r = await sendRound(child.pid!, new PageServerClient(ps.stdio[3] as Duplex), { prev: prevPages });
+      const r = await sendRound(child.pid!, new PageServerClient(ps.stdio[3] as Duplex), { prev: prevPages, workers });
       if ((await done) !== 0) throw new Error('page server failed');
       return r;
     };
@@ -59,12 +60,12 @@ async function main(): Promise<void> {
     const t: ReadTimings = { maps: 0, pagemap: 0, mem: 0, hash: 0 };
     let s = performance.now();
     let bytes = 0;
-    for await (const run of readPages(child.pid!, { hash: false, timings: t })) bytes += run.data.length;
+    for await (const run of readPages(child.pid!, { hash: false, timings: t, workers })) bytes += run.data.length;
     let ms = performance.now() - s;
     console.log(`read only: ${(bytes / 1e6).toFixed(1)} MB in ${ms.toFixed(0)} ms = ${(bytes / 1e6 / (ms / 1000)).toFixed(0)} MB/s (pagemap ${t.pagemap.toFixed(1)} ms, mem ${t.mem.toFixed(1)} ms)`);
     s = performance.now();
     const t2: ReadTimings = { maps: 0, pagemap: 0, mem: 0, hash: 0 };
-    for await (const run of readPages(child.pid!, { timings: t2 })) bytes += run.data.length;
+    for await (const run of readPages(child.pid!, { timings: t2, workers })) bytes += run.data.length;
     ms = performance.now() - s;
     console.log(`read + hash: ${ms.toFixed(0)} ms (hash ${t2.hash.toFixed(0)} ms)`);
 
@@ -75,6 +76,7 @@ async function main(): Promise<void> {
     process.kill(child.pid!, 'SIGUSR2');
     await waitFile(join(base, 'rewritten'), 60_000);
     const r1 = await round('r1', '../r0', r0.pages);
+    console.log(`workers ${workers}`);
     console.log(`round 1 (${n} pages rewritten): ${fmt(r1)}`);
   } finally {
     for (const pid of pids) {

@@ -71,13 +71,13 @@ async function expectChainHolds(dir: string, pid: number, pages: RoundPages): Pr
 }
 
 describe('pre-copy rounds by content through a stock criu page-server', () => {
-  it('round 0 sends every page; round 1 only the rewritten ones; the chain holds exactly the memory', async () => {
+  it.each([0, 2])('round 0 sends every page; round 1 only the rewritten ones; the chain holds exactly the memory (%i worker threads)', async (workers) => {
     const base = await owned.tempDir('cedana-precopy-');
     const p = await owned.pager(64, base);
     owned.own(p.pid);
 
     const s0 = await pageServer(join(base, 'r0'));
-    const r0 = await sendRound(p.pid, s0.client);
+    const r0 = await sendRound(p.pid, s0.client, { workers });
     expect(await s0.done, await s0.log()).toBe(0);
     expect(r0.hasParent).toBe(false);
     expect(r0.pagesUnchanged).toBe(0);
@@ -89,7 +89,7 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     await p.rewrite(N, 1);
 
     const s1 = await pageServer(join(base, 'r1'), '../r0');
-    const r1 = await sendRound(p.pid, s1.client, { prev: r0.pages });
+    const r1 = await sendRound(p.pid, s1.client, { prev: r0.pages, workers });
     expect(await s1.done, await s1.log()).toBe(0);
     expect(r1.hasParent).toBe(true);
     // The rewritten pages, and the few the interpreter touched meanwhile.
@@ -100,7 +100,7 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     process.kill(p.pid, 'SIGSTOP');
     // The process may have touched a few pages after round 1 read them: one more round, stopped, is exact.
     const s2 = await pageServer(join(base, 'r2'), '../r1');
-    const r2 = await sendRound(p.pid, s2.client, { prev: r1.pages });
+    const r2 = await sendRound(p.pid, s2.client, { prev: r1.pages, workers });
     expect(await s2.done, await s2.log()).toBe(0);
     expect(r2.pagesSent).toBeLessThan(400);
     const checked = await expectChainHolds(join(base, 'r2'), p.pid, r2.pages);

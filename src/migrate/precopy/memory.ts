@@ -27,6 +27,7 @@
 import { closeSync, openSync, read as readCb, readSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 
 export const PAGE_SIZE = 4096;
 /** Hash bytes kept per page (a truncated SHA-256: 128 bits). */
@@ -136,6 +137,8 @@ export interface ReadOptions {
   /** Hash the pages (default true). */
   hash?: boolean;
   timings?: ReadTimings;
+  /** Read and hash in this many worker threads (0: read in the thread pool, hash on the main thread). */
+  workers?: number;
 }
 
 const pread = (fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> =>
@@ -144,56 +147,140 @@ const pread = (fd: number, buf: Buffer, off: number, len: number, pos: number): 
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 /**
+ * The worker of `workers > 0`: reads a run from /proc/PID/mem and hashes its pages off the main
+ * thread, handing both back (transferred, no copy). Plain CommonJS, evaluated, so that it runs the
+ * same from the build and from the TypeScript sources under test.
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { openSync, readSync, closeSync } = require('node:fs');
+const { createHash } = require('node:crypto');
+const fd = openSync(workerData.mem, 'r');
+const P = ${PAGE_SIZE}, H = ${HASH_BYTES};
+const ms = () => Number(process.hrtime.bigint()) / 1e6;
+parentPort.on('message', (m) => {
+  if (m.close) { closeSync(fd); parentPort.close(); return; }
+  const buf = Buffer.allocUnsafeSlow(m.pages * P);
+  let got = 0;
+  const s = ms();
+  try {
+    while (got < buf.length) { const n = readSync(fd, buf, got, buf.length - got, m.vaddr + got); if (n === 0) break; got += n; }
+  } catch (e) {}
+  got -= got % P;
+  const r = ms();
+  const pages = got / P;
+  const hashes = Buffer.allocUnsafeSlow(Math.max(1, pages) * H);
+  if (m.hash) for (let i = 0; i < pages; i++) createHash('sha256').update(buf.subarray(i * P, (i + 1) * P)).digest().copy(hashes, i * H, 0, H);
+  parentPort.postMessage({ id: m.id, data: buf.buffer, pages, hashes: hashes.buffer, mem: r - s, hash: ms() - r }, [buf.buffer, hashes.buffer]);
+});
+`;
+
+interface Fetched {
+  data: Buffer;
+  hashes: Buffer;
+  pages: number;
+}
+
+/** Reads and hashes runs in `n` worker threads, each request answered in turn. */
+class WorkerPool {
+  private readonly workers: Worker[];
+  private readonly waiting = new Map<number, { resolve: (f: Fetched | undefined) => void; reject: (e: Error) => void }>();
+  private nextId = 0;
+  private rr = 0;
+
+  constructor(mem: string, n: number, private readonly hash: boolean, private readonly t?: ReadTimings) {
+    this.workers = Array.from({ length: n }, () => {
+      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { mem } });
+      w.on('message', (m: { id: number; data: ArrayBuffer; pages: number; hashes: ArrayBuffer; mem: number; hash: number }) => {
+        const req = this.waiting.get(m.id);
+        this.waiting.delete(m.id);
+        if (this.t) {
+          this.t.mem += m.mem;
+          this.t.hash += m.hash;
+        }
+        req?.resolve(m.pages > 0 ? { data: Buffer.from(m.data, 0, m.pages * PAGE_SIZE), hashes: Buffer.from(m.hashes, 0, m.pages * HASH_BYTES), pages: m.pages } : undefined);
+      });
+      w.on('error', (e) => {
+        for (const r of this.waiting.values()) r.reject(e);
+        this.waiting.clear();
+      });
+      return w;
+    });
+  }
+
+  fetch(vaddr: number, pages: number): Promise<Fetched | undefined> {
+    const id = this.nextId++;
+    const w = this.workers[this.rr++ % this.workers.length]!;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      w.postMessage({ id, vaddr, pages, hash: this.hash });
+    });
+  }
+
+  async close(): Promise<void> {
+    // Each worker closes its descriptor and ends by itself (terminate() would leak the descriptor).
+    await Promise.all(this.workers.map((w) => new Promise<void>((resolve) => {
+      w.once('exit', () => resolve());
+      w.postMessage({ close: true });
+    })));
+  }
+}
+
+/**
  * The process's pages a round carries, in ascending address order, as runs of at most chunkPages
- * consecutive pages (a run never crosses a mapping's end). The next content read runs in the thread
- * pool while the caller's work on a run (hashing here, sending there) runs on the main thread.
+ * consecutive pages (a run never crosses a mapping's end). Reads run ahead of the consumer: in the
+ * thread pool (hashing on the main thread), or, with `workers`, read and hashed in worker threads.
  */
 export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGenerator<PageRun> {
   const chunk = opts.chunkPages ?? 1024;
   const t = opts.timings;
+  const hash = opts.hash !== false;
+  const depth = Math.max(2, (opts.workers ?? 0) * 2);
   let t0 = now();
   const vmas = await roundVmas(pid);
   if (t) t.maps += now() - t0;
   const pmFd = openSync(`/proc/${pid}/pagemap`, 'r');
   const memFd = openSync(`/proc/${pid}/mem`, 'r');
-  // Runs to read, found ahead; their reads are started one ahead of the consumer.
-  type Pending = { vma: number; vaddr: number; pages: number; read: Promise<Buffer | undefined> };
-  let ahead: Pending | undefined;
+  const pool = opts.workers ? new WorkerPool(`/proc/${pid}/mem`, opts.workers, hash, t) : undefined;
+  /** Runs whose reads were started, oldest first. */
+  type Pending = { vma: number; vaddr: number; read: Promise<Fetched | undefined> };
+  const queue: Pending[] = [];
+
+  const inThread = async (vaddr: number, pages: number): Promise<Fetched | undefined> => {
+    const buf = Buffer.allocUnsafeSlow(pages * PAGE_SIZE);
+    const s = now();
+    let got = 0;
+    try {
+      while (got < buf.length) {
+        const n = await pread(memFd, buf, got, buf.length - got, vaddr + got);
+        if (n === 0) break;
+        got += n;
+      }
+    } catch {
+      // A page of the run went away (unmapped, or truncated file): end the run before it.
+    }
+    if (t) t.mem += now() - s;
+    got -= got % PAGE_SIZE;
+    if (got === 0) return undefined;
+    const data = got === buf.length ? buf : buf.subarray(0, got);
+    const n = got / PAGE_SIZE;
+    const hashes = Buffer.allocUnsafeSlow(n * HASH_BYTES);
+    return { data, hashes, pages: n };
+  };
+  const finish = async (p: Pending): Promise<PageRun | undefined> => {
+    const f = await p.read;
+    if (!f) return undefined;
+    if (hash && !pool) {
+      const s = now();
+      hashPages(f.data, f.pages, f.hashes);
+      if (t) t.hash += now() - s;
+    }
+    return { vma: p.vma, vaddr: p.vaddr, pages: f.pages, data: f.data, hashes: f.hashes };
+  };
   try {
     const pmBuf = Buffer.allocUnsafe(chunk * 8);
     const pm = new Uint32Array(pmBuf.buffer, pmBuf.byteOffset, chunk * 2);
     const sel = new Uint8Array(chunk);
-    const start = (vma: number, vaddr: number, pages: number): Pending => {
-      const buf = Buffer.allocUnsafeSlow(pages * PAGE_SIZE);
-      const read = (async () => {
-        const s = now();
-        let got = 0;
-        try {
-          while (got < buf.length) {
-            const n = await pread(memFd, buf, got, buf.length - got, vaddr + got);
-            if (n === 0) break;
-            got += n;
-          }
-        } catch {
-          // A page of the run went away (unmapped, or truncated file): end the run before it.
-        }
-        if (t) t.mem += now() - s;
-        return got === buf.length ? buf : got >= PAGE_SIZE ? buf.subarray(0, got - (got % PAGE_SIZE)) : undefined;
-      })();
-      return { vma, vaddr, pages, read };
-    };
-    const finish = async (p: Pending): Promise<PageRun | undefined> => {
-      const data = await p.read;
-      if (!data) return undefined;
-      const pages = data.length / PAGE_SIZE;
-      const hashes = Buffer.allocUnsafeSlow(pages * HASH_BYTES);
-      if (opts.hash !== false) {
-        const s = now();
-        hashPages(data, pages, hashes);
-        if (t) t.hash += now() - s;
-      }
-      return { vma: p.vma, vaddr: p.vaddr, pages, data, hashes };
-    };
     for (const [vi, v] of vmas.entries()) {
       const fileBacked = v.path !== '' && !v.path.startsWith('[');
       for (let base = v.start; base < v.end; base += chunk * PAGE_SIZE) {
@@ -217,24 +304,24 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
           }
           let j = i + 1;
           while (j < have && sel[j]) j++;
-          const prev = ahead;
-          ahead = start(vi, base + i * PAGE_SIZE, j - i);
+          const vaddr = base + i * PAGE_SIZE;
+          queue.push({ vma: vi, vaddr, read: pool ? pool.fetch(vaddr, j - i) : inThread(vaddr, j - i) });
           i = j;
-          if (prev) {
-            const r = await finish(prev);
+          while (queue.length >= depth) {
+            const r = await finish(queue.shift()!);
             if (r) yield r;
           }
         }
       }
     }
-    if (ahead) {
-      const last = ahead;
-      const r = await finish(last);
+    while (queue.length) {
+      const r = await finish(queue.shift()!);
       if (r) yield r;
     }
   } finally {
-    // A consumer that stopped early leaves a read in flight: let it end before its descriptor closes.
-    await ahead?.read.catch(() => undefined);
+    // A consumer that stopped early leaves reads in flight: let them end before their descriptor closes.
+    await Promise.all(queue.map((p) => p.read.catch(() => undefined)));
+    await pool?.close();
     closeSync(pmFd);
     closeSync(memFd);
   }

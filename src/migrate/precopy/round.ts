@@ -47,6 +47,8 @@ export interface RoundOptions {
   prev?: RoundPages;
   /** Pages per content read and most pages per data command (default 1024). */
   chunkPages?: number;
+  /** Read and hash in this many worker threads (see readPages). */
+  workers?: number;
 }
 
 class Growing {
@@ -107,7 +109,7 @@ export async function sendRound(pid: number, client: PageServerClient, opts: Rou
     await send(client.parent(h.vaddr, h.n));
   };
 
-  for await (const run of readPages(pid, { chunkPages: opts.chunkPages, timings })) {
+  for await (const run of readPages(pid, { chunkPages: opts.chunkPages, workers: opts.workers, timings })) {
     cur.push(run.vaddr, run.pages, run.hashes);
     if (!prev || !prevH) {
       sent += run.pages;

@@ -20,6 +20,8 @@ import { decodeImage, type MessageEntry } from '../../src/image/criu/codec.js';
 import { execa } from 'execa';
 import { parseMaps } from '../../src/migrate/precopy/memory.js';
 import type { Duplex } from 'node:stream';
+import { connect, createServer, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const owned = new Owned();
 afterEach(() => owned.cleanup());
@@ -39,6 +41,40 @@ async function pageServer(dir: string, prev?: string): Promise<{ client: PageSer
   owned.own(child.pid);
   const done = new Promise<number>((res) => child.once('close', (code) => res(code ?? -1)));
   return { client: new PageServerClient(child.stdio[3] as Duplex), done, log: () => readFile(join(dir, 'page-server.log'), 'utf8').catch(() => '') };
+}
+
+/** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', () => res()));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((res) => srv.close(res));
+  return port;
+}
+
+/** A stock `criu page-server` listening on 127.0.0.1 (as on a migration's target), connected to over TCP. */
+async function tcpPageServer(dir: string, prev?: string): Promise<{ client: PageServerClient; done: Promise<number>; log: () => Promise<string> }> {
+  const criu = await locateCriu();
+  await mkdir(dir, { recursive: true });
+  const port = await freePort();
+  const child = spawn(criu.path, ['page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '-o', 'page-server.log', '-v4', ...(prev ? ['--prev-images-dir', prev] : [])], {
+    stdio: 'ignore',
+    detached: true,
+  });
+  if (!child.pid) throw new Error('criu page-server did not start');
+  owned.own(child.pid);
+  const done = new Promise<number>((res) => child.once('close', (code) => res(code ?? -1)));
+  let sock: Socket | undefined;
+  for (let i = 0; !sock && i < 200; i++) {
+    sock = await new Promise<Socket | undefined>((res) => {
+      const s = connect({ host: '127.0.0.1', port, noDelay: true });
+      s.once('connect', () => res(s));
+      s.once('error', () => res(undefined));
+    });
+    if (!sock) await sleep(25);
+  }
+  if (!sock) throw new Error(`criu page-server does not listen on 127.0.0.1:${port}`);
+  return { client: new PageServerClient(sock), done, log: () => readFile(join(dir, 'page-server.log'), 'utf8').catch(() => '') };
 }
 
 /** Every page the round names, read back through the chain at `dir`, equals the process's memory now. */
@@ -199,5 +235,37 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     expect(compared).toBeGreaterThan((16 << 20) / PAGE_SIZE);
     // What the rounds carry beyond CRIU's dump: pages mapped to the shared zero page (CRIU skips those by PFN).
     expect(r1.pages.count - compared).toBeLessThan(r1.pages.count / 10);
+  });
+
+  it('over TCP to a page server on 127.0.0.1, as on a target: rounds 0 and 1, the chain holds the memory', async () => {
+    const base = await owned.tempDir('cedana-precopy-');
+    const p = await owned.pager(16, base);
+    const s0 = await tcpPageServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done, await s0.log()).toBe(0);
+    await p.rewrite(30, 1);
+    process.kill(p.pid, 'SIGSTOP');
+    const s1 = await tcpPageServer(join(base, 'r1'), '../r0');
+    const r1 = await sendRound(p.pid, s1.client, { prev: r0.pages });
+    expect(await s1.done, await s1.log()).toBe(0);
+    expect(r1.hasParent).toBe(true);
+    expect(r1.pagesSent).toBeGreaterThanOrEqual(30);
+    expect(r1.pagesSent).toBeLessThan(430);
+    await expectChainHolds(join(base, 'r1'), p.pid, r1.pages);
+  });
+
+  it("the stock page server refuses a PE_PARENT range its parent does not hold: the client's CLOSE rejects", async () => {
+    const base = await owned.tempDir('cedana-precopy-');
+    const p = await owned.pager(4, base);
+    const s0 = await pageServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done).toBe(0);
+    const s1 = await pageServer(join(base, 'r1'), '../r0');
+    expect(await s1.client.open(p.pid)).toBe(true);
+    // Just below the lowest page round 0 sent: not in the parent's pagemap.
+    await s1.client.parent(r0.pages.vaddrs[0]! - 16 * PAGE_SIZE, 1).catch(() => undefined);
+    await expect(s1.client.close()).rejects.toThrow();
+    expect(await s1.done).not.toBe(0);
+    expect(await s1.log()).toMatch(/parent/i);
   });
 });

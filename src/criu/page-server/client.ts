@@ -20,6 +20,8 @@ export class PageServerClient {
   private dstId: bigint | undefined;
   /** End of the last entry sent in the open pagemap (entries must ascend). */
   private lastEnd = 0;
+  /** CLOSE was answered: the session is over. */
+  private closed = false;
   /** Bytes of page data written. */
   bytesSent = 0;
 
@@ -30,7 +32,7 @@ export class PageServerClient {
       this.serve();
     });
     const fail = (e: Error): void => {
-      if (!this.failed) this.failed = e;
+      if (!this.failed) this.failed = this.closed ? new Error('the page-server session is closed') : e;
       const w = this.want;
       this.want = undefined;
       w?.reject(this.failed);
@@ -65,11 +67,17 @@ export class PageServerClient {
     await this.write(encodeHeader({ op: PS_IOV_ADD_F, flags: PE_PARENT, nrPages, vaddr, dstId: this.dstId }));
   }
 
-  /** Ends the session; resolves once the page server confirmed (status 0), else rejects. */
+  /**
+   * Ends the session; resolves once the page server confirmed (status 0), else rejects. Then ends
+   * the connection: a page server listening on TCP waits, after answering CLOSE, for its peer to
+   * close first (so that TIME_WAIT stays on the client's side), and exits only then.
+   */
   async close(): Promise<void> {
     await this.write(encodeHeader({ op: PS_IOV_CLOSE }));
     const status = (await this.read(4)).readInt32LE(0);
     this.dstId = undefined;
+    this.closed = true;
+    this.sock.end();
     if (status !== 0) throw new CedanaError('IO_ERROR', `the page server answered CLOSE with status ${status}`);
   }
 

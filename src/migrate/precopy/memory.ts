@@ -10,8 +10,10 @@
  *  - pages of a private file mapping not yet copied on write (bit 61, "file page or shared anon"):
  *    the file holds them;
  *  - guard regions (bit 58, MADV_GUARD_INSTALL);
- *  - the shared zero page (CRIU compares the PFN; cedana does not: such pages are read, they are
- *    all zeros, and are sent — correct, a few more bytes);
+ *  - pages mapped to the shared zero page (read but never written): CRIU compares the PFN with the
+ *    zero page's; so does cedana, the zero page's PFN found in /proc/kpageflags (KPF_ZERO_PAGE) the
+ *    first time a PFN repeats on consecutive pages. Where PFNs are hidden (no CAP_SYS_ADMIN) or
+ *    kpageflags cannot be read, such pages are read and sent: all zeros, correct, more bytes;
  *  - shared mappings (`s` in maps): shared anonymous memory goes to CRIU's shmem images, shared file
  *    mappings are the file's own;
  *  - [vsyscall] (above the task size), [vvar]/[vvar_vclock]; [vdso] is left out here too (CRIU
@@ -91,16 +93,81 @@ export async function roundVmas(pid: number): Promise<Vma[]> {
  * Which pages of a pagemap slice CRIU would dump: `pm` holds the raw little-endian u64 entries,
  * `fileBacked` whether the mapping is a private file mapping. Writes 1/0 per page into `out`. Pure.
  */
-export function selectPages(pm: Uint32Array, pages: number, fileBacked: boolean, out: Uint8Array): number {
+export function selectPages(pm: Uint32Array, pages: number, fileBacked: boolean, out: Uint8Array, zeroPfn = -1): number {
   let n = 0;
   for (let i = 0; i < pages; i++) {
     const hi = pm[2 * i + 1]!;
     let take = (hi & (PM_PRESENT | PM_SWAP)) !== 0 && (hi & PM_GUARD) === 0;
     if (take && fileBacked && (hi & PM_FILE) !== 0) take = false;
+    if (take && zeroPfn >= 0 && (hi & PM_PRESENT) !== 0 && pfnOf(pm, i) === zeroPfn) take = false;
     out[i] = take ? 1 : 0;
     if (take) n++;
   }
   return n;
+}
+
+/** The PFN of a present page's entry (bits 0..54; 0 where the kernel hides PFNs). */
+export function pfnOf(pm: Uint32Array, i: number): number {
+  return (pm[2 * i + 1]! & 0x7fffff) * 0x100000000 + pm[2 * i]!;
+}
+
+/** The first PFN (non-zero) that two consecutive present pages of the slice share, not in `seen`. Pure. */
+export function repeatedPfn(pm: Uint32Array, pages: number, seen: Set<number>): number | undefined {
+  let last = -1;
+  for (let i = 0; i < pages; i++) {
+    if ((pm[2 * i + 1]! & PM_PRESENT) === 0) {
+      last = -1;
+      continue;
+    }
+    const pfn = pfnOf(pm, i);
+    if (pfn !== 0 && pfn === last && !seen.has(pfn)) return pfn;
+    last = pfn;
+  }
+  return undefined;
+}
+
+/** KPF_ZERO_PAGE in /proc/kpageflags. */
+const KPF_ZERO_PAGE = 24;
+
+/**
+ * Finds the zero page's PFN among the PFNs repeated in a pagemap slice (the zero page is mapped at
+ * every never-written address of an anonymous mapping), asking /proc/kpageflags about each once.
+ */
+class ZeroPage {
+  pfn = -1;
+  private readonly seen = new Set<number>();
+  private fd: number | undefined;
+
+  constructor() {
+    try {
+      this.fd = openSync('/proc/kpageflags', 'r');
+    } catch {
+      this.fd = undefined;
+    }
+  }
+
+  look(pm: Uint32Array, pages: number): void {
+    if (this.fd === undefined || this.pfn >= 0) return;
+    for (let tries = 0; tries < 4; tries++) {
+      const pfn = repeatedPfn(pm, pages, this.seen);
+      if (pfn === undefined || this.seen.size > 64) return;
+      this.seen.add(pfn);
+      const b = Buffer.alloc(8);
+      try {
+        if (readSync(this.fd, b, 0, 8, pfn * 8) === 8 && (b.readBigUInt64LE(0) >> BigInt(KPF_ZERO_PAGE)) & 1n) {
+          this.pfn = pfn;
+          return;
+        }
+      } catch {
+        return;
+      }
+    }
+  }
+
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
 }
 
 /** Time spent per stage (milliseconds), summed over a read. */
@@ -245,6 +312,7 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
   /** Runs whose reads were started, oldest first. */
   type Pending = { vma: number; vaddr: number; read: Promise<Fetched | undefined> };
   const queue: Pending[] = [];
+  const zero = new ZeroPage();
 
   const inThread = async (vaddr: number, pages: number): Promise<Fetched | undefined> => {
     const buf = Buffer.allocUnsafeSlow(pages * PAGE_SIZE);
@@ -293,7 +361,8 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
           got = 0;
         }
         const have = Math.floor(got / 8);
-        selectPages(pm, have, fileBacked, sel);
+        zero.look(pm, have);
+        selectPages(pm, have, fileBacked, sel, zero.pfn);
         if (t) t.pagemap += now() - t0;
         // Runs of selected pages in this slice.
         let i = 0;
@@ -322,6 +391,7 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
     // A consumer that stopped early leaves reads in flight: let them end before their descriptor closes.
     await Promise.all(queue.map((p) => p.read.catch(() => undefined)));
     await pool?.close();
+    zero.close();
     closeSync(pmFd);
     closeSync(memFd);
   }

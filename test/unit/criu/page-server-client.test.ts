@@ -4,7 +4,7 @@ import { PageServerClient } from '../../../src/criu/page-server/client.js';
 import {
   decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PsDecoder, type PsEvent,
 } from '../../../src/criu/page-server/protocol.js';
-import { isRoundVma, parseMaps, selectPages } from '../../../src/migrate/precopy/memory.js';
+import { isRoundVma, parseMaps, pfnOf, repeatedPfn, selectPages } from '../../../src/migrate/precopy/memory.js';
 
 /**
  * A fake page server: everything the client writes, decoded with cedana's own decoder (the one the
@@ -132,5 +132,23 @@ describe('which pages a round carries', () => {
     expect([...out]).toEqual([0, 1, 1, 1, 0, 1]);
     expect(selectPages(pm, entries.length, true, out)).toBe(3);
     expect([...out]).toEqual([0, 1, 1, 0, 0, 1]);
+  });
+
+  it('the zero page: found as a PFN repeated on consecutive pages, and left out by PFN', () => {
+    const P = 1n << 63n;
+    const entries = [P | 0x500n, P | 0x77n, P | 0x77n, 0n, P | 0x1234567890n, P | 0x77n, 1n << 62n];
+    const buf = Buffer.alloc(entries.length * 8);
+    entries.forEach((e, i) => buf.writeBigUInt64LE(e, i * 8));
+    const pm = new Uint32Array(buf.buffer, buf.byteOffset, entries.length * 2);
+    expect(pfnOf(pm, 4)).toBe(0x1234567890);
+    expect(repeatedPfn(pm, entries.length, new Set())).toBe(0x77);
+    expect(repeatedPfn(pm, entries.length, new Set([0x77]))).toBeUndefined();
+    const out = new Uint8Array(entries.length);
+    expect(selectPages(pm, entries.length, false, out, 0x77)).toBe(3);
+    expect([...out]).toEqual([1, 0, 0, 0, 1, 0, 1]);
+    // PFNs hidden (all 0): never taken for the zero page.
+    const hidden = new Uint32Array(8);
+    hidden[1] = hidden[3] = hidden[5] = hidden[7] = 0x80000000;
+    expect(repeatedPfn(hidden, 4, new Set())).toBeUndefined();
   });
 });

@@ -14,7 +14,7 @@ import { PageServerClient } from '../../src/criu/page-server/client.js';
 import { locateCriu } from '../../src/criu/criu.js';
 import { ParentPages } from '../../src/image/parent-pages.js';
 import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
-import { sendRound, type RoundPages } from '../../src/migrate/precopy/round.js';
+import { sendRound, sendTreeRound, type RoundPages } from '../../src/migrate/precopy/round.js';
 import { Owned, alive } from '../helpers/processes.js';
 import { decodeImage, type MessageEntry } from '../../src/image/criu/codec.js';
 import { execa } from 'execa';
@@ -311,5 +311,30 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
       }
     }
     expect({ read, written }).toEqual({ read: 0, written: (4 << 20) / PAGE_SIZE });
+  });
+
+  it('two processes in one session (a pagemap each, one CLOSE): only the rewritten process sends pages in round 1', async () => {
+    const base = await owned.tempDir('cedana-precopy-');
+    const a = await owned.pager(8, base);
+    const b = await owned.pager(8, base);
+    const s0 = await pageServer(join(base, 'r0'));
+    const r0 = await sendTreeRound([a.pid, b.pid], s0.client);
+    expect(await s0.done, await s0.log()).toBe(0);
+    expect((await readdir(join(base, 'r0'))).filter((n) => n.startsWith('pagemap-')).sort()).toEqual([`pagemap-${a.pid}.img`, `pagemap-${b.pid}.img`].sort());
+    await b.rewrite(40, 1);
+    await stop(a.pid);
+    await stop(b.pid);
+    const s1 = await pageServer(join(base, 'r1'), '../r0');
+    const prev = new Map([...r0.byPid].map(([pid, r]) => [pid, r.pages]));
+    const r1 = await sendTreeRound([a.pid, b.pid], s1.client, { prev });
+    expect(await s1.done, await s1.log()).toBe(0);
+    const ra = r1.byPid.get(a.pid)!;
+    const rb = r1.byPid.get(b.pid)!;
+    expect([ra.hasParent, rb.hasParent]).toEqual([true, true]);
+    expect(ra.pagesSent).toBeLessThan(400);
+    expect(rb.pagesSent).toBeGreaterThanOrEqual(40);
+    expect(rb.pagesSent).toBeLessThan(440);
+    await expectChainHolds(join(base, 'r1'), a.pid, ra.pages);
+    await expectChainHolds(join(base, 'r1'), b.pid, rb.pages);
   });
 });

@@ -42,9 +42,12 @@ export class PageServerClient {
     sock.on('end', () => fail(new CedanaError('IO_ERROR', 'the page server ended the connection (it refused a command; see its log)')));
   }
 
-  /** Opens the pagemap of the process CRIU will name `pid`; resolves to has_parent. */
+  /**
+   * Opens the pagemap of the process CRIU will name `pid` (the one open before ends here, as in
+   * `criu dump`'s stream: a session holds a pagemap per process and one CLOSE); resolves to has_parent.
+   */
   async open(pid: number): Promise<boolean> {
-    if (this.dstId !== undefined) throw new Error('a pagemap is already open');
+    if (this.closed) throw new Error('the page-server session is closed');
     this.dstId = encodeDstId(PS_TYPE_PID, pid);
     this.lastEnd = 0;
     await this.write(encodeHeader({ op: PS_IOV_OPEN2, dstId: this.dstId }));

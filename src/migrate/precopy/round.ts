@@ -87,6 +87,46 @@ const i32 = (b: Buffer): Int32Array => new Int32Array(b.buffer, b.byteOffset, b.
  */
 export async function sendRound(pid: number, client: PageServerClient, opts: RoundOptions = {}): Promise<RoundResult> {
   const t0 = now();
+  const r = await sendPagemap(pid, client, opts);
+  const s = now();
+  await client.close();
+  r.timings.send += now() - s;
+  r.timings.total = now() - t0;
+  return r;
+}
+
+export interface TreeRoundResult {
+  /** Per process (by its PID here). */
+  byPid: Map<number, RoundResult>;
+  pagesSent: number;
+  pagesUnchanged: number;
+  bytesSent: number;
+  ms: number;
+}
+
+/**
+ * One round of several processes (a tree) in one session: a pagemap each (OPEN2 per process, as
+ * `criu dump` sends them), one CLOSE. `prev`: each process's previous round, by its PID here; a
+ * process without one (new since) is sent whole.
+ */
+export async function sendTreeRound(pids: number[], client: PageServerClient, opts: Omit<RoundOptions, 'prev'> & { prev?: Map<number, RoundPages> } = {}): Promise<TreeRoundResult> {
+  const t0 = now();
+  const byPid = new Map<number, RoundResult>();
+  for (const pid of pids) byPid.set(pid, await sendPagemap(pid, client, { ...opts, prev: opts.prev?.get(pid) }));
+  await client.close();
+  const all = [...byPid.values()];
+  return {
+    byPid,
+    pagesSent: all.reduce((a, r) => a + r.pagesSent, 0),
+    pagesUnchanged: all.reduce((a, r) => a + r.pagesUnchanged, 0),
+    bytesSent: all.reduce((a, r) => a + r.bytesSent, 0),
+    ms: now() - t0,
+  };
+}
+
+/** One process's pagemap: OPEN2, its pages (data or PE_PARENT), no CLOSE. */
+async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOptions): Promise<RoundResult> {
+  const t0 = now();
   const timings: RoundTimings = { maps: 0, pagemap: 0, mem: 0, hash: 0, send: 0, total: 0 };
   const hasParent = await client.open(await nsPid(pid));
   const prev = hasParent ? opts.prev : undefined;
@@ -148,9 +188,6 @@ export async function sendRound(pid: number, client: PageServerClient, opts: Rou
     }
   }
   await flushHole();
-  const s = now();
-  await client.close();
-  timings.send += now() - s;
   timings.total = now() - t0;
   return { pages: cur.done(), pagesSent: sent, pagesUnchanged: unchanged, bytesSent: sent * PAGE_SIZE, hasParent, timings };
 }

@@ -69,6 +69,29 @@ async function main(): Promise<void> {
     ms = performance.now() - s;
     console.log(`read + hash: ${ms.toFixed(0)} ms (hash ${t2.hash.toFixed(0)} ms)`);
 
+    // Read and send, no hashing: the page server's side and the socket alone.
+    {
+      const dir = join(base, 'nohash');
+      await mkdir(dir);
+      const ps = spawn(criu.path, ['page-server', '-D', dir, '--ps-socket', '3'], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true });
+      pids.push(ps.pid!);
+      const done = new Promise<number | null>((res) => ps.once('close', res));
+      const c = new PageServerClient(ps.stdio[3] as Duplex);
+      const t3: ReadTimings = { maps: 0, pagemap: 0, mem: 0, hash: 0 };
+      s = performance.now();
+      await c.open(child.pid!);
+      let wait = 0;
+      for await (const run of readPages(child.pid!, { hash: false, timings: t3, workers })) {
+        const w = performance.now();
+        await c.add(run.vaddr, run.data);
+        wait += performance.now() - w;
+      }
+      await c.close();
+      ms = performance.now() - s;
+      if ((await done) !== 0) throw new Error('page server failed');
+      console.log(`read + send, no hash: ${(c.bytesSent / 1e6).toFixed(1)} MB in ${ms.toFixed(0)} ms = ${(c.bytesSent / 1e6 / (ms / 1000)).toFixed(0)} MB/s (socket wait ${wait.toFixed(0)} ms)`);
+      await rm(dir, { recursive: true, force: true });
+    }
     const r0 = await round('r0');
     console.log(`round 0: ${fmt(r0)}`);
     const n = Math.round((mib << 8) / 100);

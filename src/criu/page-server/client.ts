@@ -12,6 +12,9 @@ import type { Duplex } from 'node:stream';
 import { CedanaError } from '../../errors.js';
 import { encodeDstId, encodeHeader, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID } from './protocol.js';
 
+/** Bytes written but not yet taken by the socket before a write waits (two 4 MiB runs). */
+const QUEUED = 8 << 20;
+
 export class PageServerClient {
   private received: Buffer[] = [];
   private receivedBytes = 0;
@@ -96,11 +99,14 @@ export class PageServerClient {
   private write(...bufs: Buffer[]): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const s = this.sock;
+    if (s.destroyed || !s.writable) return Promise.reject(new CedanaError('IO_ERROR', 'the page server connection is closed'));
     s.cork();
     let ok = true;
     for (const b of bufs) ok = s.write(b) && ok;
     s.uncork();
-    if (ok) return Promise.resolve();
+    // Up to QUEUED bytes may wait in the socket's queue: the next run is read and hashed meanwhile,
+    // and the socket never runs dry between two writes.
+    if (ok || s.writableLength <= QUEUED) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const done = (e?: Error): void => {
         s.off('drain', onDrain);

@@ -337,4 +337,15 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     await expectChainHolds(join(base, 'r1'), a.pid, ra.pages);
     await expectChainHolds(join(base, 'r1'), b.pid, rb.pages);
   });
+
+  it.each([0, 2])('a process that ends mid-round fails the round, never a short one, and the page server is not left waiting (%i worker threads)', async (workers) => {
+    const base = await owned.tempDir('cedana-precopy-');
+    const p = await owned.pager(64, base);
+    const s0 = await pageServer(join(base, 'r0'));
+    // Killed while the round runs (64 MiB in runs of 64 KiB: far longer than 30 ms here).
+    setTimeout(() => process.kill(p.pid, 'SIGKILL'), 30);
+    await expect(sendRound(p.pid, s0.client, { workers, chunkPages: 16 })).rejects.toThrow(/ended while its memory was read|ENOENT|ESRCH/);
+    expect(await s0.done).not.toBe(0);
+    expect(alive(p.pid)).toBe(false);
+  });
 });

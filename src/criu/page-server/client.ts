@@ -87,6 +87,11 @@ export class PageServerClient {
     if (status !== 0) throw new CedanaError('IO_ERROR', `the page server answered CLOSE with status ${status}`);
   }
 
+  /** Drops the connection mid-session (a failed round): the page server sees it end and exits with an error. */
+  abort(): void {
+    this.sock.destroy();
+  }
+
   private check(vaddr: number, nrPages: number): void {
     if (this.failed) throw this.failed;
     if (this.dstId === undefined) throw new Error('no pagemap is open');

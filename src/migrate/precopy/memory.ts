@@ -30,6 +30,7 @@ import { closeSync, openSync, read as readCb, readSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
+import { CedanaError } from '../../errors.js';
 
 export const PAGE_SIZE = 4096;
 /** Hash bytes kept per page (a truncated SHA-256: 128 bits). */
@@ -251,13 +252,20 @@ interface Fetched {
 /** Reads and hashes runs in `n` worker threads, each request answered in turn. */
 class WorkerPool {
   private readonly workers: Worker[];
+  private readonly exited: Promise<void>[];
   private readonly waiting = new Map<number, { resolve: (f: Fetched | undefined) => void; reject: (e: Error) => void }>();
   private nextId = 0;
   private rr = 0;
+  private failed: Error | undefined;
 
   constructor(mem: string, n: number, private readonly hash: boolean, private readonly t?: ReadTimings) {
-    this.workers = Array.from({ length: n }, () => {
-      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { mem } });
+    this.workers = Array.from({ length: n }, () => new Worker(WORKER_SOURCE, { eval: true, workerData: { mem } }));
+    const fail = (e: Error): void => {
+      this.failed ??= e;
+      for (const r of this.waiting.values()) r.reject(this.failed);
+      this.waiting.clear();
+    };
+    this.exited = this.workers.map((w) => new Promise<void>((resolve) => {
       w.on('message', (m: { id: number; data: ArrayBuffer; pages: number; hashes: ArrayBuffer; mem: number; hash: number }) => {
         const req = this.waiting.get(m.id);
         this.waiting.delete(m.id);
@@ -267,15 +275,17 @@ class WorkerPool {
         }
         req?.resolve(m.pages > 0 ? { data: Buffer.from(m.data, 0, m.pages * PAGE_SIZE), hashes: Buffer.from(m.hashes, 0, m.pages * HASH_BYTES), pages: m.pages } : undefined);
       });
-      w.on('error', (e) => {
-        for (const r of this.waiting.values()) r.reject(e);
-        this.waiting.clear();
+      w.on('error', (e) => fail(e));
+      w.on('exit', () => {
+        // Any request still waiting will get no answer.
+        fail(new Error('a memory-reading worker ended'));
+        resolve();
       });
-      return w;
-    });
+    }));
   }
 
   fetch(vaddr: number, pages: number): Promise<Fetched | undefined> {
+    if (this.failed) return Promise.reject(this.failed);
     const id = this.nextId++;
     const w = this.workers[this.rr++ % this.workers.length]!;
     return new Promise((resolve, reject) => {
@@ -284,12 +294,10 @@ class WorkerPool {
     });
   }
 
+  /** Each worker closes its descriptor and ends by itself (terminate() would leak the descriptor). */
   async close(): Promise<void> {
-    // Each worker closes its descriptor and ends by itself (terminate() would leak the descriptor).
-    await Promise.all(this.workers.map((w) => new Promise<void>((resolve) => {
-      w.once('exit', () => resolve());
-      w.postMessage({ close: true });
-    })));
+    for (const w of this.workers) w.postMessage({ close: true });
+    await Promise.all(this.exited);
   }
 }
 
@@ -387,6 +395,9 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
       const r = await finish(queue.shift()!);
       if (r) yield r;
     }
+    // A process that ended (or became a zombie) mid-way reads as nothing: never a complete round.
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    if (!stat || /^\d+ \(.*\) [ZX] /.test(stat)) throw new CedanaError('PID_NOT_FOUND', `process ${pid} ended while its memory was read`);
   } finally {
     // A consumer that stopped early leaves reads in flight: let them end before their descriptor closes.
     await Promise.all(queue.map((p) => p.read.catch(() => undefined)));

@@ -83,11 +83,15 @@ const i32 = (b: Buffer): Int32Array => new Int32Array(b.buffer, b.byteOffset, b.
 
 /**
  * Sends one round of `pid`'s memory through `client` (a fresh session: OPEN2 … CLOSE). Resolves once
- * the page server confirmed the round (CLOSE answered 0).
+ * the page server confirmed the round (CLOSE answered 0). On any failure the connection is dropped:
+ * the page server then exits with an error, leaving a partial directory the caller removes.
  */
 export async function sendRound(pid: number, client: PageServerClient, opts: RoundOptions = {}): Promise<RoundResult> {
   const t0 = now();
-  const r = await sendPagemap(pid, client, opts);
+  const r = await sendPagemap(pid, client, opts).catch((e: unknown) => {
+    client.abort(); // else the page server would wait for the rest of the round
+    throw e;
+  });
   const s = now();
   await client.close();
   r.timings.send += now() - s;
@@ -112,7 +116,12 @@ export interface TreeRoundResult {
 export async function sendTreeRound(pids: number[], client: PageServerClient, opts: Omit<RoundOptions, 'prev'> & { prev?: Map<number, RoundPages> } = {}): Promise<TreeRoundResult> {
   const t0 = now();
   const byPid = new Map<number, RoundResult>();
-  for (const pid of pids) byPid.set(pid, await sendPagemap(pid, client, { ...opts, prev: opts.prev?.get(pid) }));
+  try {
+    for (const pid of pids) byPid.set(pid, await sendPagemap(pid, client, { ...opts, prev: opts.prev?.get(pid) }));
+  } catch (e) {
+    client.abort(); // else the page server would wait for the rest of the round
+    throw e;
+  }
   await client.close();
   const all = [...byPid.values()];
   return {

@@ -18,7 +18,9 @@ import { sendRound, sendTreeRound, type RoundPages } from '../../src/migrate/pre
 import { Owned, alive } from '../helpers/processes.js';
 import { decodeImage, type MessageEntry } from '../../src/image/criu/codec.js';
 import { execa } from 'execa';
-import { parseMaps, readPages } from '../../src/migrate/precopy/memory.js';
+import { hashPages, HASH_BYTES, parseMaps, readPages } from '../../src/migrate/precopy/memory.js';
+import { copyFile } from 'node:fs/promises';
+import { waitGone } from '../helpers/processes.js';
 import { waitFor, readText } from '../helpers/processes.js';
 import type { Duplex } from 'node:stream';
 import { connect, createServer, type Socket } from 'node:net';
@@ -347,5 +349,82 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     await expect(sendRound(p.pid, s0.client, { workers, chunkPages: 16 })).rejects.toThrow(/ended while its memory was read|ENOENT|ESRCH/);
     expect(await s0.done).not.toBe(0);
     expect(alive(p.pid)).toBe(false);
+  });
+
+  it("CRIU restores through the rounds: a final level made from CRIU's dump (pages the last round holds unchanged as PE_PARENT) restores the memory intact", async () => {
+    const base = await owned.tempDir('cedana-precopy-');
+    const p = await owned.pager(32, base);
+    const s0 = await pageServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done).toBe(0);
+    const want = await p.rewrite(100, 1);
+    const s1 = await pageServer(join(base, 'r1'), '../r0');
+    const r1 = await sendRound(p.pid, s1.client, { prev: r0.pages });
+    expect(await s1.done, await s1.log()).toBe(0);
+    await p.rewrite(20, 2).then(() => undefined);
+    const final = await readFile(join(p.dir, 'rewritten'), 'utf8');
+    await stop(p.pid);
+
+    // CRIU's own dump (the process ends with it), then its pages re-sent against round 1 by content,
+    // as the final step's proxy will: only pages round 1 lacks or holds otherwise cross.
+    const criu = await locateCriu();
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    const d = await execa(criu.path, ['dump', '-t', String(p.pid), '-D', dump, '-o', 'dump.log', '-v4'], { reject: false });
+    expect(d.exitCode, await readFile(join(dump, 'dump.log'), 'utf8').then((l) => l.slice(-3000)).catch(() => d.stderr)).toBe(0);
+    await waitGone(p.pid);
+    const entries = decodeImage(await readFile(join(dump, `pagemap-${p.pid}.img`)), 'pagemap').entries.slice(1).map((e) => (e as MessageEntry).value);
+    const theirs = await ParentPages.open(dump);
+    const s2 = await pageServer(join(base, 'final'), '../r1');
+    const c = s2.client;
+    expect(await c.open(p.pid)).toBe(true);
+    const held = new Map<number, Buffer>();
+    for (let i = 0; i < r1.pages.count; i++) held.set(r1.pages.vaddrs[i]!, r1.pages.hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES));
+    let parent = 0;
+    let data = 0;
+    for (const e of entries) {
+      const va = Number(e.vaddr);
+      const n = Number(e.nr_pages);
+      const buf = Buffer.alloc(n * PAGE_SIZE);
+      const got = await theirs.readAsync(p.pid, va, n, buf);
+      expect(got.every((g) => g === 1)).toBe(true);
+      const h = Buffer.alloc(n * HASH_BYTES);
+      hashPages(buf, n, h);
+      let i = 0;
+      while (i < n) {
+        const same = (k: number): boolean => held.get(va + k * PAGE_SIZE)?.equals(h.subarray(k * HASH_BYTES, (k + 1) * HASH_BYTES)) ?? false;
+        const kind = same(i);
+        let j = i + 1;
+        while (j < n && same(j) === kind) j++;
+        if (kind) {
+          await c.parent(va + i * PAGE_SIZE, j - i);
+          parent += j - i;
+        } else {
+          await c.add(va + i * PAGE_SIZE, buf.subarray(i * PAGE_SIZE, j * PAGE_SIZE));
+          data += j - i;
+        }
+        i = j;
+      }
+    }
+    theirs.close();
+    await c.close();
+    expect(await s2.done, await s2.log()).toBe(0);
+    // The 20 pages rewritten after round 1, the interpreter's few, [vdso], CRIU's own text page.
+    expect(data).toBeGreaterThanOrEqual(20);
+    expect(data).toBeLessThan(500);
+    expect(parent).toBeGreaterThan((32 << 20) / PAGE_SIZE - 500);
+    // Every other image of CRIU's dump beside the final level's pages.
+    for (const f of await readdir(dump)) if (!/^(pagemap-\d+|pages-\d+)\.img$/.test(f) && f.endsWith('.img')) await copyFile(join(dump, f), join(base, 'final', f));
+
+    const r = await execa(criu.path, ['restore', '-D', join(base, 'final'), '-d', '-o', 'restore.log', '-v4', '--pidfile', join(base, 'restored.pid')], { reject: false });
+    const pid = Number(await readFile(join(base, 'restored.pid'), 'utf8').catch(() => '0'));
+    if (pid) owned.own(pid);
+    expect(r.exitCode, await readFile(join(base, 'final', 'restore.log'), 'utf8').then((l) => l.slice(-3000)).catch(() => r.stderr)).toBe(0);
+    // The restored pager's checksum of its memory (it was stopped at the dump: continue it).
+    process.kill(pid, 'SIGCONT');
+    process.kill(pid, 'SIGUSR1');
+    const sha = await waitFor('the restored checksum', () => readText(join(p.dir, 'sha-1')), 30_000);
+    expect(sha).toBe(final.split(' ')[1]);
+    expect(sha).not.toBe(want);
   });
 });

@@ -134,9 +134,9 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   try {
     if (sinkMode && parent) {
       // Before the freeze: the chain's pagemaps, and the mappings that must be stored whole.
-      const { ParentPages, hugetlbRanges } = await import('../image/parent-pages.js');
+      const { ParentPages } = await import('../image/parent-pages.js');
       against = await ParentPages.open(parent.dir);
-      keepWhole = await hugetlbRanges(pids);
+      keepWhole = await (await import('../proc/maps.js')).hugetlbRanges(pids);
     }
     if (gpuPlan) {
       // Before the freeze, with the tree running: GPU work locked, then its state copied into host memory.

@@ -168,31 +168,3 @@ async function readLink(dir: string, fds: number[]): Promise<Map<number, PidMap>
   }
   return maps;
 }
-
-/**
- * Per process of the tree, keyed by its PID as CRIU names it (in its own PID namespace): the address
- * ranges of its hugetlb mappings. CRIU restores those from the image's own pages, never through a
- * parent, so the sink must store them whole.
- */
-export async function hugetlbRanges(pids: number[]): Promise<Map<number, [number, number][]>> {
-  const mounts = (await readFile('/proc/self/mounts', 'utf8').catch(() => ''))
-    .split('\n')
-    .map((l) => l.split(' '))
-    .filter((f) => f[2] === 'hugetlbfs')
-    .map((f) => f[1]!.replace(/\\040/g, ' '));
-  const out = new Map<number, [number, number][]>();
-  for (const pid of pids) {
-    const [maps, status] = await Promise.all([readFile(`/proc/${pid}/maps`, 'utf8').catch(() => ''), readFile(`/proc/${pid}/status`, 'utf8').catch(() => '')]);
-    const ranges: [number, number][] = [];
-    for (const line of maps.split('\n')) {
-      const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-      if (!m) continue;
-      const path = m[3]!;
-      if (path.startsWith('/anon_hugepage') || mounts.some((mp) => path.startsWith(`${mp}/`))) ranges.push([parseInt(m[1]!, 16), parseInt(m[2]!, 16)]);
-    }
-    if (ranges.length === 0) continue;
-    const nspid = /^NSpid:\s*(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).pop();
-    out.set(nspid ? Number(nspid) : pid, ranges);
-  }
-  return out;
-}

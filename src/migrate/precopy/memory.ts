@@ -32,6 +32,9 @@ import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { CedanaError } from '../../errors.js';
+import { hugetlbMountPoints, isHugetlb, parseMaps, type Vma } from '../../proc/maps.js';
+
+export { hugetlbMountPoints, nsPid, parseMaps, type Vma } from '../../proc/maps.js';
 
 export const PAGE_SIZE = 4096;
 /** Hash bytes kept per page (a truncated SHA-256: 128 bits). */
@@ -43,26 +46,6 @@ const PM_SWAP = 0x40000000;
 const PM_FILE = 0x20000000;
 const PM_GUARD = 0x04000000;
 
-export interface Vma {
-  start: number;
-  end: number;
-  /** e.g. "rw-p". */
-  perms: string;
-  /** The path or [name], '' when anonymous. */
-  path: string;
-}
-
-/** /proc/PID/maps, parsed. Pure. */
-export function parseMaps(text: string): Vma[] {
-  const out: Vma[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$/.exec(line);
-    if (!m) continue;
-    out.push({ start: parseInt(m[1]!, 16), end: parseInt(m[2]!, 16), perms: m[3]!, path: m[4]! });
-  }
-  return out;
-}
-
 const SPECIAL = new Set(['[vsyscall]', '[vvar]', '[vvar_vclock]', '[vdso]', '[uprobes]']);
 
 /**
@@ -72,17 +55,9 @@ const SPECIAL = new Set(['[vsyscall]', '[vvar]', '[vvar_vclock]', '[vdso]', '[up
 export function isRoundVma(v: Vma, hugetlbMounts: string[] = []): boolean {
   if (v.perms[3] !== 'p') return false;
   if (SPECIAL.has(v.path)) return false;
-  if (v.path.startsWith('/anon_hugepage') || hugetlbMounts.some((mp) => v.path.startsWith(`${mp}/`))) return false;
+  if (isHugetlb(v, hugetlbMounts)) return false;
   if (v.path.startsWith('/dev/') && !v.path.startsWith('/dev/shm/') && !v.path.startsWith('/dev/zero')) return false;
   return true;
-}
-
-export async function hugetlbMountPoints(): Promise<string[]> {
-  return (await readFile('/proc/self/mounts', 'utf8').catch(() => ''))
-    .split('\n')
-    .map((l) => l.split(' '))
-    .filter((f) => f[2] === 'hugetlbfs')
-    .map((f) => f[1]!.replace(/\\040/g, ' '));
 }
 
 /** The mappings of `pid` whose pages a round carries, in address order. */
@@ -416,9 +391,3 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
   }
 }
 
-/** The PID a process has inside its own PID namespace (what CRIU names it by), from NSpid. */
-export async function nsPid(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const last = /^NSpid:\s*(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).pop();
-  return last ? Number(last) : pid;
-}

@@ -15,13 +15,11 @@ import { locateCriu } from '../../src/criu/criu.js';
 import { ParentPages } from '../../src/image/parent-pages.js';
 import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
 import { sendRound, sendTreeRound, type RoundPages } from '../../src/migrate/precopy/round.js';
-import { Owned, alive } from '../helpers/processes.js';
+import { Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
 import { decodeImage, type MessageEntry } from '../../src/image/criu/codec.js';
 import { execa } from 'execa';
 import { hashPages, HASH_BYTES, parseMaps, readPages } from '../../src/migrate/precopy/memory.js';
 import { copyFile } from 'node:fs/promises';
-import { waitGone } from '../helpers/processes.js';
-import { waitFor, readText } from '../helpers/processes.js';
 import type { Duplex } from 'node:stream';
 import { connect, createServer, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -345,10 +343,21 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     const p = await owned.pager(64, base);
     const s0 = await pageServer(join(base, 'r0'));
     // Killed while the round runs (64 MiB in runs of 64 KiB: far longer than 30 ms here).
-    setTimeout(() => process.kill(p.pid, 'SIGKILL'), 30);
-    await expect(sendRound(p.pid, s0.client, { workers, chunkPages: 16 })).rejects.toThrow(/ended while its memory was read|ENOENT|ESRCH/);
+    let killedAt = Infinity;
+    const killed = new Promise<void>((r) => setTimeout(() => {
+      process.kill(p.pid, 'SIGKILL');
+      killedAt = performance.now();
+      r();
+    }, 30));
+    const err = await sendRound(p.pid, s0.client, { workers, chunkPages: 16 }).then(() => undefined, (e: unknown) => e as Error);
+    const failedAt = performance.now();
+    await killed;
+    // The round failed because the process ended, not for another reason before it did.
+    expect(err?.message).toMatch(/ended while its memory was read|ENOENT|ESRCH/);
+    expect(failedAt).toBeGreaterThanOrEqual(killedAt);
     expect(await s0.done).not.toBe(0);
-    expect(alive(p.pid)).toBe(false);
+    // Killed: it ends (a process tearing down its memory takes a moment to become a zombie).
+    await waitFor(`PID ${p.pid} to end`, () => !alive(p.pid), 15_000);
   });
 
   it("CRIU restores through the rounds: a final level made from CRIU's dump (pages the last round holds unchanged as PE_PARENT) restores the memory intact", async () => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DumpResult } from '../src/commands/dump.js';
 import { cedanaResult, startCedana, REPO_ROOT } from './contestants.js';
-import { start } from './exec.js';
+import { start, watchPeakRss } from './exec.js';
 import { MB, type Goal, type Row } from './stats.js';
 
 export interface IncrementalStep {
@@ -23,6 +23,8 @@ export interface IncrementalStep {
   pagesInParent: number;
   frozenMs: number;
   durationMs: number;
+  /** cedana's own peak RSS (VmHWM) during the dump through the sink. */
+  peakRss: number;
   /** The same checkpoint, same parent, without the page sink (CRIU writes every page, cedana drops the unchanged ones after). */
   noSink: { frozenMs: number; durationMs: number; storedBytes: number };
 }
@@ -34,6 +36,7 @@ export interface IncrementalSamples {
 }
 
 const GOAL_SIZE: Goal = { on: 'ratio', op: '<=', limit: 1.2 };
+const GOAL_RSS: Goal = { on: 'value', op: '<', limit: 200 };
 
 async function waitFor<T>(what: string, f: () => Promise<T | undefined>, ms = 300_000): Promise<T> {
   const end = performance.now() + ms;
@@ -54,11 +57,12 @@ export async function incrementalRounds(mib: number, percents: number[], tmp: st
   try {
     progress(`incremental: filling ${mib} MiB`);
     await waitFor('the pager fixture', async () => (await readFile(join(dir, 'sha0'), 'utf8').catch(() => undefined)) || undefined);
-    const dump = async (out: string, parent?: string, sink = true): Promise<{ r: DumpResult; ms: number }> => {
+    const dump = async (out: string, parent?: string, sink = true): Promise<{ r: DumpResult; ms: number; peakRss: number }> => {
       const env = { ...process.env, TMPDIR: tmp, ...(sink ? {} : { CEDANA_PAGE_SINK: '0' }) };
       const run = startCedana(['dump', String(pid), '--leave-running', '-o', out, ...(parent ? ['--parent', parent] : []), '--json'], env);
+      const peak = watchPeakRss(run);
       const exit = await run.done;
-      return { r: cedanaResult<DumpResult & { ok: true }>(exit, 'dump', 'stdout'), ms: exit.ms };
+      return { r: cedanaResult<DumpResult & { ok: true }>(exit, 'dump', 'stdout'), ms: exit.ms, peakRss: await peak };
     };
     progress('incremental: full checkpoint');
     let prev = join(ck, 'c0');
@@ -74,14 +78,14 @@ export async function incrementalRounds(mib: number, percents: number[], tmp: st
       progress(`incremental: ${percent}% of the pages rewritten (${k}), checkpoint with the one before as parent`);
       const out = join(ck, `c${i + 1}`);
       // Alternated: which of the two goes first changes each step.
-      const viaSink = (): Promise<{ r: DumpResult; ms: number }> => dump(out, prev);
-      const noSink = async (): Promise<{ r: DumpResult; ms: number }> => {
+      const viaSink = (): Promise<{ r: DumpResult; ms: number; peakRss: number }> => dump(out, prev);
+      const noSink = async (): Promise<{ r: DumpResult; ms: number; peakRss: number }> => {
         const r = await dump(`${out}-nosink`, prev, false);
         await rm(`${out}-nosink`, { recursive: true, force: true });
         return r;
       };
-      let d: { r: DumpResult; ms: number };
-      let n: { r: DumpResult; ms: number };
+      let d: { r: DumpResult; ms: number; peakRss: number };
+      let n: { r: DumpResult; ms: number; peakRss: number };
       if (i % 2 === 0) {
         d = await viaSink();
         n = await noSink();
@@ -91,7 +95,7 @@ export async function incrementalRounds(mib: number, percents: number[], tmp: st
       }
       steps.push({
         percent, pagesRewritten: k, changedBytes: k * 4096, storedBytes: d.r.memoryBytes, pagesWritten: d.r.incremental?.pagesWritten ?? 0,
-        pagesInParent: d.r.incremental?.pagesInParent ?? 0, frozenMs: d.r.frozenMs, durationMs: d.ms,
+        pagesInParent: d.r.incremental?.pagesInParent ?? 0, frozenMs: d.r.frozenMs, durationMs: d.ms, peakRss: d.peakRss,
         noSink: { frozenMs: n.r.frozenMs, durationMs: n.ms, storedBytes: n.r.memoryBytes },
       });
       prev = out;
@@ -114,5 +118,6 @@ export function incrementalRows(s: IncrementalSamples): Row[] {
     { name: `incremental after ${x.percent}% rewritten: frozen`, unit: 'ms', value: x.frozenMs, baseline: s.full.frozenMs, baselineLabel: 'full dump frozen' },
     { name: `incremental after ${x.percent}% rewritten: frozen, page sink`, unit: 'ms', value: x.frozenMs, baseline: x.noSink.frozenMs, baselineLabel: 'the same without the sink' },
     { name: `incremental after ${x.percent}% rewritten: whole command, page sink`, unit: 'ms', value: x.durationMs, baseline: x.noSink.durationMs, baselineLabel: 'the same without the sink' },
+    { name: `incremental after ${x.percent}% rewritten: cedana's peak RSS, page sink`, unit: 'MB', value: x.peakRss / MB, goal: GOAL_RSS },
   ] satisfies Row[]);
 }

@@ -11,6 +11,9 @@ for m in veth nf_tables nft_ct nft_compat nft_chain_nat nf_conntrack xt_mark x_t
   busybox modprobe "$m" 2>/dev/null
 done
 ip link set lo up
+# The kernel settings scripts/setup persists for cedana (a boot of this machine would apply them):
+# kernel.pid_max, which the test bed's hosts need to number their processes apart (scripts/testbed/host.ts).
+for f in /etc/sysctl.d/*-cedana-*.conf; do [ -f "$f" ] && sysctl -q -p "$f" >/dev/null 2>&1; done
 hostname cedana-guest
 # cedana.thp=madvise|always|never sets transparent huge pages (this kernel's default is always).
 thp=$(sed -n 's/.*cedana\.thp=\([a-z]*\).*/\1/p' /proc/cmdline)

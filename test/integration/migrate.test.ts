@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { BIN, cedana, cedanaOk } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { Owned, alive, count, readText, waitFor } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 
 const owned = new Owned();
@@ -29,6 +29,27 @@ afterEach(() => owned.cleanup());
 const fields = (path: string): number[] | undefined => readText(path)?.trim().split(/\s+/).map(Number);
 
 describe('migrate', () => {
+  it('the test host numbers its own processes where no PID here can be, before and after a migration', async () => {
+    // A migration restores the tree with its PIDs of this machine inside the host's PID namespace:
+    // the host's sshd and shells must never hold one (a restore then fails, exit 34).
+    const host = bed.hosts[0]!;
+    expect(host.pidStart, 'the test bed warned why it found no PID range for its hosts').toBeDefined();
+    const own = async (): Promise<number[]> => {
+      const ps = await bed.onHost(host, 'echo $$; ps -e -o pid=');
+      expect(ps.exitCode, ps.stderr).toBe(0);
+      return ps.stdout.trim().split(/\s+/).map(Number);
+    };
+    for (const p of await own()) if (p !== 1) expect(p).toBeGreaterThanOrEqual(host.pidStart!);
+    const { state, pid } = await owned.counter(await mkdtemp(join(shared, 'pids-')));
+    expect(pid).toBeLessThan(host.pidStart!);
+    await cedanaOk(['migrate', String(pid), '--to', host.name], { env: bed.env });
+    const at = count(state);
+    await waitFor('counting on the target', () => count(state) > at + 5);
+    // Restoring it there at its own number did not move the host's counter down to it.
+    for (const p of await own()) if (p !== 1 && p !== pid) expect(p).toBeGreaterThanOrEqual(host.pidStart!);
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
   it('moves 256 MiB of random memory intact; the source ends, the copy runs on the target', async () => {
     const dir = await mkdtemp(join(shared, 'mem-'));
     const pid = owned.python('memhog.py', ['256', dir]);

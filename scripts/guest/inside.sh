@@ -11,6 +11,10 @@ for m in veth nf_tables nft_ct nft_compat nft_chain_nat nf_conntrack xt_mark x_t
   busybox modprobe "$m" 2>/dev/null
 done
 ip link set lo up
+# kernel.pid_max as scripts/setup persists it (a boot of this machine would apply it): this kernel has
+# one pid_max for all PID namespaces, and the test bed's hosts need room above this guest's PIDs to
+# number their processes apart (scripts/testbed/host.ts).
+[ -f /etc/sysctl.d/40-cedana-pid-max.conf ] && sysctl -q -p /etc/sysctl.d/40-cedana-pid-max.conf >/dev/null 2>&1
 hostname cedana-guest
 # cedana.thp=madvise|always|never sets transparent huge pages (this kernel's default is always).
 thp=$(sed -n 's/.*cedana\.thp=\([a-z]*\).*/\1/p' /proc/cmdline)

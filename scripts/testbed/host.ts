@@ -5,6 +5,10 @@
  * container runc makes — gets cgroups of its own, as on another machine), and a real OpenSSH server
  * with generated keys. Only the
  * addresses of these namespaces are ever contacted. Everything is torn down by PID and name.
+ *
+ * PIDs: a migration restores a tree with the PIDs it has here, inside the host's own PID namespace,
+ * where they must be free. The host's own processes (sshd, its sessions, their shells) therefore
+ * take numbers no process here can have — see planHostPids.
  */
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
@@ -28,6 +32,11 @@ export interface TestHost {
   unsharePid: number;
   stateDir: string;
   hostKeyLine: string;
+  /**
+   * The lowest PID the host's own processes take in its PID namespace (its init is 1), set when
+   * the host boots; absent where no range apart from this machine's PIDs was found (see planHostPids).
+   */
+  pidStart?: number;
 }
 
 export interface SshSetup {
@@ -74,7 +83,11 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
     await sh('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', name, '-f', hostKey]);
     await writeFile(join(stateDir, 'authorized_keys'), await readFile(`${ssh.identity}.pub`), { mode: 0o600 });
     await writeFile(join(stateDir, 'sshd_config'), sshdConfig(address, stateDir), { mode: 0o600 });
+    const pids = await hostPidPlan();
+    if (pids.warning) warnOnce(pids.warning);
     const boot = [
+      // First, before anything forks: the numbers this host's processes take (see planHostPids).
+      ...(pids.start !== undefined ? [`{ echo ${pids.start - 1} > /proc/sys/kernel/ns_last_pid || true; }`] : []),
       `hostname ${name}`,
       'mount -t tmpfs -o mode=1777,size=4g tmpfs /tmp',
       'mount -t tmpfs -o mode=1777,size=4g tmpfs /var/tmp',
@@ -96,6 +109,7 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
     // Before sshd forks anything: what it starts inherits the host's own cgroups.
     await joinOwnCgroups(netns, initPid);
     await waitForPort(address, 22, 10_000, stateDir);
+    const pidStart = pids.start !== undefined ? await checkPidStart(initPid, pids.start) : undefined;
     const hostKeyLine = `${address} ${(await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')}`;
     await appendFile(
       join(ssh.sshDir, 'config'),
@@ -104,7 +118,7 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
     );
     if (opts.writeKnownHosts !== false) await appendFile(join(ssh.sshDir, 'known_hosts'), `${hostKeyLine} ${marker(netns)}\n`, { mode: 0o600 });
     await chmod(join(ssh.sshDir, 'config'), 0o600);
-    return { index, name, address, gateway, netns, initPid, unsharePid, stateDir, hostKeyLine };
+    return { index, name, address, gateway, netns, initPid, unsharePid, stateDir, hostKeyLine, ...(pidStart !== undefined ? { pidStart } : {}) };
   } catch (e) {
     await destroyHost({ netns, unsharePid, initPid: 0, stateDir, vethOut });
     throw e;
@@ -112,6 +126,76 @@ export async function createHost(index: number, ssh: SshSetup, opts: { writeKnow
 }
 
 const marker = (netns: string): string => `cedana-testbed:${netns}`;
+
+/** Room a test host's own processes get before their numbers would wrap around. */
+export const HOST_PID_ROOM = 100_000;
+/** Where a host's range can only lie above this machine's PIDs: how far above the highest in use. */
+export const HOST_PID_MARGIN = 1_000_000;
+
+export interface PidPlan {
+  /** The first PID of the host's own processes (the boot writes start - 1 to ns_last_pid); absent: from 1, as the kernel counts. */
+  start?: number;
+  /** 'disjoint': no PID here can ever reach the range; 'above': far above every PID here; 'none': no range found. */
+  mode: 'disjoint' | 'above' | 'none';
+  warning?: string;
+}
+
+/**
+ * Where a test host's own processes number theirs, given this PID namespace's pid_max (`here`), the
+ * pid_max a new PID namespace gets (`nested`) and the highest PID in use here or last handed out
+ * (`highest`). Pure.
+ *
+ * Since Linux 6.14 pid_max is per PID namespace and a new one gets the kernel's limit (4194304):
+ * numbers from `here` upwards are then the host's alone — no process here can have them, ever.
+ * Before that pid_max is one for all: the host's range is put at the top, HOST_PID_ROOM wide, and
+ * used only while it lies at least HOST_PID_MARGIN above every PID here (this machine would have to
+ * start that many processes for its counter to reach it). Otherwise the host counts from 1 as
+ * before, and a migration to it may meet a PID in use there: scripts/setup raises kernel.pid_max.
+ */
+export function planHostPids(here: number, nested: number, highest: number): PidPlan {
+  if (nested - here >= HOST_PID_ROOM) return { start: here, mode: 'disjoint' };
+  const start = nested - HOST_PID_ROOM;
+  if (start - highest >= HOST_PID_MARGIN) return { start, mode: 'above' };
+  return {
+    mode: 'none',
+    warning:
+      `test bed: kernel.pid_max is ${here} and PIDs up to ${highest} are in use, so a test host's processes cannot be given ` +
+      `numbers apart from this machine's: a process migrated to it may find its PID taken there (the restore then fails). ` +
+      `scripts/setup raises kernel.pid_max; or: sysctl -w kernel.pid_max=${SETUP_PID_MAX}`,
+  };
+}
+
+/** What scripts/setup sets kernel.pid_max to (where it is lower). */
+export const SETUP_PID_MAX = 2_097_152;
+
+let nestedPidMax: Promise<number> | undefined;
+
+/** planHostPids for this machine now. */
+async function hostPidPlan(): Promise<PidPlan> {
+  const read = (p: string): number => Number(readFileSync(p, 'utf8').trim());
+  const here = read('/proc/sys/kernel/pid_max');
+  // pid_max as a new PID namespace sees it (the sysctl reads the caller's namespace's value).
+  nestedPidMax ??= sh('unshare', ['--pid', '--fork', 'cat', '/proc/sys/kernel/pid_max']).then(Number, () => here);
+  let highest = read('/proc/sys/kernel/ns_last_pid');
+  for (const e of await readdir('/proc')) if (/^\d+$/.test(e)) highest = Math.max(highest, Number(e));
+  return planHostPids(here, await nestedPidMax, highest);
+}
+
+/** Whether the host's processes got the planned numbers: a process started there now must have one. */
+async function checkPidStart(initPid: number, start: number): Promise<number | undefined> {
+  const r = await execa('nsenter', ['--target', String(initPid), '--pid', 'sh', '-c', 'echo $$'], { reject: false });
+  const got = Number(String(r.stdout).trim());
+  if (r.exitCode === 0 && got >= start) return start;
+  warnOnce(`test bed: a test host's processes were to take PIDs from ${start} up, but one got ${r.exitCode === 0 ? got : `none (${String(r.stderr).trim()})`}: a process migrated to it may find its PID taken there`);
+  return undefined;
+}
+
+const warned = new Set<string>();
+function warnOnce(text: string): void {
+  if (warned.has(text)) return;
+  warned.add(text);
+  process.stderr.write(`${text}\n`);
+}
 
 /** Removes what createHost added to ~/.ssh/config and known_hosts for this host. */
 export async function forgetHost(h: { netns: string }, sshDir: string): Promise<void> {

@@ -50,6 +50,40 @@ export function readText(path: string): string | undefined {
   }
 }
 
+/** One line of tmpworker.py's log: its number, what it read of its data and scratch files, where in the log it starts, its cwd. */
+export interface WorkerLine {
+  i: number;
+  data: string;
+  scratch: string;
+  offset: number;
+  cwd: string;
+}
+
+/** The complete lines of a tmpworker.py log's text (a line being written is left out). */
+function parseWorkerLog(text: string): { line: WorkerLine; bytes: number }[] {
+  return text.split('\n').slice(0, -1).map((l) => {
+    const f = l.split(' ');
+    if (f.length !== 6 || f[0] !== 'line') throw new Error(`not a line of tmpworker.py's log: ${JSON.stringify(l)}`);
+    return { line: { i: Number(f[1]), data: f[2]!, scratch: f[3]!, offset: Number(f[4]), cwd: f[5]! }, bytes: Buffer.byteLength(l) + 1 };
+  });
+}
+
+/** tmpworker.py's last complete log line (undefined before there is one). */
+export function workerState(log: string): WorkerLine | undefined {
+  const text = readText(log);
+  return text === undefined ? undefined : parseWorkerLog(text).at(-1)?.line;
+}
+
+/** The lines of a tmpworker.py log, checked to run without a gap or a repeat: line n is number n and starts where line n-1 ended. */
+export function wholeWorkerLog(log: string): WorkerLine[] {
+  let offset = 0;
+  return parseWorkerLog(readText(log) ?? '').map(({ line, bytes }, n) => {
+    if (line.i !== n || line.offset !== offset) throw new Error(`${log}: line ${n} is number ${line.i} at offset ${line.offset} (expected ${n} at ${offset})`);
+    offset += bytes;
+    return line;
+  });
+}
+
 /** The count counter.py last wrote to its state file (0 before the first). */
 export const count = (state: string): number => Number(readText(state)?.trim().split(' ')[1] ?? 0);
 

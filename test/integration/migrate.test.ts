@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { BIN, cedana, cedanaOk } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { Owned, alive, count, readText, waitFor, wholeWorkerLog, workerState } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 
 const owned = new Owned();
@@ -29,6 +29,27 @@ afterEach(() => owned.cleanup());
 const fields = (path: string): number[] | undefined => readText(path)?.trim().split(/\s+/).map(Number);
 
 describe('migrate', () => {
+  it('the test host numbers its own processes where no PID here can be, before and after a migration', async () => {
+    // A migration restores the tree with its PIDs of this machine inside the host's PID namespace:
+    // the host's sshd and shells must never hold one (a restore then fails, exit 34).
+    const host = bed.hosts[0]!;
+    expect(host.pidStart, 'the test bed warned why it found no PID range for its hosts').toBeDefined();
+    const own = async (): Promise<number[]> => {
+      const ps = await bed.onHost(host, 'echo $$; ps -e -o pid=');
+      expect(ps.exitCode, ps.stderr).toBe(0);
+      return ps.stdout.trim().split(/\s+/).map(Number);
+    };
+    for (const p of await own()) if (p !== 1) expect(p).toBeGreaterThanOrEqual(host.pidStart!);
+    const { state, pid } = await owned.counter(await mkdtemp(join(shared, 'pids-')));
+    expect(pid).toBeLessThan(host.pidStart!);
+    await cedanaOk(['migrate', String(pid), '--to', host.name], { env: bed.env });
+    const at = count(state);
+    await waitFor('counting on the target', () => count(state) > at + 5);
+    // Restoring it there at its own number did not move the host's counter down to it.
+    for (const p of await own()) if (p !== 1 && p !== pid) expect(p).toBeGreaterThanOrEqual(host.pidStart!);
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
   it('moves 256 MiB of random memory intact; the source ends, the copy runs on the target', async () => {
     const dir = await mkdtemp(join(shared, 'mem-'));
     const pid = owned.python('memhog.py', ['256', dir]);
@@ -118,30 +139,28 @@ describe('migrate', () => {
   it('ships a job\'s files that only the source\'s private /tmp has; preflight lists them; the job carries on there', async () => {
     const host = bed.hosts[0]!;
     const dir = join(await owned.tempDir(), 'job'); // this host's /tmp: the target has its own
-    const st = join(await mkdtemp(join(shared, 'ship-')), 'state');
-    const pid = owned.python('tmpworker.py', [dir, st, '2']);
+    const log = join(dir, 'work.log'); // its progress, and what it reads of its files, are the lines of its log
+    const pid = owned.python('tmpworker.py', [dir, '2']);
     const before = await waitFor('working', () => {
-      const f = readText(st)?.trim().split(' ');
-      return f && Number(f[0]) > 5 ? f : undefined;
+      const s = workerState(log);
+      return s && s.i > 5 ? s : undefined;
     });
     const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     const events = r.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; phase?: string });
     const listed = events.find((e) => e.event === 'phase' && e.phase?.startsWith('will ship to'))?.phase;
     expect(listed).toContain(join(dir, 'data.bin'));
-    expect(r.json!.shipped).toEqual(expect.arrayContaining([dir, join(dir, 'data.bin'), join(dir, 'work.log')]));
-    const at = Number(readText(st)!.split(' ')[0]);
+    expect(r.json!.shipped).toEqual(expect.arrayContaining([dir, join(dir, 'data.bin'), log]));
+    const at = workerState(log)!.i; // the source's copy, as the freeze left it
+    const there = bed.path(host, log); // the files live in the target's /tmp now
     const after = await waitFor('working on the target', () => {
-      const f = readText(st)?.trim().split(' ');
-      return f && Number(f[0]) > at + 20 ? f : undefined;
+      const s = workerState(there);
+      return s && s.i > at + 20 ? s : undefined;
     });
-    expect(after[1]).toBe(before[1]); // the data file arrived whole
-    expect(after[2]).toBe(before[2]); // and the deleted scratch file
-    expect(after[4]).toBe(dir);
-    // The files live in the target's /tmp now, the log continuing without a gap.
-    const log = readFileSync(bed.path(host, join(dir, 'work.log')), 'utf8').split('\n').slice(0, -1);
-    expect(log.length).toBeGreaterThan(at);
-    log.forEach((l, i) => expect(l).toBe(`line ${i}`));
+    expect(after.data).toBe(before.data); // the data file arrived whole
+    expect(after.scratch).toBe(before.scratch); // and the deleted scratch file
+    expect(after.cwd).toBe(dir);
+    expect(wholeWorkerLog(there).length).toBeGreaterThan(at + 20); // the log continuing at its offset, without a gap
     expect((await bed.onHost(host, `stat -c %a ${dir}`)).stdout.trim()).toBe('755');
     await bed.onHost(host, `kill -9 ${pid}; rm -rf ${dirname(dir)}`);
   });

@@ -1,0 +1,322 @@
+/**
+ * The live final step of pre-copy by content: during the final freeze `criu dump --page-server
+ * --ps-socket 0` streams every page into cedana, and cedana forwards the stream to the target's stock
+ * `criu page-server` (whose --prev-images-dir is the last round), translating on the way: a page
+ * whose hash equals the hash the target holds for that address since the last round (RoundPages)
+ * becomes part of a PE_PARENT run, without data; only the rest crosses as PE_PRESENT data.
+ *
+ * Toward criu dump, cedana is the page server:
+ *  - OPEN2 is forwarded; the target's has_parent is read, and CRIU is answered has_parent = 0 (else
+ *    criu dump runs its pid-reuse detection against a parent inventory it does not have, and fails);
+ *  - CLOSE / FORCE_CLOSE are forwarded and the target's status relayed to CRIU (a non-zero status
+ *    fails the proxy too).
+ * Toward the target, cedana is the dump:
+ *  - PE_PARENT only where the target answered has_parent = 1, only for a process's pagemap (type 1;
+ *    shared memory, type 2, goes whole), never in a range that must stay whole (hugetlb: CRIU
+ *    restores those from the top image only), and only for pages of a plain PE_PRESENT command;
+ *  - entries stay in CRIU's order, ascending within a pagemap (the client refuses anything else);
+ *  - a PE_PARENT run only names pages the last round named, so the target's coverage check passes.
+ * Any error cuts both connections: CRIU then fails its dump and resumes the tree, and the target's
+ * page server exits with an error. The caller removes the target's directory.
+ *
+ * A failed criu dump still sends CLOSE (its cleanup path), and the page server then answers 0 and
+ * exits 0 with a partial directory: the proxy's success alone means nothing — trust the dump's exit
+ * code (dumpThroughProxy does).
+ *
+ * Chunks from CRIU may be a reused read buffer (socketPair): a command's pages are copied into a
+ * buffer of the proxy's own, and what is forwarded is copied again into a buffer that belongs to the
+ * socket's queue (only changed pages, so little).
+ */
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { PageServerClient } from '../../criu/page-server/client.js';
+import { duplexSource, socketPair, type PageSource } from '../../criu/page-server/source.js';
+import {
+  addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
+} from '../../criu/page-server/protocol.js';
+import { CedanaError, toCedanaError } from '../../errors.js';
+import { spawnCriu, type Criu } from '../../criu/criu.js';
+import { HASH_BYTES, hashPages } from './memory.js';
+import type { RoundPages } from './round.js';
+
+export interface ProxyOptions {
+  /** What the target holds since the last round, per process as CRIU names it (its PID in its own namespace). */
+  held: Map<number, RoundPages>;
+  /** Per process (as CRIU names it): address ranges [start, end) never to leave in the parent (hugetlb). */
+  keepWhole?: Map<number, [number, number][]>;
+}
+
+export interface ProxyResult {
+  /** The target's answer to CLOSE (0: everything received). */
+  status: number;
+  /** Pages CRIU sent with their data. */
+  pagesReceived: number;
+  /** Pages forwarded with their data (changed, new, shared memory, hugetlb, or where the target has no parent). */
+  pagesForwarded: number;
+  /** Pages sent as PE_PARENT (the target holds them unchanged). */
+  pagesParent: number;
+  /** Of pagesForwarded: shared-memory pages (always whole). */
+  pagesShmem: number;
+  /** Pagemaps opened (OPEN2), and of them those the target had a parent for. */
+  pagemaps: number;
+  pagemapsWithParent: number;
+  /** From the first byte CRIU sent to the relayed CLOSE answer, in ms. */
+  ms: number;
+}
+
+/** One pagemap being forwarded (OPEN2 to the next OPEN2 or CLOSE). */
+interface Xfer {
+  type: number;
+  id: number;
+  /** The round's pages to compare with (only where the target has a parent and this is a process). */
+  held: RoundPages | undefined;
+  keepWhole: [number, number][] | undefined;
+  /** The pending PE_PARENT run. */
+  run: { vaddr: number; n: number } | undefined;
+}
+
+/** A command whose pages are arriving. */
+interface Pending {
+  header: PsHeader;
+  flags: number;
+  /** Compare by content (else forward whole). */
+  compare: boolean;
+  buf: Buffer;
+  got: number;
+}
+
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+
+/** The index of the first vaddr >= va in the ascending array. */
+function lowerBound(v: Float64Array, count: number, va: number): number {
+  let lo = 0;
+  let hi = count;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (v[mid]! < va) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function touches(ranges: [number, number][] | undefined, vaddr: number, bytes: number): boolean {
+  return ranges !== undefined && ranges.some(([s, e]) => vaddr < e && s < vaddr + bytes);
+}
+
+/**
+ * Serves one `criu dump` page-server session from `src` (CRIU's end is its --ps-socket), forwarding
+ * it translated to `target` (a connection to the target's page server). Resolves once CRIU's CLOSE is
+ * answered with the target's status 0; rejects on anything else, with both connections cut.
+ */
+export async function servePageProxy(src: PageSource | Duplex, target: PageServerClient | Duplex, opts: ProxyOptions): Promise<ProxyResult> {
+  const source: PageSource = 'run' in src ? src : duplexSource(src);
+  const client = target instanceof PageServerClient ? target : new PageServerClient(target);
+  const decoder = new PsDecoder({ transient: true });
+  const r: ProxyResult = { status: -1, pagesReceived: 0, pagesForwarded: 0, pagesParent: 0, pagesShmem: 0, pagemaps: 0, pagemapsWithParent: 0, ms: 0 };
+  let t0 = 0;
+  let cur: Xfer | undefined;
+  let pend: Pending | undefined;
+  let closed = false;
+  let cmdBuf = Buffer.alloc(0);
+  const hash = Buffer.allocUnsafe(HASH_BYTES);
+
+  const flushRun = async (x: Xfer): Promise<void> => {
+    const run = x.run;
+    if (!run) return;
+    x.run = undefined;
+    await client.entry(run.vaddr, run.n, PE_PARENT);
+  };
+
+  const forward = async (x: Xfer, vaddr: number, n: number, flags: number, data: Buffer): Promise<void> => {
+    await flushRun(x);
+    r.pagesForwarded += n;
+    if (x.type === PS_TYPE_SHMEM) r.pagesShmem += n;
+    await client.entry(vaddr, n, flags, data);
+  };
+
+  const parentPages = async (x: Xfer, vaddr: number, n: number): Promise<void> => {
+    r.pagesParent += n;
+    const run = x.run;
+    if (run && run.vaddr + run.n * PAGE_SIZE === vaddr) run.n += n;
+    else {
+      await flushRun(x);
+      x.run = { vaddr, n };
+    }
+  };
+
+  /** A complete command compared page by page with the round: runs of held pages become PE_PARENT, the rest is forwarded. */
+  const compareCommand = async (x: Xfer, p: Pending): Promise<void> => {
+    const held = x.held!;
+    const hv = held.vaddrs;
+    const { vaddr, nrPages } = p.header;
+    let k = lowerBound(hv, held.count, vaddr);
+    let dataFrom = -1;
+    const sendData = async (from: number, to: number): Promise<void> => {
+      const data = Buffer.allocUnsafeSlow((to - from) * PAGE_SIZE);
+      p.buf.copy(data, 0, from * PAGE_SIZE, to * PAGE_SIZE);
+      await forward(x, vaddr + from * PAGE_SIZE, to - from, p.flags, data);
+    };
+    for (let i = 0; i < nrPages; i++) {
+      const va = vaddr + i * PAGE_SIZE;
+      while (k < held.count && hv[k]! < va) k++;
+      let same = false;
+      if (k < held.count && hv[k] === va) {
+        hashPages(p.buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), 1, hash);
+        same = hash.compare(held.hashes, k * HASH_BYTES, (k + 1) * HASH_BYTES) === 0;
+      }
+      if (same) {
+        if (dataFrom >= 0) {
+          await sendData(dataFrom, i);
+          dataFrom = -1;
+        }
+        await parentPages(x, va, 1);
+      } else if (dataFrom < 0) dataFrom = i;
+    }
+    if (dataFrom >= 0) await sendData(dataFrom, nrPages);
+  };
+
+  const onCommand = async (h: PsHeader): Promise<void> => {
+    if (h.op === PS_IOV_OPEN2) {
+      if (cur) await flushRun(cur);
+      const { type, id } = decodeDstId(h.dstId);
+      if (type !== PS_TYPE_PID && type !== PS_TYPE_SHMEM) throw new ProtocolError(`unknown pagemap type ${type}`);
+      const hasParent = await client.openDst(h.dstId);
+      r.pagemaps++;
+      if (hasParent) r.pagemapsWithParent++;
+      const held = hasParent && type === PS_TYPE_PID ? opts.held.get(id) : undefined;
+      cur = { type, id, held, keepWhole: type === PS_TYPE_PID ? opts.keepWhole?.get(id) : undefined, run: undefined };
+      await source.write(Buffer.from([0])); // has_parent, toward criu dump: no (cedana keeps the parent)
+      return;
+    }
+    if (h.op === PS_IOV_CLOSE || h.op === PS_IOV_FORCE_CLOSE) {
+      if (pend) throw new ProtocolError('CLOSE before all pages of the last command arrived');
+      if (cur) await flushRun(cur);
+      cur = undefined;
+      r.status = await client.finish(h.op);
+      const status = Buffer.alloc(4);
+      status.writeInt32LE(r.status, 0);
+      await source.write(status);
+      r.ms = now() - t0;
+      closed = true;
+      source.stop();
+      return;
+    }
+    const flags = addFlags(h);
+    if (flags === undefined) throw new ProtocolError(`page-server command ${h.op} is not expected from criu dump`);
+    if (!cur || decodeDstId(h.dstId).id !== cur.id || decodeDstId(h.dstId).type !== cur.type) throw new ProtocolError('pages sent outside of an open pagemap');
+    if (pend) throw new ProtocolError('a command before all pages of the last one arrived');
+    if (!(flags & PE_PRESENT)) {
+      // No data: a hole of CRIU's own. PE_PARENT cannot come (CRIU was told has_parent = 0).
+      if (flags & PE_PARENT) throw new ProtocolError('a parent hole, though cedana answered has_parent = 0');
+      await flushRun(cur);
+      await client.entry(h.vaddr, h.nrPages, flags);
+      return;
+    }
+    if (h.nrPages === 0) return;
+    const bytes = h.nrPages * PAGE_SIZE;
+    const compare = cur.held !== undefined && flags === PE_PRESENT && !touches(cur.keepWhole, h.vaddr, bytes);
+    let buf: Buffer;
+    if (compare) {
+      if (cmdBuf.length < bytes) cmdBuf = Buffer.allocUnsafeSlow(bytes);
+      buf = cmdBuf;
+    } else buf = Buffer.allocUnsafeSlow(bytes); // forwarded as it is: the socket's queue keeps it
+    pend = { header: h, flags, compare, buf, got: 0 };
+  };
+
+  const onPages = (data: Buffer): Promise<void> | undefined => {
+    const p = pend;
+    if (!p || !cur) throw new ProtocolError('pages sent outside of a command');
+    data.copy(p.buf, p.got * PAGE_SIZE);
+    const n = data.length / PAGE_SIZE;
+    p.got += n;
+    r.pagesReceived += n;
+    if (p.got < p.header.nrPages) return undefined;
+    pend = undefined;
+    if (p.compare) return compareCommand(cur, p);
+    return forward(cur, p.header.vaddr, p.header.nrPages, p.flags, p.buf.subarray(0, p.header.nrPages * PAGE_SIZE));
+  };
+
+  const handle = (events: PsEvent[], i: number): Promise<void> | undefined => {
+    for (; i < events.length; i++) {
+      if (closed) throw new ProtocolError('data after the page server was closed');
+      const ev = events[i]!;
+      const res = ev.kind === 'command' ? onCommand(ev.header) : onPages(ev.data);
+      if (res) {
+        const next = i + 1;
+        return res.then(() => handle(events, next));
+      }
+    }
+    return undefined;
+  };
+
+  try {
+    await source.run((chunk) => {
+      if (!t0) t0 = now();
+      if (closed) throw new ProtocolError('data after the page server was closed');
+      return handle(decoder.push(chunk), 0);
+    });
+    if (!closed) throw new ProtocolError('criu closed the page stream before its end');
+    source.destroy(); // CRIU has its answer in the socket
+    if (r.status !== 0) throw new CedanaError('IO_ERROR', `the target's page server answered CLOSE with status ${r.status}`);
+    return r;
+  } catch (e) {
+    source.destroy();
+    client.abort();
+    if (e instanceof CedanaError) throw e;
+    if (e instanceof ProtocolError) throw new CedanaError('CRIU_FAILED', `the page stream from criu: ${e.message}`, { cause: e });
+    throw new CedanaError('IO_ERROR', `forwarding pages to the target failed: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+export interface ProxyDumpOptions extends ProxyOptions {
+  criu: Criu;
+  /** criu dump's arguments (-t, -D, -o, --leave-running …), without the page-server ones. */
+  args: string[];
+  /** Absolute path of the log named by -o. */
+  logFile: string;
+  /** Where the socket between CRIU and cedana is made for a moment (a private directory). */
+  workDir: string;
+  /** A connection to the target's page server (its --prev-images-dir: the last round). */
+  target: Duplex;
+}
+
+export interface ProxyDumpResult {
+  proxy: ProxyResult;
+  /** From spawning criu dump to its exit, in ms. */
+  dumpMs: number;
+}
+
+/**
+ * The live final step: `criu dump` through the proxy. Succeeds only when both the dump exited 0 and
+ * the target confirmed every page (status 0): a failed dump still sends CLOSE, and the target's page
+ * server then exits 0 with a partial directory, so the dump's exit code decides. On failure CRIU has
+ * resumed the tree (unless the failure came after its point of no return); the caller removes the
+ * target's directory.
+ */
+export async function dumpThroughProxy(o: ProxyDumpOptions): Promise<ProxyDumpResult> {
+  const pair = await socketPair(o.workDir);
+  const t0 = now();
+  let criuEnd: Socket | undefined = pair.criuEnd;
+  let run: { done: Promise<void> };
+  try {
+    run = spawnCriu(o.criu, [...o.args, '--page-server', '--ps-socket', '0'], { logFile: o.logFile, label: 'dump-final', stdinSocket: criuEnd });
+    criuEnd = undefined;
+  } catch (e) {
+    criuEnd?.destroy();
+    pair.source.destroy();
+    o.target.destroy();
+    throw e;
+  }
+  const proxied = servePageProxy(pair.source, o.target, o);
+  proxied.catch(() => undefined);
+  const dumped = run.done.then(() => now() - t0);
+  dumped.catch(() => undefined);
+  const [p, d] = await Promise.allSettled([proxied, dumped]);
+  if (d.status === 'rejected') {
+    // The proxy's own failure is the cause when there is one (CRIU failed because the stream was cut).
+    if (p.status === 'rejected') throw toCedanaError(p.reason);
+    throw toCedanaError(d.reason);
+  }
+  if (p.status === 'rejected') throw toCedanaError(p.reason);
+  return { proxy: p.value, dumpMs: d.value };
+}

@@ -13,7 +13,9 @@
  * Toward the target, cedana is the dump:
  *  - PE_PARENT only where the target answered has_parent = 1, only for a process's pagemap (type 1;
  *    shared memory, type 2, goes whole), never in a range that must stay whole (hugetlb: CRIU
- *    restores those from the top image only), and only for pages of a plain PE_PRESENT command;
+ *    restores those from the top image only), and only for pages of a PE_PRESENT command (with or
+ *    without PE_LAZY, which criu dump sets on every private anonymous page; forwarded data keeps
+ *    CRIU's flags);
  *  - entries stay in CRIU's order, ascending within a pagemap (the client refuses anything else);
  *  - a PE_PARENT run only names pages the last round named, so the target's coverage check passes.
  * Any error cuts both connections: CRIU then fails its dump and resumes the tree, and the target's
@@ -32,7 +34,7 @@ import type { Socket } from 'node:net';
 import { PageServerClient } from '../../criu/page-server/client.js';
 import { duplexSource, socketPair, type PageSource } from '../../criu/page-server/source.js';
 import {
-  addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
+  addFlags, decodeDstId, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
 } from '../../criu/page-server/protocol.js';
 import { CedanaError, toCedanaError } from '../../errors.js';
 import { spawnCriu, type Criu } from '../../criu/criu.js';
@@ -214,7 +216,9 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     }
     if (h.nrPages === 0) return;
     const bytes = h.nrPages * PAGE_SIZE;
-    const compare = cur.held !== undefined && flags === PE_PRESENT && !touches(cur.keepWhole, h.vaddr, bytes);
+    // criu dump marks the pages of private anonymous mappings PE_LAZY as well (they could be served
+    // lazily); the rest are compared too. A PE_PARENT run carries no PE_LAZY (restore through the parent).
+    const compare = cur.held !== undefined && (flags & ~PE_LAZY) === PE_PRESENT && !touches(cur.keepWhole, h.vaddr, bytes);
     let buf: Buffer;
     if (compare) {
       if (cmdBuf.length < bytes) cmdBuf = Buffer.allocUnsafeSlow(bytes);

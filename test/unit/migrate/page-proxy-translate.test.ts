@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Duplex } from 'node:stream';
 import {
-  encodeDstId, encodeHeader, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, type PsEvent,
+  encodeDstId, encodeHeader, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, type PsEvent,
 } from '../../../src/criu/page-server/protocol.js';
 import { HASH_BYTES, hashPages } from '../../../src/migrate/precopy/memory.js';
 import { servePageProxy } from '../../../src/migrate/precopy/proxy.js';
@@ -105,13 +105,13 @@ describe('the final-step page proxy (criu dump → cedana → the target page se
     expect(r).toMatchObject({ status: 0, pagesReceived: 10, pagesForwarded: 4, pagesParent: 6, pagesShmem: 0, pagemaps: 1, pagemapsWithParent: 1 });
   });
 
-  it('a page changed between two unchanged ones splits the run; entries stay ascending', async () => {
+  it('a page changed between two unchanged ones splits the run; entries stay ascending; PE_LAZY pages (private anonymous, as criu dump sends them) are compared too and keep their flags', async () => {
     const t = fakeTarget(1);
-    const c = fakeCriu(Buffer.concat([open2(), add(at(0), pages(1, 22, 3, 4, 5, 6, 7, 8)), close()]));
+    const c = fakeCriu(Buffer.concat([open2(), add(at(0), pages(1, 22, 3, 4, 5, 6, 7, 8), dst, PE_PRESENT | PE_LAZY), close()]));
     await servePageProxy(c.sock, t.sock, { held: new Map([[PID, round]]) });
     expect(summary(t.cmds).slice(1, -1)).toEqual([
       ['add', PE_PARENT, 1, at(0)],
-      ['add', PE_PRESENT, 1, at(1)],
+      ['add', PE_PRESENT | PE_LAZY, 1, at(1)],
       ['add', PE_PARENT, 6, at(2)],
     ]);
   });

@@ -1,0 +1,170 @@
+/**
+ * The live final step of pre-copy by content, against the real CRIU: rounds 0 and 1 into stock page
+ * servers, then `criu dump --page-server --ps-socket 0` through cedana's proxy into a third page
+ * server (on 127.0.0.1 TCP, as on a target) whose parent is round 1: only the pages rewritten since
+ * round 1 cross with their data. `criu restore` through final → r1 → r0 gives back the process with
+ * its memory intact, by its own checksum.
+ */
+import { spawn } from 'node:child_process';
+import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
+import { connect, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PageServerClient } from '../../src/criu/page-server/client.js';
+import { locateCriu } from '../../src/criu/criu.js';
+import { readDumpStats } from '../../src/image/criu/stats.js';
+import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
+import { dumpThroughProxy } from '../../src/migrate/precopy/proxy.js';
+import { sendRound } from '../../src/migrate/precopy/round.js';
+import { alive, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
+
+const owned = new Owned();
+afterEach(() => owned.cleanup());
+
+interface Server {
+  done: Promise<number>;
+  log: () => Promise<string>;
+}
+
+function startPageServer(dir: string, args: string[], stdio: ('ignore' | 'pipe')[]): { child: ReturnType<typeof spawn> } & Server {
+  const child = spawn('criu', ['page-server', '-D', dir, '-o', 'page-server.log', '-v4', ...args], { stdio, detached: true });
+  if (!child.pid) throw new Error('criu page-server did not start');
+  owned.own(child.pid);
+  const done = new Promise<number>((res) => child.once('close', (code) => res(code ?? -1)));
+  return { child, done, log: () => readFile(join(dir, 'page-server.log'), 'utf8').catch(() => '') };
+}
+
+/** A stock page server on a unix socket (its fd 3), for a round. */
+async function roundServer(dir: string, prev?: string): Promise<{ client: PageServerClient } & Server> {
+  await mkdir(dir, { recursive: true });
+  const s = startPageServer(dir, ['--ps-socket', '3', ...(prev ? ['--prev-images-dir', prev] : [])], ['ignore', 'ignore', 'pipe', 'pipe']);
+  return { ...s, client: new PageServerClient(s.child.stdio[3] as Duplex) };
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', () => res()));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((res) => srv.close(res));
+  return port;
+}
+
+/** A stock page server listening on 127.0.0.1, as on a migration's target; the connection to it. */
+async function tcpServer(dir: string, prev?: string): Promise<{ sock: Socket; child: ReturnType<typeof spawn> } & Server> {
+  await mkdir(dir, { recursive: true });
+  const port = await freePort();
+  const s = startPageServer(dir, ['--address', '127.0.0.1', '--port', String(port), ...(prev ? ['--prev-images-dir', prev] : [])], ['ignore', 'ignore', 'ignore']);
+  for (let i = 0; i < 200; i++) {
+    const sock = await new Promise<Socket | undefined>((res) => {
+      const c = connect({ host: '127.0.0.1', port, noDelay: true });
+      c.once('connect', () => res(c));
+      c.once('error', () => res(undefined));
+    });
+    if (sock) return { ...s, sock };
+    await sleep(25);
+  }
+  throw new Error(`criu page-server does not listen on 127.0.0.1:${port}`);
+}
+
+const tail = async (f: string): Promise<string> => (await readFile(f, 'utf8').catch(() => '')).slice(-3000);
+
+describe('the live final step: criu dump through cedana’s proxy into the target’s page server', () => {
+  it.each([false, true])('only pages rewritten since the last round cross; criu restore through final → r1 → r0 gives back the memory (--leave-running %s)', async (leaveRunning) => {
+    const criu = await locateCriu();
+    const base = await owned.tempDir('cedana-proxy-');
+    const MIB = 64;
+    const p = await owned.pager(MIB, base);
+    const s0 = await roundServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done, await s0.log()).toBe(0);
+    await p.rewrite(300, 1);
+    const s1 = await roundServer(join(base, 'r1'), '../r0');
+    const r1 = await sendRound(p.pid, s1.client, { prev: r0.pages });
+    expect(await s1.done, await s1.log()).toBe(0);
+    expect(r1.hasParent).toBe(true);
+    const N = 50;
+    const frozenSha = await p.rewrite(N, 2);
+
+    // A plain criu dump of the same process, for the frozen time (it keeps running).
+    const plain = join(base, 'plain');
+    await mkdir(plain);
+    const pd = await execa(criu.path, ['dump', '-t', String(p.pid), '-D', plain, '-o', 'dump.log', '-v4', '--leave-running'], { reject: false });
+    expect(pd.exitCode, await tail(join(plain, 'dump.log'))).toBe(0);
+    const plainStats = await readDumpStats(join(plain, 'stats-dump'));
+
+    // The live final step.
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    const target = await tcpServer(join(base, 'final'), '../r1');
+    const res = await dumpThroughProxy({
+      criu, args: ['dump', '-t', String(p.pid), '-D', dump, '-o', 'dump.log', '-v4', ...(leaveRunning ? ['--leave-running'] : [])], logFile: join(dump, 'dump.log'),
+      workDir: base, target: target.sock, held: new Map([[p.pid, r1.pages]]),
+    }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\n${await tail(join(dump, 'dump.log'))}\n${await target.log()}`);
+    });
+    expect(await target.done, await target.log()).toBe(0);
+    const stats = await readDumpStats(join(dump, 'stats-dump'));
+    const total = (MIB << 20) / PAGE_SIZE;
+    // The N pages rewritten since round 1, the interpreter's few, [vdso], CRIU's own text page.
+    expect(res.proxy.pagesForwarded).toBeGreaterThanOrEqual(N);
+    expect(res.proxy.pagesForwarded).toBeLessThan(N + 500);
+    expect(res.proxy.pagesParent).toBeGreaterThan(total - 500);
+    expect(res.proxy.pagemapsWithParent).toBe(1);
+    expect(res.proxy.pagesForwarded + res.proxy.pagesParent).toBe(res.proxy.pagesReceived);
+    console.log(JSON.stringify({
+      leaveRunning, pagesReceived: res.proxy.pagesReceived, pagesForwarded: res.proxy.pagesForwarded, pagesParent: res.proxy.pagesParent, proxyMs: Math.round(res.proxy.ms), dumpMs: Math.round(res.dumpMs),
+      frozenMs: stats && stats.frozenUs / 1000, memdumpMs: stats && stats.memdumpUs / 1000, memwriteMs: stats && stats.memwriteUs / 1000,
+      plainFrozenMs: plainStats && plainStats.frozenUs / 1000, plainMemdumpMs: plainStats && plainStats.memdumpUs / 1000, plainMemwriteMs: plainStats && plainStats.memwriteUs / 1000,
+    }));
+
+    if (leaveRunning) {
+      expect(alive(p.pid)).toBe(true);
+      process.kill(p.pid, 'SIGKILL'); // the restore needs its PID
+    }
+    await waitGone(p.pid);
+    // Every other image of the dump beside the final level's pages (criu dump wrote no pages here).
+    const images = await readdir(dump);
+    expect(images.filter((f) => /^(pagemap-\d+|pages-\d+)\.img$/.test(f))).toEqual([]);
+    for (const f of images) if (f.endsWith('.img')) await copyFile(join(dump, f), join(base, 'final', f));
+    const r = await execa(criu.path, ['restore', '-D', join(base, 'final'), '-d', '-o', 'restore.log', '-v4', '--pidfile', join(base, 'restored.pid')], { reject: false });
+    const pid = Number(await readFile(join(base, 'restored.pid'), 'utf8').catch(() => '0'));
+    if (pid) owned.own(pid);
+    expect(r.exitCode, await tail(join(base, 'final', 'restore.log'))).toBe(0);
+    process.kill(pid, 'SIGUSR1');
+    const sha = await waitFor('the restored checksum', () => readText(join(p.dir, 'sha-1')), 30_000);
+    expect(sha).toBe(frozenSha);
+  });
+
+  it('a target that goes away mid-dump fails the dump; the process runs on, unchanged', async () => {
+    const criu = await locateCriu();
+    const base = await owned.tempDir('cedana-proxy-');
+    const p = await owned.pager(16, base);
+    const s0 = await roundServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done).toBe(0);
+    const before = await p.rewrite(20, 1);
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    const target = await tcpServer(join(base, 'final'), '../r0');
+    // The target's page server ends once the first pages are forwarded.
+    let forwarded = 0;
+    const origWrite = target.sock.write.bind(target.sock) as (...a: unknown[]) => boolean;
+    (target.sock as unknown as { write: (...a: unknown[]) => boolean }).write = (...a: unknown[]) => {
+      forwarded += (a[0] as Buffer).length;
+      if (forwarded > 64 << 10 && target.child.pid && alive(target.child.pid)) process.kill(target.child.pid, 'SIGKILL');
+      return origWrite(...a);
+    };
+    await expect(dumpThroughProxy({
+      criu, args: ['dump', '-t', String(p.pid), '-D', dump, '-o', 'dump.log', '-v4'], logFile: join(dump, 'dump.log'),
+      workDir: base, target: target.sock, held: new Map([[p.pid, r0.pages]]),
+    })).rejects.toThrow();
+    expect(await target.done).not.toBe(0);
+    expect(alive(p.pid)).toBe(true);
+    // Not frozen, memory as before: it answers with the same checksum.
+    process.kill(p.pid, 'SIGUSR1');
+    expect(await waitFor('the checksum', () => readText(join(p.dir, 'sha-1')), 30_000)).toBe(before);
+  });
+});

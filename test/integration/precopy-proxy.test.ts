@@ -6,7 +6,7 @@
  * its memory intact, by its own checksum.
  */
 import { spawn } from 'node:child_process';
-import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -17,7 +17,7 @@ import { PageServerClient } from '../../src/criu/page-server/client.js';
 import { locateCriu } from '../../src/criu/criu.js';
 import { readDumpStats } from '../../src/image/criu/stats.js';
 import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
-import { dumpThroughProxy } from '../../src/migrate/precopy/proxy.js';
+import { dumpThroughProxy, type ProxyResult } from '../../src/migrate/precopy/proxy.js';
 import { sendRound } from '../../src/migrate/precopy/round.js';
 import { alive, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
 
@@ -164,6 +164,36 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
     expect(await target.done).not.toBe(0);
     expect(alive(p.pid)).toBe(true);
     // Not frozen, memory as before: it answers with the same checksum.
+    process.kill(p.pid, 'SIGUSR1');
+    expect(await waitFor('the checksum', () => readText(join(p.dir, 'sha-1')), 30_000)).toBe(before);
+  });
+});
+
+describe('a criu dump that fails after its pages were sent', () => {
+  it('still sends CLOSE and the page server exits 0 with a partial directory: dumpThroughProxy trusts the dump’s exit code and fails', async () => {
+    const criu = await locateCriu();
+    const base = await owned.tempDir('cedana-proxy-');
+    const p = await owned.pager(8, base);
+    const s0 = await roundServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done).toBe(0);
+    const before = await p.rewrite(10, 1);
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    // Fails the dump at its post-dump step, after the memory went out: CRIU resumes the tree.
+    const script = join(base, 'fail-post-dump.sh');
+    await writeFile(script, '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && exit 1\nexit 0\n', { mode: 0o755 });
+    const target = await tcpServer(join(base, 'final'), '../r0');
+    let proxied: ProxyResult | undefined;
+    const err = await dumpThroughProxy({
+      criu, args: ['dump', '-t', String(p.pid), '-D', dump, '-o', 'dump.log', '-v4', '--action-script', script], logFile: join(dump, 'dump.log'),
+      workDir: base, target: target.sock, held: new Map([[p.pid, r0.pages]]), onProxied: (r) => (proxied = r),
+    }).then(() => undefined, (e: Error) => e);
+    expect(err?.message).toMatch(/criu dump|CRIU/i);
+    // The page server saw a complete session (CLOSE answered 0) and exited 0: only the exit code tells.
+    expect(await target.done).toBe(0);
+    expect(proxied?.status).toBe(0);
+    expect(alive(p.pid)).toBe(true);
     process.kill(p.pid, 'SIGUSR1');
     expect(await waitFor('the checksum', () => readText(join(p.dir, 'sha-1')), 30_000)).toBe(before);
   });

@@ -282,6 +282,8 @@ export interface ProxyDumpOptions extends ProxyOptions {
   workDir: string;
   /** A connection to the target's page server (its --prev-images-dir: the last round). */
   target: Duplex;
+  /** Told the proxy's result as soon as the session is over (before the dump's exit is known). */
+  onProxied?: (r: ProxyResult) => void;
 }
 
 export interface ProxyDumpResult {
@@ -311,7 +313,10 @@ export async function dumpThroughProxy(o: ProxyDumpOptions): Promise<ProxyDumpRe
     o.target.destroy();
     throw e;
   }
-  const proxied = servePageProxy(pair.source, o.target, o);
+  const proxied = servePageProxy(pair.source, o.target, o).then((r) => {
+    o.onProxied?.(r);
+    return r;
+  });
   proxied.catch(() => undefined);
   const dumped = run.done.then(() => now() - t0);
   dumped.catch(() => undefined);

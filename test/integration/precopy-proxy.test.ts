@@ -94,6 +94,19 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
     const pd = await execa(criu.path, ['dump', '-t', String(p.pid), '-D', plain, '-o', 'dump.log', '-v4', '--leave-running'], { reject: false });
     expect(pd.exitCode, await tail(join(plain, 'dump.log'))).toBe(0);
     const plainStats = await readDumpStats(join(plain, 'stats-dump'));
+    // And stop-and-copy over the network: criu dump straight into a stock page server on 127.0.0.1, every page.
+    const full = join(base, 'full');
+    await mkdir(full);
+    const fullPs = await tcpServer(join(base, 'full-ps'));
+    const fullPort = fullPs.sock.remotePort!;
+    fullPs.sock.destroy(); // only the probe: the page server serves one connection, so start another
+    await fullPs.done;
+    const fullPs2 = startPageServer(join(base, 'full-ps'), ['--address', '127.0.0.1', '--port', String(fullPort)], ['ignore', 'ignore', 'ignore']);
+    await sleep(200);
+    const fd = await execa(criu.path, ['dump', '-t', String(p.pid), '-D', full, '-o', 'dump.log', '-v4', '--leave-running', '--page-server', '--address', '127.0.0.1', '--port', String(fullPort)], { reject: false });
+    expect(fd.exitCode, await tail(join(full, 'dump.log'))).toBe(0);
+    expect(await fullPs2.done).toBe(0);
+    const fullStats = await readDumpStats(join(full, 'stats-dump'));
 
     // The live final step.
     const dump = join(base, 'dump');
@@ -118,6 +131,7 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
       leaveRunning, pagesReceived: res.proxy.pagesReceived, pagesForwarded: res.proxy.pagesForwarded, pagesParent: res.proxy.pagesParent, proxyMs: Math.round(res.proxy.ms), dumpMs: Math.round(res.dumpMs),
       frozenMs: stats && stats.frozenUs / 1000, memdumpMs: stats && stats.memdumpUs / 1000, memwriteMs: stats && stats.memwriteUs / 1000,
       plainFrozenMs: plainStats && plainStats.frozenUs / 1000, plainMemdumpMs: plainStats && plainStats.memdumpUs / 1000, plainMemwriteMs: plainStats && plainStats.memwriteUs / 1000,
+      tcpPageServerFrozenMs: fullStats && fullStats.frozenUs / 1000, tcpPageServerMemwriteMs: fullStats && fullStats.memwriteUs / 1000,
     }));
 
     if (leaveRunning) {

@@ -72,7 +72,7 @@ async function tcpServer(dir: string, prev?: string): Promise<{ sock: Socket; ch
 const tail = async (f: string): Promise<string> => (await readFile(f, 'utf8').catch(() => '')).slice(-3000);
 
 describe('the live final step: criu dump through cedana’s proxy into the target’s page server', () => {
-  it.each([false, true])('only pages rewritten since the last round cross; criu restore through final → r1 → r0 gives back the memory (--leave-running %s)', async (leaveRunning) => {
+  it.each([[false, 0], [true, 0], [false, 2]])('only pages rewritten since the last round cross; criu restore through final → r1 → r0 gives back the memory (--leave-running %s, %i hashing workers)', async (leaveRunning, workers) => {
     const criu = await locateCriu();
     const base = await owned.tempDir('cedana-proxy-');
     const MIB = 64;
@@ -114,7 +114,7 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
     const target = await tcpServer(join(base, 'final'), '../r1');
     const res = await dumpThroughProxy({
       criu, args: ['dump', '-t', String(p.pid), '-D', dump, '-o', 'dump.log', '-v4', ...(leaveRunning ? ['--leave-running'] : [])], logFile: join(dump, 'dump.log'),
-      workDir: base, target: target.sock, held: new Map([[p.pid, r1.pages]]),
+      workDir: base, target: target.sock, held: new Map([[p.pid, r1.pages]]), workers,
     }).catch(async (e: Error) => {
       throw new Error(`${e.message}\n${await tail(join(dump, 'dump.log'))}\n${await target.log()}`);
     });
@@ -128,7 +128,7 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
     expect(res.proxy.pagemapsWithParent).toBe(1);
     expect(res.proxy.pagesForwarded + res.proxy.pagesParent).toBe(res.proxy.pagesReceived);
     console.log(JSON.stringify({
-      leaveRunning, pagesReceived: res.proxy.pagesReceived, pagesForwarded: res.proxy.pagesForwarded, pagesParent: res.proxy.pagesParent, proxyMs: Math.round(res.proxy.ms), dumpMs: Math.round(res.dumpMs),
+      leaveRunning, workers, pagesReceived: res.proxy.pagesReceived, pagesForwarded: res.proxy.pagesForwarded, pagesParent: res.proxy.pagesParent, proxyMs: Math.round(res.proxy.ms), dumpMs: Math.round(res.dumpMs),
       frozenMs: stats && stats.frozenUs / 1000, memdumpMs: stats && stats.memdumpUs / 1000, memwriteMs: stats && stats.memwriteUs / 1000,
       plainFrozenMs: plainStats && plainStats.frozenUs / 1000, plainMemdumpMs: plainStats && plainStats.memdumpUs / 1000, plainMemwriteMs: plainStats && plainStats.memwriteUs / 1000,
       tcpPageServerFrozenMs: fullStats && fullStats.frozenUs / 1000, tcpPageServerMemwriteMs: fullStats && fullStats.memwriteUs / 1000,

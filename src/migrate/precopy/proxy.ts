@@ -31,6 +31,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
+import { Worker } from 'node:worker_threads';
 import { PageServerClient } from '../../criu/page-server/client.js';
 import { duplexSource, socketPair, type PageSource } from '../../criu/page-server/source.js';
 import {
@@ -46,6 +47,11 @@ export interface ProxyOptions {
   held: Map<number, RoundPages>;
   /** Per process (as CRIU names it): address ranges [start, end) never to leave in the parent (hugetlb). */
   keepWhole?: Map<number, [number, number][]>;
+  /**
+   * Hash in these worker threads (started before the freeze: see HashPool), the main thread reading
+   * CRIU's stream meanwhile; without, each command is hashed on the main thread as it completes.
+   */
+  hasher?: HashPool;
 }
 
 export interface ProxyResult {
@@ -146,38 +152,66 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     }
   };
 
-  /** A complete command compared page by page with the round: runs of held pages become PE_PARENT, the rest is forwarded. */
-  const compareCommand = async (x: Xfer, p: Pending): Promise<void> => {
+  /**
+   * A complete command compared page by page with the round: runs of held pages become PE_PARENT,
+   * the rest is forwarded. `hashes`: every page's hash (from a worker), or undefined: hashed here,
+   * only the pages the round holds at their address.
+   */
+  const compareCommand = async (x: Xfer, h: PsHeader, flags: number, buf: Buffer, hashes: Buffer | undefined): Promise<void> => {
     const held = x.held!;
     const hv = held.vaddrs;
-    const { vaddr, nrPages } = p.header;
+    const { vaddr, nrPages } = h;
     let k = lowerBound(hv, held.count, vaddr);
-    let dataFrom = -1;
-    const sendData = async (from: number, to: number): Promise<void> => {
-      const data = Buffer.allocUnsafeSlow((to - from) * PAGE_SIZE);
-      p.buf.copy(data, 0, from * PAGE_SIZE, to * PAGE_SIZE);
-      await forward(x, vaddr + from * PAGE_SIZE, to - from, p.flags, data);
-    };
+    // Runs of one fate: [first page, end, held?].
+    const runs: [number, number, boolean][] = [];
     for (let i = 0; i < nrPages; i++) {
       const va = vaddr + i * PAGE_SIZE;
       while (k < held.count && hv[k]! < va) k++;
       let same = false;
       if (k < held.count && hv[k] === va) {
-        hashPages(p.buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), 1, hash);
-        same = hash.compare(held.hashes, k * HASH_BYTES, (k + 1) * HASH_BYTES) === 0;
-      }
-      if (same) {
-        if (dataFrom >= 0) {
-          await sendData(dataFrom, i);
-          dataFrom = -1;
+        let mine = hashes;
+        let off = i * HASH_BYTES;
+        if (!mine) {
+          hashPages(buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), 1, hash);
+          mine = hash;
+          off = 0;
         }
-        await parentPages(x, va, 1);
-      } else if (dataFrom < 0) dataFrom = i;
+        same = mine.compare(held.hashes, k * HASH_BYTES, (k + 1) * HASH_BYTES, off, off + HASH_BYTES) === 0;
+      }
+      const last = runs.at(-1);
+      if (last && last[2] === same) last[1] = i + 1;
+      else runs.push([i, i + 1, same]);
     }
-    if (dataFrom >= 0) await sendData(dataFrom, nrPages);
+    for (const [from, to, same] of runs) {
+      if (same) await parentPages(x, vaddr + from * PAGE_SIZE, to - from);
+      else {
+        // The socket's queue keeps what it is given: a copy of the changed pages (few).
+        const data = Buffer.allocUnsafeSlow((to - from) * PAGE_SIZE);
+        buf.copy(data, 0, from * PAGE_SIZE, to * PAGE_SIZE);
+        await forward(x, vaddr + from * PAGE_SIZE, to - from, flags, data);
+      }
+    }
+  };
+
+  /** Work in stream order behind the hashing (the tail of the queue), and how many hashed commands wait in it. */
+  let chain: Promise<void> = Promise.resolve();
+  let queued = 0;
+  let chainErr: Error | undefined;
+  const after = (fn: () => Promise<void> | void): Promise<void> => {
+    chain = chain.then(fn);
+    chain.catch((e: Error) => {
+      if (chainErr) return;
+      chainErr = e;
+      source.destroy(); // cut CRIU off now, not at its CLOSE
+      client.abort();
+    });
+    return chain;
   };
 
   const onCommand = async (h: PsHeader): Promise<void> => {
+    if (chainErr) throw chainErr;
+    // Everything but a data command's header waits for the hashed commands before it.
+    if (addFlags(h) === undefined || !(addFlags(h)! & PE_PRESENT)) await chain;
     if (h.op === PS_IOV_OPEN2) {
       if (cur) await flushRun(cur);
       const { type, id } = decodeDstId(h.dstId);
@@ -220,7 +254,8 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     // lazily); the rest are compared too. A PE_PARENT run carries no PE_LAZY (restore through the parent).
     const compare = cur.held !== undefined && (flags & ~PE_LAZY) === PE_PRESENT && !touches(cur.keepWhole, h.vaddr, bytes);
     let buf: Buffer;
-    if (compare) {
+    if (compare && opts.hasher) buf = opts.hasher.buffer(bytes); // handed to a worker, back to the pool after
+    else if (compare) {
       if (cmdBuf.length < bytes) cmdBuf = Buffer.allocUnsafeSlow(bytes);
       buf = cmdBuf;
     } else buf = Buffer.allocUnsafeSlow(bytes); // forwarded as it is: the socket's queue keeps it
@@ -228,16 +263,33 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
   };
 
   const onPages = (data: Buffer): Promise<void> | undefined => {
+    if (chainErr) throw chainErr;
     const p = pend;
-    if (!p || !cur) throw new ProtocolError('pages sent outside of a command');
+    const x = cur;
+    if (!p || !x) throw new ProtocolError('pages sent outside of a command');
     data.copy(p.buf, p.got * PAGE_SIZE);
     const n = data.length / PAGE_SIZE;
     p.got += n;
     r.pagesReceived += n;
     if (p.got < p.header.nrPages) return undefined;
     pend = undefined;
-    if (p.compare) return compareCommand(cur, p);
-    return forward(cur, p.header.vaddr, p.header.nrPages, p.flags, p.buf.subarray(0, p.header.nrPages * PAGE_SIZE));
+    const pool = opts.hasher;
+    if (p.compare && pool) {
+      // Hashed in a worker while the next commands are read; compared and forwarded in order.
+      const hashed = pool.hash(p.buf, p.header.nrPages);
+      hashed.catch(() => undefined);
+      queued++;
+      const done = after(async () => {
+        const { buf, hashes } = await hashed;
+        queued--;
+        await compareCommand(x, p.header, p.flags, buf, hashes);
+        pool.release(buf);
+      });
+      // Reading ahead is bounded: past a few commands, CRIU waits.
+      return queued > pool.ahead ? done : undefined;
+    }
+    if (p.compare) return chain.then(() => compareCommand(x, p.header, p.flags, p.buf, undefined));
+    return chain.then(() => forward(x, p.header.vaddr, p.header.nrPages, p.flags, p.buf.subarray(0, p.header.nrPages * PAGE_SIZE)));
   };
 
   const handle = (events: PsEvent[], i: number): Promise<void> | undefined => {
@@ -259,16 +311,104 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
       if (closed) throw new ProtocolError('data after the page server was closed');
       return handle(decoder.push(chunk), 0);
     });
+    if (chainErr) throw chainErr;
     if (!closed) throw new ProtocolError('criu closed the page stream before its end');
     source.destroy(); // CRIU has its answer in the socket
     if (r.status !== 0) throw new CedanaError('IO_ERROR', `the target's page server answered CLOSE with status ${r.status}`);
     return r;
-  } catch (e) {
+  } catch (err) {
     source.destroy();
     client.abort();
+    const e = chainErr ?? err;
     if (e instanceof CedanaError) throw e;
     if (e instanceof ProtocolError) throw new CedanaError('CRIU_FAILED', `the page stream from criu: ${e.message}`, { cause: e });
     throw new CedanaError('IO_ERROR', `forwarding pages to the target failed: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * The worker of HashPool: hashes every page of a command's buffer as the rounds do (hashPages: a
+ * SHA-256 per page, its first HASH_BYTES bytes), handing buffer and hashes back (transferred, no
+ * copy). Plain CommonJS, evaluated, so it runs the same from the build and from the sources under test.
+ */
+const HASH_WORKER = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const P = ${PAGE_SIZE}, H = ${HASH_BYTES};
+parentPort.on('message', (m) => {
+  if (m.close) { parentPort.close(); return; }
+  const buf = Buffer.from(m.ab, 0, m.pages * P);
+  const hashes = Buffer.allocUnsafeSlow(Math.max(1, m.pages) * H);
+  for (let i = 0; i < m.pages; i++) createHash('sha256').update(buf.subarray(i * P, (i + 1) * P)).digest().copy(hashes, i * H, 0, H);
+  parentPort.postMessage({ id: m.id, ab: m.ab, hashes: hashes.buffer }, [m.ab, hashes.buffer]);
+});
+`;
+
+/**
+ * Worker threads that hash the final dump's pages off the main thread, so that CRIU's stream is read
+ * on while pages are hashed (on the main thread alone, SHA-256 at ~0.5–0.9 GB/s here is what the
+ * frozen tree waits for). Start it before the freeze (a worker takes tens of ms to start); the
+ * buffers go back and forth between the threads and are reused.
+ */
+export class HashPool {
+  private readonly workers: Worker[];
+  private readonly exited: Promise<void>[];
+  private readonly waiting = new Map<number, { pages: number; resolve: (r: { buf: Buffer; hashes: Buffer }) => void; reject: (e: Error) => void }>();
+  private readonly free: ArrayBuffer[] = [];
+  private nextId = 0;
+  private rr = 0;
+  private failed: Error | undefined;
+
+  /** `ahead`: how many commands may wait hashed or hashing before CRIU is made to wait. */
+  constructor(n: number, readonly ahead = 2 * n + 2) {
+    this.workers = Array.from({ length: n }, () => new Worker(HASH_WORKER, { eval: true }));
+    const fail = (e: Error): void => {
+      this.failed ??= e;
+      for (const w of this.waiting.values()) w.reject(this.failed);
+      this.waiting.clear();
+    };
+    this.exited = this.workers.map((w) => new Promise<void>((resolve) => {
+      w.on('message', (m: { id: number; ab: ArrayBuffer; hashes: ArrayBuffer }) => {
+        const req = this.waiting.get(m.id);
+        this.waiting.delete(m.id);
+        req?.resolve({ buf: Buffer.from(m.ab, 0, req.pages * PAGE_SIZE), hashes: Buffer.from(m.hashes, 0, req.pages * HASH_BYTES) });
+      });
+      w.on('error', (e) => fail(e));
+      w.on('exit', () => {
+        fail(new Error('a hashing worker ended'));
+        resolve();
+      });
+    }));
+  }
+
+  /** A buffer of `bytes` that owns its memory from offset 0 (for hash()): a reused one where one is big enough. */
+  buffer(bytes: number): Buffer {
+    const i = this.free.findIndex((ab) => ab.byteLength >= bytes);
+    const ab = i >= 0 ? this.free.splice(i, 1)[0]! : new ArrayBuffer(bytes);
+    return Buffer.from(ab, 0, bytes);
+  }
+
+  /** Gives a buffer from buffer()/hash() back for reuse. */
+  release(buf: Buffer): void {
+    if (this.free.length < 2 * this.workers.length + 4) this.free.push(buf.buffer as ArrayBuffer);
+  }
+
+  /** Hashes `pages` pages of `buf` (from buffer(); it is moved to the worker and comes back as `buf`). */
+  hash(buf: Buffer, pages: number): Promise<{ buf: Buffer; hashes: Buffer }> {
+    if (this.failed) return Promise.reject(this.failed);
+    const id = this.nextId++;
+    const w = this.workers[this.rr++ % this.workers.length]!;
+    const ab = buf.buffer as ArrayBuffer;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { pages, resolve, reject });
+      w.postMessage({ id, ab, pages }, [ab]);
+    });
+  }
+
+  /** Each worker ends by itself. */
+  async close(): Promise<void> {
+    for (const w of this.workers) w.postMessage({ close: true });
+    await Promise.all(this.exited);
   }
 }
 
@@ -284,6 +424,8 @@ export interface ProxyDumpOptions extends ProxyOptions {
   target: Duplex;
   /** Told the proxy's result as soon as the session is over (before the dump's exit is known). */
   onProxied?: (r: ProxyResult) => void;
+  /** Hash in this many worker threads (started here before criu dump; ignored when `hasher` is given). */
+  workers?: number;
 }
 
 export interface ProxyDumpResult {
@@ -300,6 +442,15 @@ export interface ProxyDumpResult {
  * target's directory.
  */
 export async function dumpThroughProxy(o: ProxyDumpOptions): Promise<ProxyDumpResult> {
+  const own = !o.hasher && o.workers ? new HashPool(o.workers) : undefined;
+  try {
+    return await dumpThrough({ ...o, hasher: o.hasher ?? own });
+  } finally {
+    await own?.close();
+  }
+}
+
+async function dumpThrough(o: ProxyDumpOptions): Promise<ProxyDumpResult> {
   const pair = await socketPair(o.workDir);
   const t0 = now();
   let criuEnd: Socket | undefined = pair.criuEnd;

@@ -1,10 +1,10 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Duplex } from 'node:stream';
 import {
   encodeDstId, encodeHeader, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, type PsEvent,
 } from '../../../src/criu/page-server/protocol.js';
 import { HASH_BYTES, hashPages } from '../../../src/migrate/precopy/memory.js';
-import { servePageProxy } from '../../../src/migrate/precopy/proxy.js';
+import { HashPool, servePageProxy as serve, type ProxyOptions } from '../../../src/migrate/precopy/proxy.js';
 import type { RoundPages } from '../../../src/migrate/precopy/round.js';
 
 /**
@@ -81,7 +81,11 @@ const at = (i: number): number => B + i * PAGE_SIZE;
 const summary = (cmds: ReturnType<typeof fakeTarget>['cmds']): [string, number, number, number][] =>
   cmds.map((c) => [c.op === PS_IOV_OPEN2 ? 'open2' : c.op === PS_IOV_CLOSE ? 'close' : 'add', c.flags, c.nrPages, c.vaddr]);
 
-describe('the final-step page proxy (criu dump → cedana → the target page server)', () => {
+const pool = new HashPool(2, 1);
+afterAll(() => pool.close());
+
+describe.each([false, true])('the final-step page proxy (criu dump → cedana → the target page server), hashing in workers: %s', (workers) => {
+  const servePageProxy = (src: Duplex, target: Duplex, o: ProxyOptions): ReturnType<typeof serve> => serve(src, target, workers ? { ...o, hasher: pool } : o);
   // Round 1 held pages 0..7 (fills 1..8). CRIU now sends pages 0..3 in one command (unchanged), 4..7
   // in the next (4, 5 unchanged; 6, 7 rewritten), 8..9 in a third (new since the round).
   const round = roundOf(B, [1, 2, 3, 4, 5, 6, 7, 8]);

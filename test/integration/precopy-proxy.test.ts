@@ -18,7 +18,7 @@ import { locateCriu } from '../../src/criu/criu.js';
 import { readDumpStats } from '../../src/image/criu/stats.js';
 import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
 import { dumpThroughProxy, type ProxyResult } from '../../src/migrate/precopy/proxy.js';
-import { sendRound } from '../../src/migrate/precopy/round.js';
+import { sendRound, sendTreeRound } from '../../src/migrate/precopy/round.js';
 import { alive, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
 
 const owned = new Owned();
@@ -210,5 +210,89 @@ describe('a criu dump that fails after its pages were sent', () => {
     expect(alive(p.pid)).toBe(true);
     process.kill(p.pid, 'SIGUSR1');
     expect(await waitFor('the checksum', () => readText(join(p.dir, 'sha-1')), 30_000)).toBe(before);
+  });
+});
+
+/**
+ * Two processes (parent and child) sharing an anonymous MAP_SHARED region (CRIU's shmem pagemap,
+ * type 2) besides each one's private memory. On SIGUSR2 each rewrites 20 of its private pages (the
+ * parent also 10 shared ones) and writes "<k>" to <dir>/<who>-rewritten-<k>; on SIGUSR1 each writes
+ * the sha256 of its private memory and of the shared region to <dir>/<who>-sum-<n>.
+ */
+const TREE = `
+import hashlib, mmap, os, random, signal, sys, time
+out = sys.argv[1]
+shm = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+shm[:] = os.urandom(4 << 20)
+who = 'child' if os.fork() == 0 else 'parent'
+priv = mmap.mmap(-1, 8 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for off in range(0, 8 << 20, 1 << 20): priv[off:off + (1 << 20)] = os.urandom(1 << 20)
+asked = {'sum': 0, 'rw': 0}; done = {'sum': 0, 'rw': 0}
+def write(name, text):
+    open(os.path.join(out, name + '.tmp'), 'w').write(text); os.rename(os.path.join(out, name + '.tmp'), os.path.join(out, name))
+signal.signal(signal.SIGUSR1, lambda *_: asked.__setitem__('sum', asked['sum'] + 1))
+signal.signal(signal.SIGUSR2, lambda *_: asked.__setitem__('rw', asked['rw'] + 1))
+write(who + '-ready', str(os.getpid()))
+while True:
+    if asked['rw'] > done['rw']:
+        done['rw'] = asked['rw']
+        for p in random.sample(range(2048), 20): priv[p * 4096:(p + 1) * 4096] = os.urandom(4096)
+        if who == 'parent':
+            for p in random.sample(range(1024), 10): shm[p * 4096:(p + 1) * 4096] = os.urandom(4096)
+        write('%s-rewritten-%d' % (who, done['rw']), 'ok')
+    if asked['sum'] > done['sum']:
+        done['sum'] = asked['sum']
+        write('%s-sum-%d' % (who, done['sum']), hashlib.sha256(priv).hexdigest() + ' ' + hashlib.sha256(shm).hexdigest())
+    time.sleep(0.02)
+`;
+
+describe('a tree of two processes with shared memory through the proxy', () => {
+  it('each process against its own round, the shared memory forwarded whole; restored, both report the memory they had', async () => {
+    const criu = await locateCriu();
+    const base = await owned.tempDir('cedana-proxy-');
+    const dir = join(base, 'tree');
+    await mkdir(dir);
+    const parent = owned.start('python3', ['-c', TREE, dir]);
+    const child = Number(await waitFor('the child', () => readText(join(dir, 'child-ready')), 30_000));
+    await waitFor('the parent', () => readText(join(dir, 'parent-ready')), 30_000);
+    const s0 = await roundServer(join(base, 'r0'));
+    const r0 = await sendTreeRound([parent, child], s0.client);
+    expect(await s0.done, await s0.log()).toBe(0);
+    const sums = async (n: number): Promise<string[]> => {
+      for (const pid of [parent, child]) process.kill(pid, 'SIGUSR1');
+      return Promise.all(['parent', 'child'].map((w) => waitFor(`${w}'s sums`, () => readText(join(dir, `${w}-sum-${n}`)), 30_000)));
+    };
+    for (const pid of [parent, child]) process.kill(pid, 'SIGUSR2');
+    await Promise.all(['parent', 'child'].map((w) => waitFor(`${w} rewritten`, () => readText(join(dir, `${w}-rewritten-1`)))));
+    const before = await sums(1);
+
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    const target = await tcpServer(join(base, 'final'), '../r0');
+    const res = await dumpThroughProxy({
+      criu, args: ['dump', '-t', String(parent), '-D', dump, '-o', 'dump.log', '-v4'], logFile: join(dump, 'dump.log'),
+      workDir: base, target: target.sock, held: new Map([...r0.byPid].map(([pid, r]) => [pid, r.pages])),
+    }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\n${await tail(join(dump, 'dump.log'))}\n${await target.log()}`);
+    });
+    expect(await target.done, await target.log()).toBe(0);
+    const shmPages = (4 << 20) / PAGE_SIZE;
+    expect(res.proxy.pagemaps).toBe(3);
+    expect(res.proxy.pagemapsWithParent).toBe(2); // the processes'; round 0 had no shared memory
+    expect(res.proxy.pagesShmem).toBe(shmPages);
+    // 20 private pages each, the shared region whole, a few of the interpreters' own.
+    expect(res.proxy.pagesForwarded - res.proxy.pagesShmem).toBeGreaterThanOrEqual(40);
+    expect(res.proxy.pagesForwarded - res.proxy.pagesShmem).toBeLessThan(40 + 1000);
+    expect(res.proxy.pagesParent).toBeGreaterThan(2 * ((8 << 20) / PAGE_SIZE) - 1000);
+
+    await waitGone(child);
+    await waitGone(parent);
+    for (const f of await readdir(dump)) if (f.endsWith('.img')) await copyFile(join(dump, f), join(base, 'final', f));
+    const r = await execa(criu.path, ['restore', '-D', join(base, 'final'), '-d', '-o', 'restore.log', '-v4', '--pidfile', join(base, 'restored.pid')], { reject: false });
+    const pid = Number(await readFile(join(base, 'restored.pid'), 'utf8').catch(() => '0'));
+    if (pid) owned.own(pid);
+    expect(r.exitCode, await tail(join(base, 'final', 'restore.log'))).toBe(0);
+    expect(pid).toBe(parent);
+    expect(await sums(2)).toEqual(before);
   });
 });

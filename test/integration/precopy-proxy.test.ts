@@ -15,7 +15,7 @@ import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PageServerClient } from '../../src/criu/page-server/client.js';
 import { locateCriu } from '../../src/criu/criu.js';
-import { readDumpStats } from '../../src/image/criu/stats.js';
+import { readDumpStats, readRestoreStats } from '../../src/image/criu/stats.js';
 import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
 import { dumpThroughProxy, type ProxyResult } from '../../src/migrate/precopy/proxy.js';
 import { sendRound, sendTreeRound } from '../../src/migrate/precopy/round.js';
@@ -143,13 +143,29 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
     const images = await readdir(dump);
     expect(images.filter((f) => /^(pagemap-\d+|pages-\d+)\.img$/.test(f))).toEqual([]);
     for (const f of images) if (f.endsWith('.img')) await copyFile(join(dump, f), join(base, 'final', f));
+    const t0 = performance.now();
     const r = await execa(criu.path, ['restore', '-D', join(base, 'final'), '-d', '-o', 'restore.log', '-v4', '--pidfile', join(base, 'restored.pid')], { reject: false });
+    const chainRestoreMs = performance.now() - t0;
     const pid = Number(await readFile(join(base, 'restored.pid'), 'utf8').catch(() => '0'));
     if (pid) owned.own(pid);
     expect(r.exitCode, await tail(join(base, 'final', 'restore.log'))).toBe(0);
     process.kill(pid, 'SIGUSR1');
     const sha = await waitFor('the restored checksum', () => readText(join(p.dir, 'sha-1')), 30_000);
     expect(sha).toBe(frozenSha);
+    if (leaveRunning || workers) return;
+    // The cost of restoring through the chain (CRIU reads parent pages itself, not its restorer):
+    // against restoring the plain dump of the same process.
+    const chained = await readRestoreStats(join(base, 'final', 'stats-restore'));
+    process.kill(pid, 'SIGKILL');
+    await waitGone(pid);
+    const t = performance.now();
+    const pr = await execa(criu.path, ['restore', '-D', plain, '-d', '-o', 'restore.log', '-v4', '--pidfile', join(base, 'plain.pid')], { reject: false });
+    const plainRestoreMs = performance.now() - t;
+    const pid2 = Number(await readFile(join(base, 'plain.pid'), 'utf8').catch(() => '0'));
+    if (pid2) owned.own(pid2);
+    expect(pr.exitCode, await tail(join(plain, 'restore.log'))).toBe(0);
+    const flat = await readRestoreStats(join(plain, 'stats-restore'));
+    console.log(JSON.stringify({ chainRestoreMs: Math.round(chainRestoreMs), chainRestoreUs: chained?.restoreUs, plainRestoreMs: Math.round(plainRestoreMs), plainRestoreUs: flat?.restoreUs }));
   });
 
   it('a target that goes away mid-dump fails the dump; the process runs on, unchanged', async () => {

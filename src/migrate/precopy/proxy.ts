@@ -52,6 +52,11 @@ export interface ProxyOptions {
    * CRIU's stream meanwhile; without, each command is hashed on the main thread as it completes.
    */
   hasher?: HashPool;
+  /**
+   * How long to wait for the target (an answer, or room in the connection) before giving up, in ms
+   * (default 30 s): a target that hangs must not keep the tree frozen; CRIU resumes it once cut off.
+   */
+  targetTimeoutMs?: number;
 }
 
 export interface ProxyResult {
@@ -127,19 +132,29 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
   let closed = false;
   let cmdBuf = Buffer.alloc(0);
   const hash = Buffer.allocUnsafe(HASH_BYTES);
+  const timeoutMs = opts.targetTimeoutMs ?? 30_000;
+
+  /** The target's part of the work, given up on after timeoutMs. */
+  const guard = <T>(work: Promise<T>): Promise<T> => {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new CedanaError('IO_ERROR', `the target's page server did not answer or take data for ${timeoutMs / 1000} s`)), timeoutMs);
+    });
+    return Promise.race([work, late]).finally(() => clearTimeout(timer));
+  };
 
   const flushRun = async (x: Xfer): Promise<void> => {
     const run = x.run;
     if (!run) return;
     x.run = undefined;
-    await client.entry(run.vaddr, run.n, PE_PARENT);
+    await guard(client.entry(run.vaddr, run.n, PE_PARENT));
   };
 
   const forward = async (x: Xfer, vaddr: number, n: number, flags: number, data: Buffer): Promise<void> => {
     await flushRun(x);
     r.pagesForwarded += n;
     if (x.type === PS_TYPE_SHMEM) r.pagesShmem += n;
-    await client.entry(vaddr, n, flags, data);
+    await guard(client.entry(vaddr, n, flags, data));
   };
 
   const parentPages = async (x: Xfer, vaddr: number, n: number): Promise<void> => {
@@ -216,7 +231,7 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
       if (cur) await flushRun(cur);
       const { type, id } = decodeDstId(h.dstId);
       if (type !== PS_TYPE_PID && type !== PS_TYPE_SHMEM) throw new ProtocolError(`unknown pagemap type ${type}`);
-      const hasParent = await client.openDst(h.dstId);
+      const hasParent = await guard(client.openDst(h.dstId));
       r.pagemaps++;
       if (hasParent) r.pagemapsWithParent++;
       const held = hasParent && type === PS_TYPE_PID ? opts.held.get(id) : undefined;
@@ -228,7 +243,7 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
       if (pend) throw new ProtocolError('CLOSE before all pages of the last command arrived');
       if (cur) await flushRun(cur);
       cur = undefined;
-      r.status = await client.finish(h.op);
+      r.status = await guard(client.finish(h.op));
       const status = Buffer.alloc(4);
       status.writeInt32LE(r.status, 0);
       await source.write(status);
@@ -245,7 +260,7 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
       // No data: a hole of CRIU's own. PE_PARENT cannot come (CRIU was told has_parent = 0).
       if (flags & PE_PARENT) throw new ProtocolError('a parent hole, though cedana answered has_parent = 0');
       await flushRun(cur);
-      await client.entry(h.vaddr, h.nrPages, flags);
+      await guard(client.entry(h.vaddr, h.nrPages, flags));
       return;
     }
     if (h.nrPages === 0) return;

@@ -174,6 +174,14 @@ describe.each([false, true])('the final-step page proxy (criu dump â†’ cedana â†
     expect(t.sock.destroyed).toBe(true);
   });
 
+  it('a target that never answers is given up on: both connections cut', async () => {
+    const silent = new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
+    const c = fakeCriu(stream);
+    await expect(servePageProxy(c.sock, silent, { held: new Map([[PID, round]]), targetTimeoutMs: 100 })).rejects.toThrow(/did not answer/);
+    expect(c.sock.destroyed).toBe(true);
+    expect(silent.destroyed).toBe(true);
+  });
+
   it('a stream that ends before CLOSE fails (criu went away), and so does a PE_PARENT hole from criu', async () => {
     const t1 = fakeTarget(1);
     await expect(servePageProxy(fakeCriu(Buffer.concat([open2(), add(at(0), pages(1))])).sock, t1.sock, { held: new Map() })).rejects.toThrow(/before its end/);

@@ -17,7 +17,7 @@ import { PageServerClient } from '../../src/criu/page-server/client.js';
 import { locateCriu } from '../../src/criu/criu.js';
 import { readDumpStats, readRestoreStats } from '../../src/image/criu/stats.js';
 import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
-import { dumpThroughProxy, type ProxyResult } from '../../src/migrate/precopy/proxy.js';
+import { dumpThroughProxy, heldPages, type ProxyResult } from '../../src/migrate/precopy/proxy.js';
 import { sendRound, sendTreeRound } from '../../src/migrate/precopy/round.js';
 import { alive, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
 
@@ -287,7 +287,7 @@ describe('a tree of two processes with shared memory through the proxy', () => {
     const target = await tcpServer(join(base, 'final'), '../r0');
     const res = await dumpThroughProxy({
       criu, args: ['dump', '-t', String(parent), '-D', dump, '-o', 'dump.log', '-v4'], logFile: join(dump, 'dump.log'),
-      workDir: base, target: target.sock, held: new Map([...r0.byPid].map(([pid, r]) => [pid, r.pages])),
+      workDir: base, target: target.sock, held: await heldPages(r0),
     }).catch(async (e: Error) => {
       throw new Error(`${e.message}\n${await tail(join(dump, 'dump.log'))}\n${await target.log()}`);
     });

@@ -46,8 +46,8 @@ import {
 } from '../../criu/page-server/protocol.js';
 import { CedanaError, toCedanaError } from '../../errors.js';
 import { spawnCriu, type Criu } from '../../criu/criu.js';
-import { HASH_BYTES, hashPages } from './memory.js';
-import type { RoundPages } from './round.js';
+import { HASH_BYTES, hashPages, nsPid } from './memory.js';
+import type { RoundPages, TreeRoundResult } from './round.js';
 
 export interface ProxyOptions {
   /** What the target holds since the last round, per process as CRIU names it (its PID in its own namespace). */
@@ -106,6 +106,17 @@ interface Pending {
 }
 
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+
+/**
+ * ProxyOptions.held from the last round of a tree: keyed by each process's PID as CRIU names it (in
+ * its own PID namespace, as OPEN2 carries it), where the round keys by the PID here. Call it before
+ * the freeze, while the processes exist.
+ */
+export async function heldPages(last: TreeRoundResult): Promise<Map<number, RoundPages>> {
+  const out = new Map<number, RoundPages>();
+  for (const [pid, r] of last.byPid) out.set(await nsPid(pid), r.pages);
+  return out;
+}
 
 /** The index of the first vaddr >= va in the ascending array. */
 function lowerBound(v: Float64Array, count: number, va: number): number {

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { Duplex } from 'node:stream';
 import {
-  encodeDstId, encodeHeader, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, type PsEvent,
+  encodeDstId, encodeHeader, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, type PsEvent,
 } from '../../../src/criu/page-server/protocol.js';
 import { HASH_BYTES, hashPages } from '../../../src/migrate/precopy/memory.js';
 import { HashPool, servePageProxy as serve, type ProxyOptions } from '../../../src/migrate/precopy/proxy.js';
@@ -30,7 +30,7 @@ function fakeTarget(hasParent: number, status = 0, dropOn?: number): { sock: Dup
         }
         cmds.push({ op: h.op, flags: h.flags, nrPages: h.nrPages, vaddr: h.vaddr, dstId: h.dstId, data: Buffer.alloc(0) });
         if (h.op === PS_IOV_OPEN2) sock.push(Buffer.from([hasParent]));
-        if (h.op === PS_IOV_CLOSE) {
+        if (h.op === PS_IOV_CLOSE || h.op === PS_IOV_FORCE_CLOSE) {
           const b = Buffer.alloc(4);
           b.writeInt32LE(status);
           sock.push(b);
@@ -172,6 +172,15 @@ describe.each([false, true])('the final-step page proxy (criu dump â†’ cedana â†
     await expect(servePageProxy(c.sock, t.sock, { held: new Map([[PID, round]]) })).rejects.toThrow(/page server/);
     expect(c.sock.destroyed).toBe(true);
     expect(t.sock.destroyed).toBe(true);
+  });
+
+  it('FORCE_CLOSE is forwarded as such, its status relayed', async () => {
+    const t = fakeTarget(1);
+    const c = fakeCriu(Buffer.concat([open2(), add(at(0), pages(1, 2)), encodeHeader({ op: PS_IOV_FORCE_CLOSE })]));
+    const r = await servePageProxy(c.sock, t.sock, { held: new Map([[PID, round]]) });
+    expect(t.cmds.map((x) => x.op)).toEqual([PS_IOV_OPEN2, PS_IOV_ADD_F, PS_IOV_FORCE_CLOSE]);
+    expect(r.status).toBe(0);
+    expect([...c.answers()]).toEqual([0, 0, 0, 0, 0]);
   });
 
   it('a target that never answers is given up on: both connections cut', async () => {

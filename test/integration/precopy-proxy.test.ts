@@ -199,8 +199,28 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
   });
 });
 
-describe('a criu dump that fails after its pages were sent', () => {
-  it('still sends CLOSE and the page server exits 0 with a partial directory: dumpThroughProxy trusts the dump’s exit code and fails', async () => {
+describe('a criu dump that fails', () => {
+  it('before any page (no such process): CRIU’s own error is reported, the target’s page server is not left waiting', async () => {
+    const criu = await locateCriu();
+    const base = await owned.tempDir('cedana-proxy-');
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    const target = await tcpServer(join(base, 'final'));
+    const gone = 2 ** 22 + 12345; // above the default pid_max's range: no such process
+    const err = await dumpThroughProxy({
+      criu, args: ['dump', '-t', String(gone), '-D', dump, '-o', 'dump.log', '-v4'], logFile: join(dump, 'dump.log'),
+      workDir: base, target: target.sock, held: new Map(),
+    }).then(() => undefined, (e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect(err!.message).not.toMatch(/before its end/);
+    expect(err!.message).toMatch(/criu dump failed[\s\S]*No such process/);
+    // The stock page server, its connection closed before any command, exits — with 0 (measured):
+    // one more reason to go by the dump's exit code only. It wrote no pagemap.
+    expect(typeof (await target.done)).toBe('number');
+    expect((await readdir(join(base, 'final'))).filter((f) => f.startsWith('pagemap-'))).toEqual([]);
+  });
+
+  it('after its pages were sent still sends CLOSE and the page server exits 0 with a partial directory: dumpThroughProxy trusts the dump’s exit code and fails', async () => {
     const criu = await locateCriu();
     const base = await owned.tempDir('cedana-proxy-');
     const p = await owned.pager(8, base);

@@ -107,6 +107,9 @@ interface Pending {
 
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
+/** CRIU's stream ended without CLOSE: CRIU failed, and its own error says why. */
+class CriuWentAway extends ProtocolError {}
+
 /**
  * ProxyOptions.held from the last round of a tree: keyed by each process's PID as CRIU names it (in
  * its own PID namespace, as OPEN2 carries it), where the round keys by the PID here. Call it before
@@ -345,7 +348,7 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
       return handle(decoder.push(chunk), 0);
     });
     if (chainErr) throw chainErr;
-    if (!closed) throw new ProtocolError('criu closed the page stream before its end');
+    if (!closed) throw new CriuWentAway('criu closed the page stream before its end');
     source.destroy(); // CRIU has its answer in the socket
     if (r.status !== 0) throw new CedanaError('IO_ERROR', `the target's page server answered CLOSE with status ${r.status}`);
     return r;
@@ -506,8 +509,9 @@ async function dumpThrough(o: ProxyDumpOptions): Promise<ProxyDumpResult> {
   dumped.catch(() => undefined);
   const [p, d] = await Promise.allSettled([proxied, dumped]);
   if (d.status === 'rejected') {
-    // The proxy's own failure is the cause when there is one (CRIU failed because the stream was cut).
-    if (p.status === 'rejected') throw toCedanaError(p.reason);
+    // The proxy's own failure is the cause when there is one (CRIU failed because the stream was
+    // cut), unless it only saw CRIU go away.
+    if (p.status === 'rejected' && !((p.reason as Error).cause instanceof CriuWentAway)) throw toCedanaError(p.reason);
     throw toCedanaError(d.reason);
   }
   if (p.status === 'rejected') throw toCedanaError(p.reason);

@@ -200,6 +200,36 @@ describe('the live final step: criu dump through cedana’s proxy into the targe
 });
 
 describe('a criu dump that fails', () => {
+  it('when cedana is interrupted mid-dump (SIGINT): the process runs on, unchanged', async () => {
+    const criu = await locateCriu();
+    const base = await owned.tempDir('cedana-proxy-');
+    const p = await owned.pager(16, base);
+    const s0 = await roundServer(join(base, 'r0'));
+    const r0 = await sendRound(p.pid, s0.client);
+    expect(await s0.done).toBe(0);
+    const before = await p.rewrite(20, 1);
+    const dump = join(base, 'dump');
+    await mkdir(dump);
+    const target = await tcpServer(join(base, 'final'), '../r0');
+    const ac = new AbortController();
+    let forwarded = 0;
+    const origWrite = target.sock.write.bind(target.sock) as (...a: unknown[]) => boolean;
+    (target.sock as unknown as { write: (...a: unknown[]) => boolean }).write = (...a: unknown[]) => {
+      forwarded += (a[0] as Buffer).length;
+      if (forwarded > 64 << 10) ac.abort();
+      return origWrite(...a);
+    };
+    await expect(dumpThroughProxy({
+      criu, args: ['dump', '-t', String(p.pid), '-D', dump, '-o', 'dump.log', '-v4'], logFile: join(dump, 'dump.log'),
+      workDir: base, target: target.sock, held: new Map([[p.pid, r0.pages]]), signal: ac.signal,
+    })).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    expect(ac.signal.aborted).toBe(true);
+    expect(await target.done).not.toBe(0);
+    expect(alive(p.pid)).toBe(true);
+    process.kill(p.pid, 'SIGUSR1');
+    expect(await waitFor('the checksum', () => readText(join(p.dir, 'sha-1')), 30_000)).toBe(before);
+  });
+
   it('before any page (no such process): CRIU’s own error is reported, the target’s page server is not left waiting', async () => {
     const criu = await locateCriu();
     const base = await owned.tempDir('cedana-proxy-');

@@ -64,6 +64,8 @@ export interface ProxyOptions {
    * (default 30 s): a target that hangs must not keep the tree frozen; CRIU resumes it once cut off.
    */
   targetTimeoutMs?: number;
+  /** Cuts both connections when aborted (SIGINT to cedana): CRIU fails its dump and resumes the tree. */
+  signal?: AbortSignal;
 }
 
 export interface ProxyResult {
@@ -341,7 +343,16 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     return undefined;
   };
 
+  const onAbort = (): void => {
+    if (chainErr) return;
+    chainErr = new CedanaError('INTERRUPTED', 'interrupted during the final dump: the page streams were cut, CRIU resumes the tree');
+    source.destroy();
+    client.abort();
+  };
+  if (opts.signal?.aborted) onAbort();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
+    if (chainErr) throw chainErr;
     await source.run((chunk) => {
       if (!t0) t0 = now();
       if (closed) throw new ProtocolError('data after the page server was closed');
@@ -359,6 +370,8 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     if (e instanceof CedanaError) throw e;
     if (e instanceof ProtocolError) throw new CedanaError('CRIU_FAILED', `the page stream from criu: ${e.message}`, { cause: e });
     throw new CedanaError('IO_ERROR', `forwarding pages to the target failed: ${(e as Error).message}`, { cause: e });
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
   }
 }
 
@@ -512,6 +525,7 @@ async function dumpThrough(o: ProxyDumpOptions): Promise<ProxyDumpResult> {
     // The proxy's own failure is the cause when there is one (CRIU failed because the stream was
     // cut), unless it only saw CRIU go away.
     if (p.status === 'rejected' && !((p.reason as Error).cause instanceof CriuWentAway)) throw toCedanaError(p.reason);
+    if (o.signal?.aborted) throw new CedanaError('INTERRUPTED', 'interrupted during the final dump; CRIU resumed the tree', { cause: d.reason });
     throw toCedanaError(d.reason);
   }
   if (p.status === 'rejected') throw toCedanaError(p.reason);

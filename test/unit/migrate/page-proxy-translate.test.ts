@@ -183,6 +183,16 @@ describe.each([false, true])('the final-step page proxy (criu dump â†’ cedana â†
     expect([...c.answers()]).toEqual([0, 0, 0, 0, 0]);
   });
 
+  it('an abort (SIGINT to cedana) cuts both connections', async () => {
+    const silent = new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
+    const c = fakeCriu(stream);
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 50);
+    await expect(servePageProxy(c.sock, silent, { held: new Map([[PID, round]]), signal: ac.signal })).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    expect(c.sock.destroyed).toBe(true);
+    expect(silent.destroyed).toBe(true);
+  });
+
   it('a target that never answers is given up on: both connections cut', async () => {
     const silent = new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
     const c = fakeCriu(stream);

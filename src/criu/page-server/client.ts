@@ -10,7 +10,7 @@
  */
 import type { Duplex } from 'node:stream';
 import { CedanaError } from '../../errors.js';
-import { encodeDstId, encodeHeader, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID } from './protocol.js';
+import { encodeDstId, encodeHeader, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID } from './protocol.js';
 
 /** Bytes written but not yet taken by the socket before a write waits (two 4 MiB runs). */
 const QUEUED = 8 << 20;
@@ -50,12 +50,31 @@ export class PageServerClient {
    * `criu dump`'s stream: a session holds a pagemap per process and one CLOSE); resolves to has_parent.
    */
   async open(pid: number): Promise<boolean> {
+    return this.openDst(encodeDstId(PS_TYPE_PID, pid));
+  }
+
+  /** Opens any pagemap by its dst_id (a process's, or shared memory's: type 2); resolves to has_parent. */
+  async openDst(dstId: bigint): Promise<boolean> {
     if (this.closed) throw new Error('the page-server session is closed');
-    this.dstId = encodeDstId(PS_TYPE_PID, pid);
+    this.dstId = dstId;
     this.lastEnd = 0;
     await this.write(encodeHeader({ op: PS_IOV_OPEN2, dstId: this.dstId }));
     const b = await this.read(1);
     return b[0] === 1;
+  }
+
+  /**
+   * An ADD_F entry with any pagemap flags, as `criu dump` sends it: `data` (whole pages, the
+   * caller's own buffer: it may wait in the socket's queue) exactly when the flags hold PE_PRESENT.
+   */
+  async entry(vaddr: number, nrPages: number, flags: number, data?: Buffer): Promise<void> {
+    if ((flags & PE_PRESENT) !== 0 !== (data !== undefined)) throw new Error('page data goes with PE_PRESENT, and only with it');
+    if (data && data.length !== nrPages * PAGE_SIZE) throw new Error(`${data.length} bytes of page data for ${nrPages} pages`);
+    this.check(vaddr, nrPages);
+    const h = encodeHeader({ op: PS_IOV_ADD_F, flags, nrPages, vaddr, dstId: this.dstId });
+    if (!data) return this.write(h);
+    this.bytesSent += data.length;
+    return this.write(h, data);
   }
 
   /** Pages at `vaddr` with their bytes (`data.length` a multiple of the page size). */
@@ -79,12 +98,21 @@ export class PageServerClient {
    * close first (so that TIME_WAIT stays on the client's side), and exits only then.
    */
   async close(): Promise<void> {
-    await this.write(encodeHeader({ op: PS_IOV_CLOSE }));
+    const status = await this.finish();
+    if (status !== 0) throw new CedanaError('IO_ERROR', `the page server answered CLOSE with status ${status}`);
+  }
+
+  /**
+   * Sends CLOSE (or FORCE_CLOSE) and resolves to the page server's status, whatever it is (a proxy
+   * relays it); ends the connection after (see close()).
+   */
+  async finish(op: typeof PS_IOV_CLOSE | typeof PS_IOV_FORCE_CLOSE = PS_IOV_CLOSE): Promise<number> {
+    await this.write(encodeHeader({ op }));
     const status = (await this.read(4)).readInt32LE(0);
     this.dstId = undefined;
     this.closed = true;
     this.sock.end();
-    if (status !== 0) throw new CedanaError('IO_ERROR', `the page server answered CLOSE with status ${status}`);
+    return status;
   }
 
   /** Drops the connection mid-session (a failed round): the page server sees it end and exits with an error. */

@@ -202,3 +202,18 @@ export function descendants(pid: number): number[] {
   for (const k of kids) out.push(...descendants(k), k);
   return out;
 }
+
+/**
+ * SIGKILLs the children of `pid` (a test host's sshd listener: its per-connection sshd processes),
+ * tolerating one that ends by itself between the listing and the kill.
+ */
+export function killChildren(pid: number): void {
+  const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  for (const k of kids) {
+    try {
+      process.kill(Number(k), 'SIGKILL');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+    }
+  }
+}

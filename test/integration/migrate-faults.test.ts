@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { Owned, alive, killChildren, readText, waitFor } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 import type { TestHost } from '../../scripts/testbed/host.js';
 
@@ -66,14 +66,7 @@ describe('migration faults leave the source running', () => {
     const { dir, pid, sha0 } = await memhog(384);
     const r = await migrateWithHook(pid, () => {
       // The per-connection sshd processes are the children of the host's sshd listener.
-      const kids = readFileSync(`/proc/${host.initPid}/task/${host.initPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-      for (const k of kids) {
-        try {
-          process.kill(Number(k), 'SIGKILL');
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e; // one that ended by itself meanwhile
-        }
-      }
+      killChildren(host.initPid);
     });
     expect(r.code).not.toBe(0);
     expect(r.json!.ok).toBe(false);

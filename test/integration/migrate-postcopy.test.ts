@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
-import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
+import { Owned, alive, killChildren, readText, waitFor } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 import type { TestHost } from '../../scripts/testbed/host.js';
 
@@ -91,7 +91,7 @@ describe('migrate --postcopy', () => {
       if (!fired && /"phase":"memory","bytes":[1-9]/.test(events)) {
         fired = true;
         // The per-connection sshd processes are the children of the host's sshd listener.
-        for (const k of readFileSync(`/proc/${host.initPid}/task/${host.initPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) process.kill(Number(k), 'SIGKILL');
+        killChildren(host.initPid);
       }
     });
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));

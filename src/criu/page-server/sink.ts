@@ -48,7 +48,9 @@ export interface SinkResult {
 
 /** One pagemap being received (OPEN2 to the next OPEN2 or CLOSE). */
 class Xfer {
-  readonly entries: ImageEntry[];
+  private readonly head: ImageEntry;
+  /** The pagemap's entries, flat (vaddr, pages, flags): a checkpoint of scattered changes has hundreds of thousands. */
+  private readonly runs: number[] = [];
   private fh: FileHandle | undefined;
   private stage = Buffer.allocUnsafe(STAGE_BYTES);
   private spare = Buffer.allocUnsafe(STAGE_BYTES);
@@ -59,7 +61,7 @@ class Xfer {
   private run: { vaddr: number; n: number; flags: number } | undefined;
 
   constructor(readonly dstId: bigint, readonly pagemapName: string, readonly pagesName: string, pagesId: number, readonly pid: number | undefined) {
-    this.entries = [{ type: 'pagemap_head', value: { pages_id: pagesId } }];
+    this.head = { type: 'pagemap_head', value: { pages_id: pagesId } };
   }
 
   async open(dir: string): Promise<void> {
@@ -68,7 +70,7 @@ class Xfer {
 
   /** A pagemap entry as CRIU's page server writes one: for each command, or for each run of pages of one fate. */
   entry(vaddr: number, n: number, flags: number): void {
-    this.entries.push({ type: 'pagemap_entry', value: { vaddr: BigInt(vaddr), compat_nr_pages: 0, flags, nr_pages: BigInt(n) } });
+    this.runs.push(vaddr, n, flags);
   }
 
   /** Adds pages to the current run of consecutive pages of the same flags (incremental mode). */
@@ -142,12 +144,29 @@ class Xfer {
     await this.drain();
     await this.fh!.close();
     this.fh = undefined;
-    const pm = encodeImage({ kind: 'PAGEMAP', head: IMG_COMMON, magic: MAGICS.PAGEMAP, entries: this.entries });
+    const pm = this.pagemap();
     await writeFile(join(dir, this.pagemapName), pm, { mode: 0o600, flag: 'wx' });
     return {
       [this.pagesName]: { size: this.size, blake3: this.hash.hex() },
       [this.pagemapName]: { size: pm.length, blake3: hashBytes('blake3', pm) },
     };
+  }
+
+  /** The pagemap image, its entries made into messages a slice at a time (never all at once). */
+  private pagemap(): Buffer {
+    const image = (entries: ImageEntry[]): Buffer => encodeImage({ kind: 'PAGEMAP', head: IMG_COMMON, magic: MAGICS.PAGEMAP, entries: [this.head, ...entries] });
+    const headOnly = image([]).length;
+    const parts: Buffer[] = [];
+    const SLICE = 3 * 4096;
+    for (let i = 0; i === 0 || i < this.runs.length; i += SLICE) {
+      const entries: ImageEntry[] = [];
+      for (let k = i; k < Math.min(i + SLICE, this.runs.length); k += 3) {
+        entries.push({ type: 'pagemap_entry', value: { vaddr: BigInt(this.runs[k]!), compat_nr_pages: 0, flags: this.runs[k + 2]!, nr_pages: BigInt(this.runs[k + 1]!) } });
+      }
+      const buf = image(entries);
+      parts.push(i === 0 ? buf : buf.subarray(headOnly)); // later slices: without the magic and the head
+    }
+    return Buffer.concat(parts);
   }
 
   async abandon(): Promise<void> {

@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,6 +20,7 @@ import { PAGE_SIZE } from '../../src/migrate/precopy/memory.js';
 import { dumpThroughProxy, heldPages, type ProxyResult } from '../../src/migrate/precopy/proxy.js';
 import { sendRound, sendTreeRound } from '../../src/migrate/precopy/round.js';
 import { alive, Owned, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { freePort } from '../helpers/ports.js';
 
 const owned = new Owned();
 afterEach(() => owned.cleanup());
@@ -42,14 +43,6 @@ async function roundServer(dir: string, prev?: string): Promise<{ client: PageSe
   await mkdir(dir, { recursive: true });
   const s = startPageServer(dir, ['--ps-socket', '3', ...(prev ? ['--prev-images-dir', prev] : [])], ['ignore', 'ignore', 'pipe', 'pipe']);
   return { ...s, client: new PageServerClient(s.child.stdio[3] as Duplex) };
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', () => res()));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((res) => srv.close(res));
-  return port;
 }
 
 /** A stock page server listening on 127.0.0.1, as on a migration's target; the connection to it. */

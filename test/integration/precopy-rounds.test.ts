@@ -21,8 +21,9 @@ import { execa } from 'execa';
 import { hashPages, HASH_BYTES, parseMaps, readPages } from '../../src/migrate/precopy/memory.js';
 import { copyFile } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from '../helpers/ports.js';
 
 const owned = new Owned();
 afterEach(() => owned.cleanup());
@@ -48,15 +49,6 @@ async function pageServer(dir: string, prev?: string): Promise<{ client: PageSer
 async function stop(pid: number): Promise<void> {
   process.kill(pid, 'SIGSTOP');
   await waitFor(`PID ${pid} stopped`, () => /^\d+ \(.*\) T /.test(readText(`/proc/${pid}/stat`) ?? ''));
-}
-
-/** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', () => res()));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((res) => srv.close(res));
-  return port;
 }
 
 /** A stock `criu page-server` listening on 127.0.0.1 (as on a migration's target), connected to over TCP. */

@@ -13,7 +13,7 @@
 import { open, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { duplexSource, type PageSource } from './source.js';
+import { duplexSource, inOrder, type PageSource } from './source.js';
 import { CedanaError } from '../../errors.js';
 import { createHasher, hashBytes, type Hasher } from '../../image/checksum.js';
 import { encodeImage, type ImageEntry } from '../../image/criu/codec.js';
@@ -277,19 +277,8 @@ export async function servePageSink(src: PageSource | Duplex, opts: SinkOptions)
         pagesWritten++;
       }
     }
-    return writeRanges(x, kept, 0);
-  };
-
-  /** Writes the kept page ranges of cmdBuf in order; a promise once one write has to wait. */
-  const writeRanges = (x: Xfer, kept: [number, number][], j: number): Promise<void> | undefined => {
-    for (; j < kept.length; j++) {
-      const w = x.write(cmdBuf.subarray(kept[j]![0] * PAGE_SIZE, kept[j]![1] * PAGE_SIZE));
-      if (w) {
-        const next = j + 1;
-        return w.then(() => writeRanges(x, kept, next));
-      }
-    }
-    return undefined;
+    // In order; a promise once one write has to wait (cmdBuf stays as it is until then).
+    return inOrder(kept, ([from, to]) => x.write(cmdBuf.subarray(from * PAGE_SIZE, to * PAGE_SIZE)));
   };
 
   const onCommand = async (h: PsHeader): Promise<void> => {
@@ -356,24 +345,16 @@ export async function servePageSink(src: PageSource | Duplex, opts: SinkOptions)
     return p.ref!.then(() => compareCommand(x, p, p.held!));
   };
 
-  /** Handles events from index i on; a promise when one of them has to wait (the source pauses meanwhile). */
-  const handle = (events: PsEvent[], i: number): Promise<void> | undefined => {
-    for (; i < events.length; i++) {
-      if (closed) throw new ProtocolError('data after the page server was closed');
-      const ev = events[i]!;
-      const r = ev.kind === 'command' ? onCommand(ev.header) : onPages(ev.data);
-      if (r) {
-        const next = i + 1;
-        return r.then(() => handle(events, next));
-      }
-    }
-    return undefined;
+  /** One event of the stream; a promise when it has to wait (the source pauses meanwhile). */
+  const handle = (ev: PsEvent): Promise<void> | undefined => {
+    if (closed) throw new ProtocolError('data after the page server was closed');
+    return ev.kind === 'command' ? onCommand(ev.header) : onPages(ev.data);
   };
 
   try {
     await source.run((chunk) => {
       if (closed) throw new ProtocolError('data after the page server was closed');
-      return handle(decoder.push(chunk), 0);
+      return inOrder(decoder.push(chunk), handle);
     });
     if (!closed) throw new ProtocolError('criu closed the page stream before its end');
     source.destroy(); // CRIU has its answer (the status is in the socket, CRIU may still read it)

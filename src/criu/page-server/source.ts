@@ -15,6 +15,22 @@ import type { Duplex } from 'node:stream';
 
 export type ChunkHandler = (chunk: Buffer) => void | Promise<void>;
 
+/**
+ * Calls `each` on the items from `from` on, in order: synchronously while it returns nothing, the
+ * rest after a promise it returns has settled. A chunk's events are handled without a promise (and
+ * so without pausing the source) unless one of them has to wait.
+ */
+export function inOrder<T>(items: T[], each: (item: T) => Promise<void> | undefined, from = 0): Promise<void> | undefined {
+  for (let i = from; i < items.length; i++) {
+    const r = each(items[i]!);
+    if (r) {
+      const next = i + 1;
+      return r.then(() => inOrder(items, each, next));
+    }
+  }
+  return undefined;
+}
+
 export interface PageSource {
   /** Feeds every chunk to `onChunk` until the stream ends (resolves) or fails (rejects). */
   run(onChunk: ChunkHandler): Promise<void>;

@@ -40,7 +40,7 @@ import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { PageServerClient } from '../../criu/page-server/client.js';
-import { duplexSource, socketPair, type PageSource } from '../../criu/page-server/source.js';
+import { duplexSource, inOrder, socketPair, type PageSource } from '../../criu/page-server/source.js';
 import {
   addFlags, decodeDstId, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
 } from '../../criu/page-server/protocol.js';
@@ -330,17 +330,10 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     return chain.then(() => forward(x, p.header.vaddr, p.header.nrPages, p.flags, p.buf.subarray(0, p.header.nrPages * PAGE_SIZE)));
   };
 
-  const handle = (events: PsEvent[], i: number): Promise<void> | undefined => {
-    for (; i < events.length; i++) {
-      if (closed) throw new ProtocolError('data after the page server was closed');
-      const ev = events[i]!;
-      const res = ev.kind === 'command' ? onCommand(ev.header) : onPages(ev.data);
-      if (res) {
-        const next = i + 1;
-        return res.then(() => handle(events, next));
-      }
-    }
-    return undefined;
+  /** One event of the stream; a promise when it has to wait (the source pauses meanwhile). */
+  const handle = (ev: PsEvent): Promise<void> | undefined => {
+    if (closed) throw new ProtocolError('data after the page server was closed');
+    return ev.kind === 'command' ? onCommand(ev.header) : onPages(ev.data);
   };
 
   const onAbort = (): void => {
@@ -356,7 +349,7 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     await source.run((chunk) => {
       if (!t0) t0 = now();
       if (closed) throw new ProtocolError('data after the page server was closed');
-      return handle(decoder.push(chunk), 0);
+      return inOrder(decoder.push(chunk), handle);
     });
     if (chainErr) throw chainErr;
     if (!closed) throw new CriuWentAway('criu closed the page stream before its end');

@@ -6,30 +6,21 @@
  *   npx vite-node bench/content-round.ts [MIB] [WORKERS]   (WORKERS: read+hash threads, 0: none)
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { PageServerClient } from '../src/criu/page-server/client.js';
 import { locateCriu } from '../src/criu/criu.js';
 import { readPages, type ReadTimings } from '../src/migrate/precopy/memory.js';
-import { sendRound, type RoundResult } from '../src/migrate/precopy/round.js';
+import type { RoundResult } from '../src/migrate/precopy/round.js';
+import { roundInto, waitFile } from './precopy-common.js';
 
 const mib = Number(process.argv[2] ?? 256);
 const workers = Number(process.argv[3] ?? 0);
 const fixture = fileURLToPath(new URL('../test/fixtures/pager.py', import.meta.url));
 
-async function waitFile(path: string, ms: number): Promise<string> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const t = await readFile(path, 'utf8').catch(() => undefined);
-    if (t) return t;
-    if (Date.now() > end) throw new Error(`no ${path}`);
-    await sleep(50);
-  }
-}
 
 const fmt = (r: RoundResult): string => {
   const t = r.timings;
@@ -46,16 +37,8 @@ async function main(): Promise<void> {
     pids.push(child.pid!);
     await waitFile(join(base, 'sha0'), 120_000);
     const criu = await locateCriu();
-    const round = async (name: string, prev?: string, prevPages?: RoundResult['pages']): Promise<RoundResult> => {
-      const dir = join(base, name);
-      await mkdir(dir);
-      const ps = spawn(criu.path, ['page-server', '-D', dir, '--ps-socket', '3', '-o', 'ps.log', ...(prev ? ['--prev-images-dir', prev] : [])], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true });
-      pids.push(ps.pid!);
-      const done = new Promise<number | null>((res) => ps.once('close', res));
-      const r = await sendRound(child.pid!, new PageServerClient(ps.stdio[3] as Duplex), { prev: prevPages, workers });
-      if ((await done) !== 0) throw new Error('page server failed');
-      return r;
-    };
+    const round = (name: string, prev?: string, prevPages?: RoundResult['pages']): Promise<RoundResult> =>
+      roundInto(criu, child.pid!, join(base, name), { prev, prevPages, workers }, pids);
     // The reader alone, without hashing and sending.
     const t: ReadTimings = { maps: 0, pagemap: 0, mem: 0, hash: 0 };
     let s = performance.now();

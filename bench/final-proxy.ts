@@ -14,30 +14,19 @@ import { mkdtemp, mkdir, readFile, rm } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { PageServerClient } from '../src/criu/page-server/client.js';
 import { locateCriu } from '../src/criu/criu.js';
 import { readDumpStats } from '../src/image/criu/stats.js';
 import { dumpThroughProxy } from '../src/migrate/precopy/proxy.js';
-import { sendRound, type RoundResult } from '../src/migrate/precopy/round.js';
+import type { RoundResult } from '../src/migrate/precopy/round.js';
+import { roundInto, waitFile } from './precopy-common.js';
 
 const mib = Number(process.argv[2] ?? 256);
 const workers = Number(process.argv[3] ?? 0);
 const reps = Number(process.argv[4] ?? 3);
 const fixture = fileURLToPath(new URL('../test/fixtures/pager.py', import.meta.url));
 
-async function waitFile(path: string, ms: number, want?: (t: string) => boolean): Promise<string> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const t = await readFile(path, 'utf8').catch(() => undefined);
-    if (t && (!want || want(t))) return t;
-    if (Date.now() > end) throw new Error(`no ${path}`);
-    await sleep(20);
-  }
-}
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -64,16 +53,8 @@ async function main(): Promise<void> {
       process.kill(pid, 'SIGUSR2');
       await waitFile(join(base, 'rewritten'), 30_000, (t) => t.startsWith(`${k} `));
     };
-    const round = async (name: string, prev?: string, prevPages?: RoundResult['pages']): Promise<RoundResult> => {
-      const dir = join(base, name);
-      await mkdir(dir);
-      const ps = spawn(criu.path, ['page-server', '-D', dir, '--ps-socket', '3', '-o', 'ps.log', ...(prev ? ['--prev-images-dir', prev] : [])], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true });
-      pids.push(ps.pid!);
-      const done = new Promise<number | null>((res) => ps.once('close', res));
-      const r = await sendRound(pid, new PageServerClient(ps.stdio[3] as Duplex), { prev: prevPages });
-      if ((await done) !== 0) throw new Error('page server failed');
-      return r;
-    };
+    const round = (name: string, prev?: string, prevPages?: RoundResult['pages']): Promise<RoundResult> =>
+      roundInto(criu, pid, join(base, name), { prev, prevPages }, pids);
     /** A stock page server on 127.0.0.1, daemonized once it listens. */
     const tcpServer = async (dir: string, prev?: string): Promise<number> => {
       await mkdir(dir, { recursive: true });

@@ -59,3 +59,8 @@ export async function hugetlbRanges(pids: number[]): Promise<Map<number, [number
   }
   return out;
 }
+
+/** Whether [vaddr, vaddr + bytes) overlaps one of `ranges` (hugetlbRanges' [start, end) of a process). Pure. */
+export function touchesRange(ranges: [number, number][] | undefined, vaddr: number, bytes: number): boolean {
+  return ranges !== undefined && ranges.some(([s, e]) => vaddr < e && s < vaddr + bytes);
+}

@@ -20,6 +20,7 @@ import { encodeImage, type ImageEntry } from '../../image/criu/codec.js';
 import { IMG_COMMON, MAGICS } from '../../image/criu/kinds.js';
 import type { FileEntry } from '../../image/manifest.js';
 import type { ParentPages } from '../../image/parent-pages.js';
+import { touchesRange } from '../../proc/maps.js';
 import {
   addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
 } from './protocol.js';
@@ -123,7 +124,7 @@ class Xfer {
       return w.then(() => this.flush());
     }
     const full = this.stage.subarray(0, this.staged);
-    this.inflight = writeAll(this.fh!, [full]);
+    this.inflight = writeAll(this.fh!, full);
     this.inflight.catch(() => undefined); // observed by the next flush or by finish()
     [this.stage, this.spare] = [this.spare, this.stage];
     this.staged = 0;
@@ -176,27 +177,8 @@ class Xfer {
   }
 }
 
-async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<void> {
-  let left = bufs.reduce((a, b) => a + b.length, 0);
-  let parts = bufs;
-  while (left > 0) {
-    const { bytesWritten } = await fh.writev(parts);
-    left -= bytesWritten;
-    if (left > 0) parts = skip(parts, bytesWritten);
-  }
-}
-
-/** The buffers after the first n bytes. */
-function skip(bufs: Buffer[], n: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const b of bufs) {
-    if (n >= b.length) n -= b.length;
-    else {
-      out.push(n > 0 ? b.subarray(n) : b);
-      n = 0;
-    }
-  }
-  return out;
+async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
+  for (let off = 0; off < buf.length; ) off += (await fh.write(buf, off)).bytesWritten;
 }
 
 /** A command's pages being received, compared with the chain's once all are in. */
@@ -212,15 +194,11 @@ interface Pending {
   ref: Promise<void> | undefined;
 }
 
-function allHeld(held: Uint8Array, from: number, n: number): boolean {
-  for (let i = from; i < from + n; i++) if (held[i] !== 1) return false;
+function allHeld(held: Uint8Array): boolean {
+  for (let i = 0; i < held.length; i++) if (held[i] !== 1) return false;
   return true;
 }
 
-/** Whether [vaddr, vaddr + bytes) touches one of the ranges that must stay whole in this image. */
-function wholeOnly(ranges: [number, number][] | undefined, vaddr: number, bytes: number): boolean {
-  return ranges !== undefined && ranges.some(([s, e]) => vaddr < e && s < vaddr + bytes);
-}
 
 /**
  * Serves one page-server session from `src` (CRIU's end is its --ps-socket): resolves once CRIU's
@@ -258,7 +236,7 @@ export async function servePageSink(src: PageSource | Duplex, opts: SinkOptions)
   /** Runs of changed pages of the complete command go to the pages file; the rest become PE_PARENT. */
   const compareCommand = (x: Xfer, p: Pending, held: Uint8Array): Promise<void> | undefined => {
     const bytes = p.pages * PAGE_SIZE;
-    if (allHeld(held, 0, p.pages) && cmdBuf.compare(refBuf, 0, bytes, 0, bytes) === 0) {
+    if (allHeld(held) && cmdBuf.compare(refBuf, 0, bytes, 0, bytes) === 0) {
       x.addRun(p.vaddr, p.pages, PE_PARENT);
       pagesInParent += p.pages;
       return undefined;
@@ -316,7 +294,7 @@ export async function servePageSink(src: PageSource | Duplex, opts: SinkOptions)
       const bytes = h.nrPages * PAGE_SIZE;
       if (cmdBuf.length < bytes) cmdBuf = Buffer.allocUnsafe(bytes);
       const p: Pending = { vaddr: h.vaddr, pages: h.nrPages, flags, got: 0, held: undefined, ref: undefined };
-      if (wholeOnly(opts.keepWhole?.get(cur.pid!), h.vaddr, bytes)) p.held = new Uint8Array(h.nrPages);
+      if (touchesRange(opts.keepWhole?.get(cur.pid!), h.vaddr, bytes)) p.held = new Uint8Array(h.nrPages);
       else {
         if (refBuf.length < bytes) refBuf = Buffer.allocUnsafe(bytes);
         p.ref = opts.against!.readAsync(cur.pid!, h.vaddr, h.nrPages, refBuf).then((held) => void (p.held = held));

@@ -48,6 +48,7 @@ import { CedanaError, toCedanaError } from '../../errors.js';
 import { spawnCriu, type Criu } from '../../criu/criu.js';
 import { HASH_BYTES, hashPages, nsPid } from './memory.js';
 import type { RoundPages, TreeRoundResult } from './round.js';
+import { touchesRange } from '../../proc/maps.js';
 
 export interface ProxyOptions {
   /** What the target holds since the last round, per process as CRIU names it (its PID in its own namespace). */
@@ -135,9 +136,6 @@ function lowerBound(v: Float64Array, count: number, va: number): number {
   return lo;
 }
 
-function touches(ranges: [number, number][] | undefined, vaddr: number, bytes: number): boolean {
-  return ranges !== undefined && ranges.some(([s, e]) => vaddr < e && s < vaddr + bytes);
-}
 
 /**
  * Serves one `criu dump` page-server session from `src` (CRIU's end is its --ps-socket), forwarding
@@ -290,7 +288,7 @@ export async function servePageProxy(src: PageSource | Duplex, target: PageServe
     const bytes = h.nrPages * PAGE_SIZE;
     // criu dump marks the pages of private anonymous mappings PE_PRESENT | PE_LAZY (they could be
     // served lazily): compared like the others. A PE_PARENT run carries no PE_LAZY.
-    const compare = cur.held !== undefined && (flags & ~PE_LAZY) === PE_PRESENT && !touches(cur.keepWhole, h.vaddr, bytes);
+    const compare = cur.held !== undefined && (flags & ~PE_LAZY) === PE_PRESENT && !touchesRange(cur.keepWhole, h.vaddr, bytes);
     let buf: Buffer;
     if (compare && opts.hasher) buf = opts.hasher.buffer(bytes); // handed to a worker, back to the pool after
     else if (compare) {

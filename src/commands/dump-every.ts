@@ -16,7 +16,7 @@ import type { ShipPolicy } from '../image/ship.js';
 import { processExists } from '../proc/procfs.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { utcStamp } from '../util/paths.js';
-import { dump, usePageSink } from './dump.js';
+import { dump, incrementalThroughSink } from './dump.js';
 
 export interface DumpEveryArgs {
   pid: number;
@@ -107,7 +107,7 @@ export async function dumpEvery(args: DumpEveryArgs): Promise<DumpEveryResult> {
     try {
       const r = await dump({
         pid: args.pid, output: image, leaveRunning: true, tcp: args.tcp, fileLocks: args.fileLocks, force: false, ship: args.ship,
-        parent: parent ?? undefined, index: !parent && !usePageSink({ kind: 'dir', path: image }, true), signal: args.signal, cudaCheckpoint: args.cudaCheckpoint, gpuLockTimeoutMs: args.gpuLockTimeoutMs,
+        parent: parent ?? undefined, index: !parent && !incrementalThroughSink(), signal: args.signal, cudaCheckpoint: args.cudaCheckpoint, gpuLockTimeoutMs: args.gpuLockTimeoutMs,
       });
       const rec: CheckpointRecord = { image, parent, bytes: r.bytes, memoryBytes: r.memoryBytes, frozenMs: r.frozenMs, at: new Date().toISOString() };
       made.push(rec);

@@ -96,7 +96,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     }
     report.phase(`reading the parent checkpoint ${args.parent}`);
     // Through the page sink the pages are compared with the chain's own bytes: no index needed.
-    parent = await (await import('../image/incremental.js')).openParent(args.parent, args.pid, { index: !usePageSink(target, true) });
+    parent = await (await import('../image/incremental.js')).openParent(args.parent, args.pid, { index: !incrementalThroughSink() });
   }
 
   report.phase(`examining the tree of PID ${args.pid}`);
@@ -285,10 +285,12 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
  * Not for a full dump: there CRIU writing its own pages kept the tree frozen less (README, figures).
  * CEDANA_PAGE_SINK=1 uses it for every dump to a directory, =0 for none.
  */
-export function usePageSink(target: OutputTarget, withParent: boolean): boolean {
-  const env = process.env.CEDANA_PAGE_SINK;
-  return target.kind === 'dir' && (env === '1' || (withParent && env !== '0'));
+function usePageSink(target: OutputTarget, withParent: boolean): boolean {
+  return target.kind === 'dir' && (process.env.CEDANA_PAGE_SINK === '1' || (withParent && incrementalThroughSink()));
 }
+
+/** Whether an incremental dump (always to a directory) goes through the page sink: then it needs no page index. */
+export const incrementalThroughSink = (): boolean => process.env.CEDANA_PAGE_SINK !== '0';
 
 function interrupted(): CedanaError {
   return new CedanaError('INTERRUPTED', 'dump interrupted; the process tree was resumed and no image was kept', {

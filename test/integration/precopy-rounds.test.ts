@@ -32,7 +32,7 @@ afterEach(() => owned.cleanup());
  * A stock `criu page-server` serving one session on a unix socket (its --ps-socket 3), writing into
  * `dir`; with `prev`, the previous round's directory relative to `dir`. Ended at cleanup if still there.
  */
-async function pageServer(dir: string, prev?: string): Promise<{ client: PageServerClient; done: Promise<number>; log: () => Promise<string> }> {
+async function pageServer(dir: string, prev?: string): Promise<{ client: PageServerClient; sock: Duplex; done: Promise<number>; log: () => Promise<string> }> {
   const criu = await locateCriu();
   await mkdir(dir, { recursive: true });
   const child = spawn(criu.path, ['page-server', '-D', dir, '--ps-socket', '3', '-o', 'page-server.log', '-v4', ...(prev ? ['--prev-images-dir', prev] : [])], {
@@ -42,7 +42,8 @@ async function pageServer(dir: string, prev?: string): Promise<{ client: PageSer
   if (!child.pid) throw new Error('criu page-server did not start');
   owned.own(child.pid);
   const done = new Promise<number>((res) => child.once('close', (code) => res(code ?? -1)));
-  return { client: new PageServerClient(child.stdio[3] as Duplex), done, log: () => readFile(join(dir, 'page-server.log'), 'utf8').catch(() => '') };
+  const sock = child.stdio[3] as Duplex;
+  return { client: new PageServerClient(sock), sock, done, log: () => readFile(join(dir, 'page-server.log'), 'utf8').catch(() => '') };
 }
 
 /** Stops the process and waits until it is stopped (kill() returns before it is). */
@@ -334,17 +335,23 @@ describe('pre-copy rounds by content through a stock criu page-server', () => {
     const base = await owned.tempDir('cedana-precopy-');
     const p = await owned.pager(64, base);
     const s0 = await pageServer(join(base, 'r0'));
-    // Killed while the round runs (64 MiB in runs of 64 KiB: far longer than 30 ms here).
+    // Killed once the round is under way: after its first 256 KiB went to the page server (of 64 MiB,
+    // sent in runs of 64 KiB), not after a delay a fast machine can outrun.
     let killedAt = Infinity;
-    const killed = new Promise<void>((r) => setTimeout(() => {
-      process.kill(p.pid, 'SIGKILL');
-      killedAt = performance.now();
-      r();
-    }, 30));
+    let sent = 0;
+    const write = s0.sock.write.bind(s0.sock) as (...a: unknown[]) => boolean;
+    (s0.sock as unknown as { write: (...a: unknown[]) => boolean }).write = (...a: unknown[]) => {
+      sent += (a[0] as Buffer).length;
+      if (sent > 256 << 10 && killedAt === Infinity) {
+        process.kill(p.pid, 'SIGKILL');
+        killedAt = performance.now();
+      }
+      return write(...a);
+    };
     const err = await sendRound(p.pid, s0.client, { workers, chunkPages: 16 }).then(() => undefined, (e: unknown) => e as Error);
     const failedAt = performance.now();
-    await killed;
-    // The round failed because the process ended, not for another reason before it did.
+    // The round failed because the process ended, not for another reason before it did. (A process
+    // still exiting, its memory already gone, read as absent pages: the round came out short.)
     expect(err?.message).toMatch(/ended while its memory was read|ENOENT|ESRCH/);
     expect(failedAt).toBeGreaterThanOrEqual(killedAt);
     expect(await s0.done).not.toBe(0);

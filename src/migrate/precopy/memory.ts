@@ -289,6 +289,12 @@ class WorkerPool {
  * consecutive pages (a run never crosses a mapping's end). Reads run ahead of the consumer: in the
  * thread pool (hashing on the main thread), or, with `workers`, read and hashed in worker threads.
  */
+/** PF_EXITING in the flags field (the 9th) of /proc/PID/stat. Pure. */
+export function exiting(stat: string): boolean {
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[6]) & 0x4) !== 0;
+}
+
 export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGenerator<PageRun> {
   const chunk = opts.chunkPages ?? 1024;
   const t = opts.timings;
@@ -379,8 +385,10 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
       if (r) yield r;
     }
     // A process that ended (or became a zombie) mid-way reads as nothing: never a complete round.
+    // "Ended" includes exiting: the kernel releases its memory (which then reads as absent) before
+    // the task becomes a zombie, and marks it PF_EXITING first.
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-    if (!stat || /^\d+ \(.*\) [ZX] /.test(stat)) throw new CedanaError('PID_NOT_FOUND', `process ${pid} ended while its memory was read`);
+    if (!stat || /^\d+ \(.*\) [ZX] /.test(stat) || exiting(stat)) throw new CedanaError('PID_NOT_FOUND', `process ${pid} ended while its memory was read`);
   } finally {
     // A consumer that stopped early leaves reads in flight: let them end before their descriptor closes.
     await Promise.all(queue.map((p) => p.read.catch(() => undefined)));

@@ -54,7 +54,9 @@ export function renderError(command: string, err: CedanaError, c: ChalkInstance)
   if (err.details.processRunning === true) lines.push(`  the process is still running`);
   if (err.details.processRunning === false) lines.push(`  ${c.red('the process is no longer running')}`);
   if (err.details.sourceResumed === true) lines.push('  the source process was resumed where it was');
-  if (err.details.sourceResumed === false) lines.push(`  ${c.red('the source process is no longer running')}`);
+  if (Array.isArray(err.details.sourceStopped)) lines.push(`  ${c.yellow('the source process is left stopped (SIGSTOP) where it was')}`);
+  else if (err.details.targetState === 'unknown' && err.details.sourceResumed === false) lines.push(`  ${c.yellow('the source is left paused where it was')}`);
+  else if (err.details.sourceResumed === false) lines.push(`  ${c.red('the source process is no longer running')}`);
   return lines.join('\n');
 }
 

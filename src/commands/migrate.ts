@@ -228,9 +228,11 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     if (!state.committed) {
       if (!state.restoredPid) state.pending?.cancel();
       // CRIU resumed the source tree: its GPU state goes back onto its GPUs.
-      const gpuErr = await state.gpu?.resume((m) => report.phase(m)).then(() => undefined, (r: unknown) => r as Error);
+      const stopped = err.details.sourceStopped !== undefined;
+      const gpuErr = stopped ? undefined : await state.gpu?.resume((m) => report.phase(m)).then(() => undefined, (r: unknown) => r as Error);
       if (gpuErr) err.details.gpuNotResumed = gpuErr.message;
-      err.details.sourceResumed = await processExists(args.pid);
+      if (stopped && state.gpu) err.details.gpuNotResumed = 'the source is left stopped: its GPU state stays checkpointed (cuda-checkpoint --toggle --pid PID puts it back)';
+      err.details.sourceResumed = !stopped && (await processExists(args.pid));
       if (state.remote) err.details.targetCleanedUp = await undoOnTarget(session, args, (s) => cleanupRemote(s, state.remote!, state.restoredPid ? state.treePids : [], true));
     }
     throw err;
@@ -583,10 +585,14 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
       await state.pending.keep();
       downtimeMs = Math.round(performance.now() - frozenAt);
     } catch (e) {
+      // The target's copy ends before anything here is undone: never two of the process running.
+      const targetEnded = state.restoredPid === undefined || (await endTargetCopy(p, state));
       // The rollback hook runs before the source resumes: what pre-restore moved must be back first.
-      if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
+      if (hookRan && targetEnded) await runHook(args, 'rollback').catch(() => undefined);
       await putBackSocketFiles(kept);
+      if (!targetEnded) holdStopped(state.treePids);
       await gate.abortAndWait(run.done);
+      if (!targetEnded) throw leftStopped(e, p, state, hookRan);
       throw e;
     }
     // The window closes: nothing from here on may abandon the migration.
@@ -657,11 +663,15 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
       if (w.signal.aborted) throw w.reason();
       await state.pending.keep();
     } catch (e) {
-      if (hookRan) await runHook(args, 'rollback').catch(() => undefined);
+      // The target's copy (restored, its memory still here) ends before the source resumes.
+      const targetEnded = state.restoredPid === undefined || (await endTargetCopy(p, state));
+      if (hookRan && targetEnded) await runHook(args, 'rollback').catch(() => undefined);
       await putBackSocketFiles(kept);
+      if (!targetEnded) holdStopped(state.treePids);
       await gate.abortAndWait(Promise.resolve()); // before the commit: CRIU resumes the tree
       await lazy.close(); // after it: CRIU's transfer fails, and it resumes the tree
       await run.done.catch(() => undefined);
+      if (!targetEnded) throw leftStopped(e, p, state, hookRan);
       throw e;
     } finally {
       w.clear();
@@ -711,6 +721,40 @@ async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
   } finally {
     await lazy.close();
   }
+}
+
+/**
+ * Ends the target's restored copy before the source resumes: through the restore's lifeline, else
+ * over a fresh connection. True once the target confirmed it.
+ */
+async function endTargetCopy(p: Prepared, state: Progress): Promise<boolean> {
+  if (await state.pending!.end().catch(() => false)) return true;
+  return undoOnTarget(p.session, p.args, (s) => cleanupRemote(s, state.remote!, state.treePids, true));
+}
+
+/**
+ * SIGSTOP to each task of the frozen tree: when CRIU lets it go, it stays stopped instead of running
+ * beside a copy on the target that could not be ended.
+ */
+function holdStopped(pids: number[]): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGSTOP');
+    } catch {
+      // gone
+    }
+  }
+}
+
+/** The error for a migration that failed after the target restored, when the target could not be reached to end its copy. */
+function leftStopped(e: unknown, p: Prepared, state: Progress, hookRan: boolean): CedanaError {
+  const err = toCedanaError(e);
+  const pids = state.treePids.join(' ');
+  return new CedanaError(err.code, `${err.message}\nthe target could not be reached to end its copy of the process: the source is left stopped here (SIGSTOP), not resumed, so that two of it never run${hookRan ? '; the rollback hook was not run' : ''}`, {
+    hint: `check ${p.args.to}: if PID ${state.restoredPid} does not run there (its copy ends by itself once its connection is seen gone), \`kill -CONT ${pids}\` here`,
+    details: { ...err.details, sourceStopped: state.treePids, targetState: 'unknown' },
+    cause: err,
+  });
 }
 
 /** Whether the process is in cedana's own network namespace (whose addresses cedana can speak from). */

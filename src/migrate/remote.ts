@@ -104,6 +104,11 @@ export interface PendingRestore {
   /** Ends the waiting command without restoring anything (it sees an empty archive). */
   cancel(): void;
   /**
+   * After a restore that succeeded, before anything is committed: ends the restored tree there and
+   * what the restore made, and waits (10 s at most) for the target to confirm. True once it did.
+   */
+  end(): Promise<boolean>;
+  /**
    * The restored tree may live on: tells the target's lifeline before the source is ended. Resolves
    * once the target confirmed it; rejects if it could not (then nothing is committed).
    */
@@ -207,11 +212,12 @@ export class Lifeline {
     this.ch.end('abort\n');
   }
 
-  /** Ends the restore there and what it made, and waits (10 s at most) for the target to say so. */
-  async end(): Promise<void> {
+  /** Ends the restore there and what it made, and waits (10 s at most) for the target to say so; true once it did. */
+  async end(): Promise<boolean> {
     this.abort();
     // Not ref'd: a wait cut short must not hold the process open for the rest of the 10 s.
     await Promise.race([this.closed, this.s.lost().catch(() => undefined), sleep(10_000, undefined, { ref: false })]);
+    return this.out.includes('ended');
   }
 }
 
@@ -330,6 +336,7 @@ export async function openRestore(s: SshSession, d: RemoteDir, criuFlags: string
       life.abort();
     },
     keep: () => life.keep(),
+    end: () => life.end(),
     async send(tar, signal, onAbort) {
       const code = await awaitRestore({
         send: () => tar(ch),

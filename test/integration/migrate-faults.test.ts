@@ -44,6 +44,9 @@ async function expectSourceIntact(dir: string, pid: number, sha0: string): Promi
   expect(there.stdout.trim(), 'left on the target').toBe('');
 }
 
+/** Shell: "gone" when no process PID runs (a zombie, not yet reaped, counts as gone), else "there STATE". */
+const presence = (pid: number): string => `s=$(sed "s/.*) //" /proc/${pid}/stat 2>/dev/null | cut -d" " -f1); case "$s" in ""|Z|X) echo gone;; *) echo "there $s";; esac`;
+
 /** Starts a migration with JSON events and calls onMemory once memory is moving. */
 function migrateWithHook(pid: number, onMemory: (cedanaPid: number) => void): Promise<{ code: number | null; json?: Record<string, any> }> {
   const child = spawn('node', [BIN, 'migrate', String(pid), '--to', host.name, '--json'], { env: { ...process.env, ...bed.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -100,6 +103,43 @@ describe('migration faults leave the source running', () => {
     const n = readText(`/tmp/${name}`)!.length;
     await waitFor('the source to write on', () => readText(`/tmp/${name}`)!.length > n + 20);
     await expectSourceIntact(dir, pid, sha0); // an unrelated process on the source: untouched too
+  });
+
+  it("a failure after the target restored: the target's copy is ended before the source resumes (never two of it)", async () => {
+    const { dir, pid, sha0 } = await memhog(16);
+    const seen = join(dir, 'seen-at-rollback');
+    // The post-restore hook fails; the rollback hook, which runs just before the source resumes,
+    // looks on the target for the restored copy (the same PID there): it must be gone by then.
+    const ssh = `ssh -F ${join(bed.ssh.sshDir, 'config')} -o UserKnownHostsFile=${join(bed.ssh.sshDir, 'known_hosts')} -o BatchMode=yes ${host.name}`;
+    const hook = `case "$CEDANA_HOOK" in post-restore) ${ssh} 'kill -0 ${pid}' && echo restored > ${join(dir, 'at-post-restore')}; exit 3;; rollback) ${ssh} '${presence(pid)}' > ${seen};; esac`;
+    const r = await cedana(['migrate', String(pid), '--to', host.name, '--hook', hook, '--json'], { env: bed.env });
+    expect(r.json!.error).toMatchObject({ code: 'HOOK_FAILED', sourceResumed: true, targetCleanedUp: true });
+    expect(readText(join(dir, 'at-post-restore'))?.trim()).toBe('restored');
+    expect(readText(seen)?.trim()).toBe('gone');
+    await expectSourceIntact(dir, pid, sha0);
+  });
+
+  it('a failure after the target restored, the target then unreachable: the source is left stopped, not resumed beside a copy that may run', async () => {
+    const { dir, pid, sha0 } = await memhog(16);
+    const down = `ip -n ${host.netns} link set eth0 down`;
+    owned.onCleanup(async () => void (await execa('ip', ['-n', host.netns, 'link', 'set', 'eth0', 'up'], { reject: false })));
+    const hook = `case "$CEDANA_HOOK" in post-restore) ${down}; exit 3;; rollback) touch ${join(dir, 'rolled-back')};; esac`;
+    const r = await cedana(['migrate', String(pid), '--to', host.name, '--hook', hook, '--json'], { env: bed.env });
+    expect(r.json!.error).toMatchObject({ code: 'HOOK_FAILED', sourceResumed: false, sourceStopped: [pid], targetState: 'unknown', targetCleanedUp: false });
+    expect(r.json!.error.hint).toContain(`kill -CONT ${pid}`);
+    // Stopped, not running (its heartbeat file is no witness: the copy on the target writes it too, in the shared directory).
+    const state = (): string => readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[0]!;
+    expect(state()).toBe('T');
+    await new Promise((res) => setTimeout(res, 300));
+    expect(state()).toBe('T');
+    expect(readText(join(dir, 'rolled-back'))).toBeUndefined();
+    // Back on the network, the target's copy ends by itself (its lifeline sees the connection gone).
+    await execa('ip', ['-n', host.netns, 'link', 'set', 'eth0', 'up']);
+    await waitFor('the copy on the target to end', async () => (await bed.onHost(host, presence(pid))).stdout.trim() === 'gone', 120_000);
+    // The copy ran on while the target was cut off, and counted further in the shared heartbeat file.
+    writeFileSync(join(dir, 'beat'), '0');
+    process.kill(pid, 'SIGCONT');
+    await expectSourceIntact(dir, pid, sha0);
   });
 
   it('an unknown host key is refused, and recorded only with --accept-new-host-key', async () => {

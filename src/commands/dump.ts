@@ -17,7 +17,7 @@ import { refuseOtherUsers } from '../criu/capabilities.js';
 import { keepLog, locateCriu, networkLockBackend, spawnCriu } from '../criu/criu.js';
 import { CedanaError, toCedanaError } from '../errors.js';
 import { hostFacts, requireRoot } from '../host.js';
-import { packImage, packImageToFd, packImageToFile, pump } from '../image/archive.js';
+import { openTarOut, packImage, packImageToFd, packImageToFile, pump } from '../image/archive.js';
 import { checksumDir, listImageFiles, PagesFollower } from '../image/checksum.js';
 import { MANIFEST_NAME } from '../image/manifest.js';
 import { makeManifest, pagesBytes } from '../dump/manifest.js';
@@ -129,6 +129,9 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
   let gpu: GpuSuspension | undefined;
   let gpuBack: Promise<unknown> | undefined;
   const sinkMode = usePageSink(target, parent !== undefined);
+  // The pages stream straight into the archive or stream (see pagesIntoArchive).
+  const intoArchive = pagesIntoArchive(target, args.leaveRunning);
+  let tarOut: Awaited<ReturnType<typeof openTarOut>> | undefined;
   let against: ParentPages | undefined;
   let keepWhole: Map<number, [number, number][]> | undefined;
   try {
@@ -146,26 +149,41 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     const criuArgs = buildDumpArgs(args.pid, decisions, {
       imagesDir, workDir: work, logFile, networkLock, actionScript: gate.script, leaveRunning: args.leaveRunning, ghostLimit: ghost,
     });
+    if (intoArchive) {
+      if (target.kind === 'archive') report.phase(`writing ${target.path} as the pages arrive`);
+      if (target.kind === 'stream' && !args.stream) throw new CedanaError('INTERNAL', 'no stream to write the image to');
+      tarOut = await openTarOut(target.kind === 'archive' ? { path: partialArchive(target.path), compression: target.compression } : { stream: args.stream! });
+    }
     // The page sink's socket: CRIU's end becomes its fd 0.
-    const pair = sinkMode ? await (await import('../criu/page-server/source.js')).socketPair(work) : undefined;
+    const pair = sinkMode || intoArchive ? await (await import('../criu/page-server/source.js')).socketPair(work) : undefined;
     if (pair) criuArgs.push('--page-server', '--ps-socket', '0');
     report.phase(`freezing and dumping ${facts.processes.length} process(es)`);
     const run = spawnCriu(criu, criuArgs, { logFile, label: `dump-${args.pid}`, stdinSocket: pair?.criuEnd });
     // The page sink: CRIU streams the pages into cedana, which writes (with a parent: only the
     // changed ones) and hashes them as they arrive.
-    const sinkDone: Promise<SinkResult> | undefined = sinkMode ? servePageSink(pair!.source, { dir: imagesDir, against, keepWhole }) : undefined;
+    const sinkDone: Promise<SinkResult> | undefined = pair ? servePageSink(pair.source, { dir: imagesDir, against, keepWhole, archive: tarOut?.out }) : undefined;
     sinkDone?.catch(() => undefined);
+    // A reader of stdout that stops reading holds the sink, and CRIU, with the tree frozen: an
+    // interrupt tears the output down, the sink fails, and CRIU resumes the tree.
+    const stopOnAbort = (): void => tarOut?.stop();
+    if (tarOut) args.signal?.addEventListener('abort', stopOnAbort, { once: true });
     // Hash the memory while CRIU writes it, not after with the tree frozen.
     // Not for an incremental checkpoint (its pages files are rewritten afterwards), nor with
     // --leave-running: there the tree runs again before the hashing, and hashing alongside CRIU
     // would only lengthen the freeze the running job pays for (measured: ~0.2 s per GiB here).
-    follower = sinkMode || parent || args.leaveRunning ? undefined : new PagesFollower(imagesDir);
+    follower = pair || parent || args.leaveRunning ? undefined : new PagesFollower(imagesDir);
     const event = await gate.waitReady(run.done);
+    args.signal?.removeEventListener('abort', stopOnAbort);
+    if (event === 'exited' && args.signal?.aborted) {
+      await run.done.catch(() => undefined);
+      throw interrupted();
+    }
     if (event === 'exited') {
       // CRIU failed because the sink could not write (a full disk): that is the cause to report.
       const sinkErr = sinkDone && (await sinkDone.then(() => undefined, (e: unknown) => toCedanaError(e)));
       if (sinkErr?.code === 'IO_ERROR') {
         await run.done.catch(() => undefined);
+        if (target.kind === 'stream') throw new CedanaError('IO_ERROR', `streaming the image failed: ${sinkErr.message}`, { hint: 'the reader of stdout went away', cause: sinkErr });
         throw sinkErr;
       }
       await run.done; // rejects with CRIU_FAILED (CRIU resumed the tree)
@@ -206,7 +224,8 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       } else if (args.index) {
         await (await import('../image/incremental.js')).dedupeAgainstParent(imagesDir);
       }
-      const files = await checksumDir(imagesDir, known);
+      // Pages streamed into the archive are not in the directory: their entries come from the sink.
+      const files = { ...(tarOut ? sunk?.files : {}), ...(await checksumDir(imagesDir, known)) };
       const memoryBytes = pagesBytes(files);
       const manifest = makeManifest({
         criuVersion: criu.version.text, host, pid: args.pid, facts, decisions, leaveRunning: args.leaveRunning, networkLock, files, memoryBytes, shipped, parent: parentRef, gpu: gpuPlan?.manifest,
@@ -214,7 +233,9 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
       await privateFiles(imagesDir);
       if (!committed && args.signal?.aborted) throw interrupted();
-      finalized = await storeImage(target, imagesDir, args.stream, report, committed ? undefined : args.signal);
+      finalized = tarOut
+        ? await finishArchive(target, imagesDir, tarOut, report, committed ? undefined : args.signal)
+        : await storeImage(target, imagesDir, args.stream, report, committed ? undefined : args.signal);
       if (!committed && args.signal?.aborted) throw interrupted();
       finalized.memoryBytes = memoryBytes;
       // In place, and on disk, before the commit: once CRIU ends the tree, the image must already be
@@ -224,6 +245,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
         await commitImageDir(imagesDir, target.path);
       }
     } catch (e) {
+      tarOut?.stop();
       await gate.abortAndWait(run.done);
       throw e;
     }
@@ -264,6 +286,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
     // CRIU resumed the tree (or never froze it): its GPU state goes back onto the GPU.
     const gpuErr = committed ? await gpuBack : await gpu?.resume((m) => report.phase(m)).then(() => undefined, (r: unknown) => r);
     if (gpuErr) err.details.gpuNotResumed = (gpuErr as Error).message;
+    tarOut?.stop();
     if (!committed) {
       err.details.processRunning = await processExists(args.pid);
       if (target.kind === 'archive') await rm(partialArchive(target.path), { force: true });
@@ -287,6 +310,47 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
  */
 function usePageSink(target: OutputTarget, withParent: boolean): boolean {
   return target.kind === 'dir' && (process.env.CEDANA_PAGE_SINK === '1' || (withParent && incrementalThroughSink()));
+}
+
+/**
+ * Whether the pages of a dump to an archive or a stream flow from CRIU through the page sink straight
+ * into it (tar framing and BLAKE3 as they arrive, nothing written to a directory and read back).
+ * Not with --leave-running: the tree would stay frozen while the archive is written, where CRIU
+ * writing to page cache lets it go sooner and the archive is written while it runs.
+ * CEDANA_PAGE_SINK=0: never.
+ */
+function pagesIntoArchive(target: OutputTarget, leaveRunning: boolean): boolean {
+  return target.kind !== 'dir' && !leaveRunning && process.env.CEDANA_PAGE_SINK !== '0';
+}
+
+/**
+ * Ends an archive or stream whose pages went in as CRIU streamed them: the image's other files, the
+ * manifest last; an archive file is then synced and renamed into place.
+ */
+async function finishArchive(
+  target: OutputTarget,
+  imagesDir: string,
+  tar: Awaited<ReturnType<typeof openTarOut>>,
+  report: Reporter,
+  signal: AbortSignal | undefined,
+): Promise<{ bytes: number; memoryBytes: number; image: string }> {
+  const { files } = await listImageFiles(imagesDir);
+  const ordered = [...files.filter((f) => f !== MANIFEST_NAME), MANIFEST_NAME];
+  if (target.kind === 'archive') {
+    report.phase(`finishing ${target.path}`);
+    const tmp = partialArchive(target.path);
+    await abortable(writingFailures(tar.out.finish(imagesDir, ordered, true).then(() => tar.done)), signal, tar.stop);
+    await chmod(tmp, 0o600);
+    await syncTree(tmp);
+    await rename(tmp, target.path);
+    await syncDirEntry(dirname(target.path));
+    return { bytes: (await stat(target.path)).size, memoryBytes: 0, image: target.path };
+  }
+  report.phase('finishing the image stream on stdout');
+  const sent = tar.out.finish(imagesDir, ordered, false).catch((e: unknown) => {
+    throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
+  });
+  return { bytes: await abortable(sent, signal, tar.stop), memoryBytes: 0, image: '-' };
 }
 
 /** Whether an incremental dump (always to a directory) goes through the page sink: then it needs no page index. */

@@ -4,7 +4,7 @@
  * absolute paths and '..' are refused, so an archive can never write outside its directory.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Readable, Transform, type Writable } from 'node:stream';
@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { ReadEntry } from 'tar';
 import { CedanaError } from '../errors.js';
-import { createHasher } from './checksum.js';
+import { createHasher, type Hasher } from './checksum.js';
 import { isSafeRelativePath } from './manifest.js';
 
 /** Size and BLAKE3 of each file extracted, computed as its bytes went to disk (relative path → digest). */
@@ -267,6 +267,82 @@ export async function unpackImage(src: Readable, dest: string, opts: { path?: st
   let entries = 0;
   /** Entries being written: a failure elsewhere ends them, so nothing is written after unpackImage returns. */
   const active = new Set<ReadEntry>();
+  /** Files arriving in parts (PARTS_DIR): each part appended in order, hashed as one file. */
+  const joined = new Map<string, { next: number; chain: Promise<void>; out?: WriteStream; hasher: Hasher; size: number }>();
+  const joinPart = (entry: ReadEntry, name: string, k: number, fail: (e: Error) => void, failFs: (e: NodeJS.ErrnoException) => void): void => {
+    if (!isSafeRelativePath(name) || name.startsWith(`${PARTS_DIR}/`)) return fail(unsafe(entry.path, 'a part of an unsafe file name'));
+    let st = joined.get(name);
+    if (!st) {
+      if (k !== 0) return fail(unsafe(entry.path, 'a part before the first part of its file'));
+      const conflict = claim(name, false);
+      if (conflict) return fail(unsafe(entry.path, conflict));
+      const s: { next: number; chain: Promise<void>; out?: WriteStream; hasher: Hasher; size: number } = { next: 0, chain: Promise.resolve(), hasher: createHasher('blake3'), size: 0 };
+      s.chain = (async () => {
+        await mkdir(name.includes('/') ? join(dest, name.slice(0, name.lastIndexOf('/'))) : dest, { recursive: true, mode: 0o700 });
+        s.out = createWriteStream(join(dest, name), { flags: 'wx', mode: 0o600, highWaterMark: WRITE_BUFFER });
+        s.out.on('error', () => undefined); // seen by the part being written (out.errored), or the close
+      })();
+      joined.set(name, s);
+      st = s;
+    }
+    if (k !== st.next) return fail(unsafe(entry.path, `part ${k} of ${name} where part ${st.next} was due`));
+    st.next++;
+    const s = st;
+    active.add(entry);
+    s.chain = s.chain.then(
+      async () => {
+        const out = s.out!;
+        // Its data as it comes (Minipass: 'end' once all of it was emitted), paused while the file catches up.
+        await new Promise<void>((resolve, reject) => {
+          const e = entry as unknown as NodeJS.EventEmitter & { pause(): void; resume(): void };
+          const failed = (): boolean => {
+            if (!out.errored && !out.destroyed) return false;
+            reject(out.errored ?? new Error('the file was closed'));
+            e.resume(); // the rest of this part is read and dropped: the archive reads on
+            return true;
+          };
+          if (failed()) return;
+          e.on('data', (chunk: Buffer) => {
+            s.hasher.update(chunk);
+            s.size += chunk.length;
+            if (!out.write(chunk) && !failed()) {
+              e.pause();
+              const onErr = (): void => {
+                out.off('drain', go);
+                failed();
+              };
+              const go = (): void => {
+                out.off('error', onErr);
+                e.resume();
+              };
+              out.once('drain', go);
+              out.once('error', onErr);
+            }
+          });
+          e.once('end', resolve);
+          e.once('error', reject);
+        });
+      },
+      (e: unknown) => {
+        entry.resume(); // an earlier part failed: this one is skipped, the archive read on
+        throw e;
+      },
+    );
+    const step = s.chain.catch(failFs).finally(() => active.delete(entry));
+    writes.push(step);
+  };
+  /** Closes the files that arrived in parts, with their digests. */
+  const closeJoined = async (): Promise<void> => {
+    for (const [name, s] of joined) {
+      await s.chain;
+      const out = s.out!;
+      await new Promise<void>((resolve, reject) => {
+        out.once('error', reject);
+        out.end(() => resolve());
+      });
+      digests.set(name, { size: s.size, blake3: s.hasher.hex() });
+    }
+  };
   const parser = new Parser({
     strict: true,
     onReadEntry: (entry: ReadEntry) => {
@@ -291,6 +367,8 @@ export async function unpackImage(src: Readable, dest: string, opts: { path?: st
         const to = entry.linkpath ? ` → ${entry.linkpath}` : '';
         return fail(unsafe(`${entry.path}${to}`, `${entry.type} entries are not allowed (only regular files)`));
       }
+      const part = entry.type === 'Directory' ? null : PART_RE.exec(p);
+      if (part) return joinPart(entry, part[1]!, Number(part[2]), fail, failFs);
       // Names are claimed here, in archive order, before any file system call: a conflict is found
       // the same way whatever order the asynchronous writes would have happened in.
       const conflict = claim(p, entry.type === 'Directory');
@@ -343,10 +421,12 @@ export async function unpackImage(src: Readable, dest: string, opts: { path?: st
     }
     // Bounded: the writes end once their entries did, but a stuck one must not hold the error back.
     await Promise.race([Promise.allSettled(writes), sleep(2000)]);
+    for (const s of joined.values()) s.out?.destroy();
     throw err;
   }
   await Promise.all(writes);
   if (failure) throw failure;
+  await closeJoined();
   if (entries === 0) throw new CedanaError('IMAGE_INVALID', 'archive is empty or not a tar archive', { hint: 'give a cedana image directory or archive' });
   return digests;
 }
@@ -373,4 +453,138 @@ async function peek(src: Readable, n: number): Promise<{ bytes: Buffer; stream: 
     }
   }
   return { bytes: first, stream: Readable.from(rest(), { objectMode: false }) };
+}
+
+/**
+ * Where a file's data is cut into parts (an archive written while CRIU streams the pages: tar needs
+ * an entry's size before its data, and a pages file's size is known only at its end). Part k of
+ * `name` is the entry `.cedana-parts/<name>/<k, 8 digits>`; cedana's extraction joins them into
+ * `name`, in order, and hashes the joined file. With other tools: `cat .cedana-parts/NAME/* > NAME`.
+ */
+export const PARTS_DIR = '.cedana-parts';
+const PART_RE = new RegExp(`^${PARTS_DIR.replace('.', '\\.')}/(.+)/(\\d{8})$`);
+
+/** A ustar header of a regular file (0600, owner 0, mtime now). Names of parts are short: no long-name records. Pure but for the clock. */
+export function tarFileHeader(name: string, size: number, mtimeS = Math.floor(Date.now() / 1000)): Buffer {
+  if (Buffer.byteLength(name) > 100) throw new CedanaError('INTERNAL', `tar part name too long: ${name}`);
+  const h = Buffer.alloc(512);
+  const put = (text: string, off: number, len: number): void => void h.write(text, off, len, 'latin1');
+  const octal = (n: number, len: number): string => `${n.toString(8).padStart(len - 1, '0')}\0`;
+  put(name, 0, 100);
+  put(octal(0o600, 8), 100, 8);
+  put(octal(0, 8), 108, 8);
+  put(octal(0, 8), 116, 8);
+  put(octal(size, 12), 124, 12);
+  put(octal(mtimeS, 12), 136, 12);
+  put('        ', 148, 8); // the checksum field counts as spaces while summing
+  put('0', 156, 1);
+  put('ustar\0', 257, 6);
+  put('00', 263, 2);
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += h[i]!;
+  put(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8);
+  return h;
+}
+
+const ZERO_BLOCK = Buffer.alloc(512);
+
+/**
+ * An image archive or stream written as the dump goes: page data first, as parts handed in while
+ * CRIU streams them (see PARTS_DIR), then the image's other files and the manifest, last. The tar
+ * bytes go into `sink` (zstd's stdin, gzip, a file, stdout).
+ */
+export class TarOut {
+  private bytes = 0;
+  private readonly seq = new Map<string, number>();
+  private failed: Error | undefined;
+
+  constructor(private readonly sink: Writable, private readonly failure: () => Promise<Error | undefined>) {
+    sink.on('error', (e: Error) => (this.failed ??= e));
+  }
+
+  /** Bytes of tar written so far. */
+  get written(): number {
+    return this.bytes;
+  }
+
+  /**
+   * The next part of `name`: resolves once `data` was handed on (its buffer may then be reused);
+   * rejects when the output failed, with the cause (zstd's error, a full disk) where known.
+   */
+  async part(name: string, data: Buffer): Promise<void> {
+    const k = this.seq.get(name) ?? 0;
+    this.seq.set(name, k + 1);
+    const pad = (512 - (data.length % 512)) % 512;
+    this.push(tarFileHeader(`${PARTS_DIR}/${name}/${String(k).padStart(8, '0')}`, data.length));
+    const written = new Promise<void>((resolve, reject) => {
+      this.sink.write(data, (e) => (e ? reject(e) : resolve()));
+    });
+    this.bytes += data.length;
+    if (pad) this.push(ZERO_BLOCK.subarray(0, pad));
+    await written.catch(async (e: unknown) => {
+      throw (await this.failure()) ?? this.failed ?? e;
+    });
+  }
+
+  private push(b: Buffer): void {
+    this.sink.write(b);
+    this.bytes += b.length;
+  }
+
+  /** The files of `dir` (in that order: the manifest last) and the archive's end; `end`: end the sink after (not stdout). */
+  async finish(dir: string, files: string[], end: boolean): Promise<number> {
+    const tarStream = await tarOf(dir, files);
+    const counting = new Transform({
+      transform: (chunk: Buffer, _e, cb) => {
+        this.bytes += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    try {
+      await Promise.all([pipeline(tarStream, counting), pump(counting, this.sink, end)]);
+      // stdout stays open: wait until what was written has been handed on.
+      if (!end) await new Promise<void>((resolve, reject) => this.sink.write(Buffer.alloc(0), (e) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      throw (await this.failure()) ?? e;
+    }
+    return this.bytes;
+  }
+}
+
+/**
+ * Opens the tar output of a dump whose pages stream into it: an archive file at `path` (created
+ * 0600; zstd writes it itself) or `stream` (stdout, left open). `done` settles once the archive file
+ * is complete (zstd exited); `stop()` tears it down.
+ */
+export async function openTarOut(to: { path: string; compression: Compression } | { stream: Writable }): Promise<{ out: TarOut; done: Promise<void>; stop: () => void }> {
+  if ('stream' in to) {
+    const out = new TarOut(to.stream, async () => undefined);
+    return { out, done: Promise.resolve(), stop: () => to.stream.destroy() };
+  }
+  if (to.compression === 'zstd') {
+    const fh = await open(to.path, 'w', 0o600);
+    let z: ReturnType<typeof zstdProcess>;
+    try {
+      z = zstdProcess(ZSTD_WRITE, { stdout: fh.fd }, 'IO_ERROR');
+    } finally {
+      await fh.close(); // zstd has its own copy
+    }
+    z.done.catch(() => undefined);
+    // zstd's own error (a full disk) says more than the broken pipe it leaves us: give it a moment to exit.
+    const failure = (): Promise<Error | undefined> => Promise.race([z.done.then(() => undefined, (e: Error) => e), sleep(2000).then(() => undefined)]);
+    return { out: new TarOut(z.input!, failure), done: z.done, stop: () => void z.child.kill('SIGKILL') };
+  }
+  const file = createWriteStream(to.path, { mode: 0o600, flags: 'w', highWaterMark: WRITE_BUFFER });
+  const closed = new Promise<void>((resolve, reject) => {
+    file.on('close', resolve);
+    file.on('error', reject);
+  });
+  closed.catch(() => undefined);
+  const failure = (): Promise<Error | undefined> => Promise.race([closed.then(() => undefined, (e: Error) => e), sleep(2000).then(() => undefined)]);
+  if (to.compression === 'gzip') {
+    const gz = createGzip({ level: 3 });
+    pipeline(gz, file).catch(() => undefined);
+    return { out: new TarOut(gz, failure), done: closed, stop: () => void gz.destroy() };
+  }
+  return { out: new TarOut(file, failure), done: closed, stop: () => void file.destroy() };
 }

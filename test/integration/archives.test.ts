@@ -34,6 +34,35 @@ describe('archives and streams', () => {
     });
   }
 
+  it('the pages stream from CRIU into the archive as parts; with --leave-running (or CEDANA_PAGE_SINK=0) CRIU writes them and they go in whole', async () => {
+    const { dir, state, pid } = await startCounter();
+    const entries = (archive: string): string[] => execFileSync('tar', ['-tf', archive], { encoding: 'utf8' }).trim().split('\n');
+    const kept = join(dir, 'kept.tar');
+    await cedanaOk(['dump', String(pid), '-o', kept, '--leave-running']);
+    expect(entries(kept).filter((n) => /pages-\d+\.img/.test(n))).toEqual(['pages-1.img']);
+    const old = join(dir, 'old.tar');
+    await cedanaOk(['dump', String(pid), '-o', old, '--leave-running'], { env: { CEDANA_PAGE_SINK: '0' } });
+    expect(entries(old).filter((n) => /pages-\d+\.img/.test(n))).toEqual(['pages-1.img']);
+    const streamed = join(dir, 'streamed.tar');
+    const d = await cedanaOk(['dump', String(pid), '-o', streamed]);
+    const names = entries(streamed);
+    expect(names.filter((n) => /^pages-/.test(n))).toEqual([]);
+    expect(names.filter((n) => n.startsWith('.cedana-parts/'))).toContain('.cedana-parts/pages-65537.img/00000000');
+    expect(names.at(-1)).toBe('cedana.json'); // the manifest last: it names the parts' files, known only once they are in
+    expect(d.memoryBytes).toBeGreaterThan(0);
+    await waitGone(pid);
+    // Both kinds restore: the streamed one, then (the process ended again) the one CRIU wrote.
+    for (const archive of [streamed, kept]) {
+      const at = count(state);
+      const r = await cedanaOk(['restore', archive]);
+      owned.own(r.pid);
+      expect(r.pid).toBe(pid);
+      await expectCarriesOn(state, at);
+      process.kill(pid, 'SIGKILL');
+      await waitGone(pid);
+    }
+  });
+
   it('streams `dump -o -` into `restore -` through a pipe', async () => {
     const { state, pid } = await startCounter();
     // The JSON of the dump goes to stderr, because stdout carries the image.
@@ -62,7 +91,16 @@ describe('archives and streams', () => {
     mkdirSync(byPipe);
     execFileSync('tar', ['--zstd', '-xf', archive, '-C', byTar]);
     execFileSync('sh', ['-c', `zstd -d -q -c "${archive}" | tar -x -C "${byPipe}"`]);
+    // The pages went in as CRIU streamed them, in parts: joined by the README's one line, they are
+    // the pages images (what cedana's own extraction makes of them, checked against the manifest below).
+    for (const d of [byTar, byPipe]) {
+      expect(readdirSync(join(d, '.cedana-parts')).some((n) => /^pages-\d+\.img$/.test(n))).toBe(true);
+      execFileSync('sh', ['-c', 'for d in .cedana-parts/*/; do cat "$d"* > "$(basename "$d")"; done && rm -r .cedana-parts'], { cwd: d });
+    }
+    const manifest = JSON.parse(readFileSync(join(byTar, 'cedana.json'), 'utf8')) as { files: Record<string, { size: number }> };
     const names = readdirSync(byTar).sort();
+    expect(names).toEqual(['cedana.json', ...Object.keys(manifest.files)].sort());
+    for (const n of Object.keys(manifest.files)) expect(statSync(join(byTar, n)).size, n).toBe(manifest.files[n]!.size);
     expect(names[0] === 'cedana.json' || names.includes('cedana.json')).toBe(true);
     expect(names.some((n) => /^pages-\d+\.img$/.test(n))).toBe(true);
     expect(readdirSync(byPipe).sort()).toEqual(names);
@@ -83,9 +121,9 @@ describe('archives and streams', () => {
     await cedanaOk(['dump', String(pid), '-o', archive]);
     await waitGone(pid);
     const before = readFileSync(state, 'utf8');
-    // One byte flipped inside the pages image's data (after the tar header that names it).
+    // One byte flipped inside the pages image's data (after the tar header of its first part).
     const tarBytes = readFileSync(archive);
-    const at = tarBytes.indexOf(Buffer.from('pages-1.img\0'));
+    const at = tarBytes.indexOf(Buffer.from('.cedana-parts/pages-'));
     expect(at).toBeGreaterThanOrEqual(0);
     const size = parseInt(tarBytes.subarray(at + 124, at + 136).toString('latin1').replace(/\0.*$/, '').trim(), 8);
     expect(size).toBeGreaterThan(4096);
@@ -97,7 +135,7 @@ describe('archives and streams', () => {
     const t = await cedana(['restore', bad, '--json']);
     expect(t.exitCode, t.stderr).toBe(9);
     expect(t.json!.error.code).toBe('IMAGE_INVALID');
-    expect(t.json!.error.message).toMatch(/pages-1\.img \(checksum mismatch\)/);
+    expect(t.json!.error.message).toMatch(/pages-\d+\.img \(checksum mismatch\)/);
     // Through stdin too.
     const s = await execa('sh', ['-c', `node ${BIN} restore - --json < "${bad}"`], { reject: false, env: { NO_COLOR: '1' } });
     expect(s.exitCode).toBe(9);

@@ -20,6 +20,7 @@ import { encodeImage, type ImageEntry } from '../../image/criu/codec.js';
 import { IMG_COMMON, MAGICS } from '../../image/criu/kinds.js';
 import type { FileEntry } from '../../image/manifest.js';
 import type { ParentPages } from '../../image/parent-pages.js';
+import type { TarOut } from '../../image/archive.js';
 import { touchesRange } from '../../proc/maps.js';
 import {
   addFlags, decodeDstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_OPEN2, PS_TYPE_PID, PS_TYPE_SHMEM, PsDecoder, ProtocolError, type PsEvent, type PsHeader,
@@ -36,6 +37,11 @@ export interface SinkOptions {
   against?: ParentPages;
   /** Per process (as CRIU names it): address ranges [start, end) never to leave in the parent (hugetlb: CRIU restores those from the top image only). */
   keepWhole?: Map<number, [number, number][]>;
+  /**
+   * The pages files go into this archive or stream as they arrive (in parts), not into `dir`; the
+   * pagemaps, small, are still written to `dir` (they follow with the image's other files).
+   */
+  archive?: TarOut;
 }
 
 export interface SinkResult {
@@ -61,12 +67,12 @@ class Xfer {
   private inflight: Promise<void> | undefined;
   private run: { vaddr: number; n: number; flags: number } | undefined;
 
-  constructor(readonly dstId: bigint, readonly pagemapName: string, readonly pagesName: string, pagesId: number, readonly pid: number | undefined) {
+  constructor(readonly dstId: bigint, readonly pagemapName: string, readonly pagesName: string, pagesId: number, readonly pid: number | undefined, private readonly archive?: TarOut) {
     this.head = { type: 'pagemap_head', value: { pages_id: pagesId } };
   }
 
   async open(dir: string): Promise<void> {
-    this.fh = await open(join(dir, this.pagesName), 'wx', 0o600);
+    if (!this.archive) this.fh = await open(join(dir, this.pagesName), 'wx', 0o600);
   }
 
   /** A pagemap entry as CRIU's page server writes one: for each command, or for each run of pages of one fate. */
@@ -124,7 +130,7 @@ class Xfer {
       return w.then(() => this.flush());
     }
     const full = this.stage.subarray(0, this.staged);
-    this.inflight = writeAll(this.fh!, full);
+    this.inflight = this.archive ? this.archive.part(this.pagesName, full) : writeAll(this.fh!, full);
     this.inflight.catch(() => undefined); // observed by the next flush or by finish()
     [this.stage, this.spare] = [this.spare, this.stage];
     this.staged = 0;
@@ -143,7 +149,9 @@ class Xfer {
   async finish(dir: string): Promise<Record<string, FileEntry>> {
     this.closeRun();
     await this.drain();
-    await this.fh!.close();
+    // An empty pages file is still a file of the image: one empty part makes it there.
+    if (this.archive && this.size === 0) await this.archive.part(this.pagesName, Buffer.alloc(0));
+    await this.fh?.close();
     this.fh = undefined;
     const pm = this.pagemap();
     await writeFile(join(dir, this.pagemapName), pm, { mode: 0o600, flag: 'wx' });
@@ -266,7 +274,7 @@ export async function servePageSink(src: PageSource | Duplex, opts: SinkOptions)
       if (type !== PS_TYPE_PID && type !== PS_TYPE_SHMEM) throw new ProtocolError(`unknown pagemap type ${type}`);
       const pagesId = nextId++;
       const name = type === PS_TYPE_PID ? `pagemap-${id}.img` : `pagemap-shmem-${id}.img`;
-      cur = new Xfer(h.dstId, name, `pages-${pagesId}.img`, pagesId, type === PS_TYPE_PID ? id : undefined);
+      cur = new Xfer(h.dstId, name, `pages-${pagesId}.img`, pagesId, type === PS_TYPE_PID ? id : undefined, opts.archive);
       await cur.open(opts.dir);
       await source.write(Buffer.from([0])); // has_parent: no (cedana keeps the parent itself)
       return;

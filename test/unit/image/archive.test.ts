@@ -519,3 +519,64 @@ describe('sniffCompression', () => {
     expect(sniffCompression(Buffer.alloc(0))).toBe('none');
   });
 });
+
+// ---- files in parts (pages streamed into an archive) ------------------------------------------
+
+describe('files that arrive in parts (.cedana-parts/NAME/K, written as CRIU streams the pages)', () => {
+  const part = (name: string, k: number, body: Buffer | string): Entry => ({ path: `.cedana-parts/${name}/${String(k).padStart(8, '0')}`, body });
+  const bytes = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) % 256));
+
+  it('are joined in order into the file, hashed as one (and an empty first part makes an empty file)', async () => {
+    const a = bytes(70_000, 1);
+    const b = bytes(513, 2);
+    const c = bytes(4096, 3);
+    const digests = await unpackImage(Readable.from([tarOf([part('pages-65537.img', 0, a), part('pages-65537.img', 1, b), part('sub/x.img', 0, ''), part('pages-65537.img', 2, c), ...good()])]), dest);
+    expect(await tree(dest)).toEqual(['cedana.json', 'inventory.img', 'pages-65537.img', 'sub', 'sub/x.img']);
+    const joined = Buffer.concat([a, b, c]);
+    expect(await readFile(join(dest, 'pages-65537.img'))).toEqual(joined);
+    expect(digests.get('pages-65537.img')).toEqual({ size: joined.length, blake3: await blake3File(join(dest, 'pages-65537.img')) });
+    expect(digests.get('sub/x.img')).toMatchObject({ size: 0 });
+    expect((await stat(join(dest, 'pages-65537.img'))).mode & 0o777).toBe(0o600);
+  });
+
+  it('written by TarOut, through zstd into a file, read back the same', async () => {
+    const { openTarOut } = await import('../../../src/image/archive.js');
+    const src = join(root, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'inventory.img'), 'inv');
+    await writeFile(join(src, 'cedana.json'), '{}');
+    const path = join(root, 'a.tar.zst');
+    const t = await openTarOut({ path, compression: 'zstd' });
+    const chunks = [bytes(1 << 20, 5), bytes(12_345, 6)];
+    for (const c of chunks) await t.out.part('pages-65537.img', Buffer.from(c));
+    const n = await t.out.finish(src, ['inventory.img', 'cedana.json'], true);
+    await t.done;
+    expect(n).toBeGreaterThan((1 << 20) + 12_345);
+    const digests = await unpackImage(createReadStream(path), dest, { path });
+    expect(await readFile(join(dest, 'pages-65537.img'))).toEqual(Buffer.concat(chunks));
+    expect(await readFile(join(dest, 'inventory.img'), 'utf8')).toBe('inv');
+    expect([...digests.keys()].sort()).toEqual(['cedana.json', 'inventory.img', 'pages-65537.img']);
+  });
+
+  it('a part out of order, a part before the first, a part of a file also given whole, a part of an unsafe name: refused', async () => {
+    let e = await refusal(tarOf([part('pages-1.img', 0, 'a'), part('pages-1.img', 2, 'c'), ...good()]));
+    expect(e.message).toMatch(/part 2 of pages-1\.img where part 1 was due/);
+    await rm(dest, { recursive: true });
+    await mkdir(dest);
+    e = await refusal(tarOf([part('pages-1.img', 1, 'b'), ...good()]));
+    expect(e.message).toMatch(/before the first part/);
+    await rm(dest, { recursive: true });
+    await mkdir(dest);
+    e = await refusal(tarOf([...good(), part('inventory.img', 0, 'x')]));
+    expect(e.message).toMatch(/duplicate entry/);
+    expect(await readFile(join(dest, 'inventory.img'))).toEqual(Buffer.from([1, 2, 3, 4]));
+    await rm(dest, { recursive: true });
+    await mkdir(dest);
+    e = await refusal(tarOf([part('pages-1.img', 0, 'a'), ...good(), { path: 'pages-1.img', body: 'whole' }]));
+    expect(e.message).toMatch(/duplicate entry/);
+    await rm(dest, { recursive: true });
+    await mkdir(dest);
+    await refusal(tarOf([part('.cedana-parts/x', 0, 'a'), ...good()]));
+    await expectContained();
+  });
+});

@@ -70,6 +70,8 @@ export interface SizeSamples {
   mib: number;
   naive: NaiveRep[];
   cedana: CedanaRep[];
+  /** cedana migrate --precopy (by content where the kernel has no soft-dirty). */
+  precopy: CedanaRep[];
   /** cedana migrate --postcopy (empty when not measured). */
   postcopy: CedanaRep[];
 }
@@ -83,6 +85,10 @@ export interface MigrateSamples {
 const GOAL_MIGRATE: Goal = { on: 'ratio', op: '<=', limit: 0.4 };
 /** Post-copy: the tree runs on the target within a tenth of stop-and-copy's downtime. */
 const GOAL_POSTCOPY: Goal = { on: 'ratio', op: '<=', limit: 0.1 };
+/** Pre-copy: downtime ≤ 0.25× the route by hand, ≤ 0.5× cedana's own stop-and-copy; total ≤ 0.6× by hand. */
+const GOAL_PRECOPY_NAIVE: Goal = { on: 'ratio', op: '<=', limit: 0.25 };
+const GOAL_PRECOPY_STOP: Goal = { on: 'ratio', op: '<=', limit: 0.5 };
+const GOAL_PRECOPY_TOTAL: Goal = { on: 'ratio', op: '<=', limit: 0.6 };
 /** cedana streams the memory: its own RSS stays bounded whatever the process size. */
 const GOAL_RSS: Goal = { on: 'value', op: '<', limit: 200 };
 
@@ -211,11 +217,12 @@ export async function migrateRounds(m: MigrateCtx): Promise<MigrateSamples> {
   await round(m, 64, (fx) => cedanaRound(m, fx), cedanaPid);
   const sizes: SizeSamples[] = [];
   for (const mib of m.cfg.sizesMib) {
-    const s: SizeSamples = { mib, naive: [], cedana: [], postcopy: [] };
+    const s: SizeSamples = { mib, naive: [], cedana: [], precopy: [], postcopy: [] };
     for (let i = 0; i < m.cfg.reps; i++) {
       m.progress(`${i + 1}/${m.cfg.reps} migrate ${mib} MiB: naive (criu dump, tar | ssh, ssh criu restore), cedana migrate${m.cfg.postcopy ? ', cedana migrate --postcopy' : ''}`);
       s.naive.push(await round(m, mib, (fx) => naiveRound(m, fx, `${mib}-${i}`), naivePid));
-      s.cedana.push(await round(m, mib, (fx) => cedanaRound(m, fx), cedanaPid));
+      s.cedana.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--no-precopy']), cedanaPid));
+      s.precopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--precopy']), cedanaPid));
       if (m.cfg.postcopy) s.postcopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--postcopy', '--min-throughput', '1']), cedanaPid));
     }
     sizes.push(s);
@@ -231,6 +238,14 @@ export function migrateRows(s: MigrateSamples): Row[] {
     { name: `migrate ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.cedana, (r) => r.wallMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
     { name: `migrate ${z.mib} MiB: bytes sent`, unit: 'MB', value: med(z.cedana, (r) => r.result.bytesSent) / MB, baseline: med(z.naive, (r) => r.tarBytes) / MB, baselineLabel: 'naive tar' },
     { name: `migrate ${z.mib} MiB: cedana peak RSS`, unit: 'MB', value: med(z.cedana, (r) => r.peakRssBytes) / MB, goal: GOAL_RSS },
+    ...(z.precopy.length > 0
+      ? ([
+          { name: `precopy ${z.mib} MiB: downtime`, unit: 'ms', value: med(z.precopy, (r) => r.result.downtimeMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_PRECOPY_NAIVE },
+          { name: `precopy ${z.mib} MiB: downtime vs stop-and-copy`, unit: 'ms', value: med(z.precopy, (r) => r.result.downtimeMs), baseline: med(z.cedana, (r) => r.result.downtimeMs), baselineLabel: 'cedana --no-precopy', goal: GOAL_PRECOPY_STOP },
+          { name: `precopy ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.precopy, (r) => r.wallMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_PRECOPY_TOTAL },
+          { name: `precopy ${z.mib} MiB: cedana peak RSS`, unit: 'MB', value: med(z.precopy, (r) => r.peakRssBytes) / MB, goal: GOAL_RSS },
+        ] satisfies Row[])
+      : []),
     ...(z.postcopy.length > 0
       ? ([
           { name: `postcopy ${z.mib} MiB: time to running`, unit: 'ms', value: med(z.postcopy, (r) => r.result.downtimeMs), baseline: med(z.cedana, (r) => r.result.downtimeMs), baselineLabel: 'stop-and-copy downtime', goal: GOAL_POSTCOPY },
@@ -256,6 +271,10 @@ export function renderMigrateBreakdown(s: MigrateSamples): string {
         `+ Node start/exit ${ms(med(z.cedana, (r) => r.wallMs - r.result.durationMs))}; downtime ${ms(med(z.cedana, (r) => r.result.downtimeMs))}`,
     );
     if (parts.length) lines.push(`           phases: ${parts.join('; ')}`);
+    if (z.precopy.length > 0) {
+      const pr = z.precopy.map((r) => `${r.result.precopy?.rounds.map((x) => x.pagesWritten).join('/') ?? '—'} then ${r.result.precopy?.finalPagesWritten ?? '—'} frozen`);
+      lines.push(`  ${z.mib} MiB --precopy: downtime ${ms(med(z.precopy, (r) => r.result.downtimeMs))}, wall ${ms(med(z.precopy, (r) => r.wallMs))}; pages per round: ${pr.join('; ')}`);
+    }
   }
   return lines.join('\n');
 }

@@ -256,7 +256,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--file-locks', 'migrate file locks (automatic when the tree holds some)')
     .option('--map-path <OLD=NEW>', 'on the target, files under OLD (open, mapped, working directory) are used from NEW; repeatable', collectPathMap, [] as PathMap[])
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW on the target; repeatable', collectPortMap, [] as PortMap[])
-    .addOption(new Option('--precopy', 'pre-copy: rounds of memory sent while the tree runs, then only what changed while frozen (default where the kernel tracks dirty pages; an error where it does not)'))
+    .addOption(new Option('--precopy', 'pre-copy: rounds of memory sent while the tree runs, then only what changed while frozen (default where the kernel tracks dirty pages, with CRIU\'s rounds; where it does not, as on arm64, cedana compares page contents)'))
     .addOption(new Option('--no-precopy', 'never pre-copy (stop-and-copy)'))
     .option('--max-rounds <n>', 'pre-copy: at most this many rounds (default 8)', parseCount)
     .option('--postcopy', 'post-copy: the tree runs on the target at once and its memory follows on demand (CRIU lazy pages). The source is ended as soon as the target runs: if the link breaks after that, the process is LOST. Refused on a link slower than --min-throughput')

@@ -51,6 +51,10 @@ import type { TcpSocket } from '../proc/sockets.js';
 import { describeLock } from '../proc/locks.js';
 import { expectedLocksFile, imageLocks, LOCK_CHECK_SCRIPT } from '../image/file-locks.js';
 import { privateTempDir } from '../util/paths.js';
+import type { Duplex } from 'node:stream';
+import type { PageSource } from '../criu/page-server/source.js';
+import type { ProxyResult } from '../migrate/precopy/proxy.js';
+import type { RoundPages, TreeRoundResult } from '../migrate/precopy/round.js';
 import { CudaCheckpoint, deviceMapArg, GpuSuspension, planGpuRestore, resumeRestored } from '../gpu/cuda.js';
 import { remoteGpuHost, sshExec } from '../gpu/remote.js';
 import { DEFAULT_GPU_LOCK_TIMEOUT_MS, planGpu, type GpuPlan } from './dump.js';
@@ -194,7 +198,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     const prep = await prepare({ args, session, work, report, criu, networkLock }, state);
     if (args.signal?.aborted) throw interrupted();
     state.remote = await makeRemoteDir(session, args.targetDir);
-    const pre = precopy ? await precopyRounds(prep, state) : undefined;
+    const pre = precopy === 'content' ? await precopyRoundsByContent(prep, state) : precopy ? await precopyRounds(prep, state) : undefined;
     // GPU memory cannot be pre-copied: it is moved into host memory just before the final freeze.
     if (prep.gpu) {
       state.gpu = await GpuSuspension.suspend(prep.gpu.plan.cc, prep.gpu.plan.pids, {
@@ -359,20 +363,16 @@ async function prepare(
  * Pre-copy when asked, or by default where the kernel tracks dirty pages (soft-dirty); an explicit
  * --precopy without it is an error that says what to use instead.
  */
-async function choosePrecopy(args: MigrateArgs, criu: Criu): Promise<boolean> {
-  if (args.precopy === false) return false;
+async function choosePrecopy(args: MigrateArgs, criu: Criu): Promise<PrecopyMode | undefined> {
+  if (args.precopy === false) return undefined;
   if (args.postcopy) {
     if (args.precopy) throw new CedanaError('USAGE', '--precopy and --postcopy do not go together', { hint: 'choose one' });
-    return false;
+    return undefined;
   }
   const r = await criuFeature(criu, 'mem_dirty_track');
-  if (r.ok) return true;
-  if (args.precopy) {
-    throw new CedanaError('HOST_UNSUPPORTED', 'pre-copy needs the kernel to track dirty pages (soft-dirty, CONFIG_MEM_SOFT_DIRTY), which this kernel lacks: `criu check --feature mem_dirty_track` fails', {
-      hint: 'use --postcopy (the tree runs on the target at once, its memory follows), or the default stop-and-copy',
-    });
-  }
-  return false;
+  if (r.ok) return 'criu';
+  // No soft-dirty (this kernel, every arm64 one): pre-copy compares page contents instead, when asked.
+  return args.precopy ? 'content' : undefined;
 }
 
 /**
@@ -400,11 +400,74 @@ export function precopyStop(rounds: Pick<PrecopyRound, 'pagesWritten'>[], maxRou
 const PRECOPY_SMALL_ROUND = 64;
 
 /**
+ * How pre-copy finds what changed: `criu` (its pre-dump rounds with the kernel's soft-dirty bits,
+ * `--track-mem`) or `content` (cedana reads the memory of the running tree and compares each page's
+ * hash with the last round's; no kernel feature needed).
+ */
+export type PrecopyMode = 'criu' | 'content';
+
+/** What the rounds left on the target: the last round's directory, and (by content) the pages it holds, by process as CRIU names it. */
+interface PrecopyDone {
+  prev: string;
+  rounds: PrecopyRound[];
+  held?: Map<number, RoundPages>;
+}
+
+/**
+ * Pre-copy by content: rounds while the tree runs, each into a stock `criu page-server` on the target
+ * (the previous round its --prev-images-dir) with cedana as its client: round 1 sends every present
+ * page; each later one only the pages whose hash changed, PE_PARENT for the rest (round.ts). Stops
+ * by precopyStop. The final dump then goes through cedana's proxy (stopAndCopy).
+ */
+async function precopyRoundsByContent(p: Prepared, state: Progress): Promise<PrecopyDone> {
+  const { args, session, report } = p;
+  const remote = state.remote!;
+  const maxRounds = args.maxRounds ?? 8;
+  const pids = p.facts.processes.map((x) => x.pid);
+  const { PageServerClient } = await import('../criu/page-server/client.js');
+  const { sendTreeRound } = await import('../migrate/precopy/round.js');
+  const { heldPages } = await import('../migrate/precopy/proxy.js');
+  const rounds: PrecopyRound[] = [];
+  let last: TreeRoundResult | undefined;
+  for (let n = 1; ; n++) {
+    if (args.signal?.aborted) throw interrupted();
+    const into = `pre-${n}`;
+    const port = await startPageServer(session, remote, { into, prev: n > 1 ? `pre-${n - 1}` : undefined });
+    const ch = await session.forwardOut('127.0.0.1', port);
+    const client = new PageServerClient(ch);
+    const t0 = performance.now();
+    report.phase(`pre-copy round ${n}: reading the memory of the running tree and sending ${n === 1 ? 'it' : 'what changed'}`);
+    const ticker = progressTicker(report, () => client.bytesSent, n === 1 ? p.dumpBytes : 0);
+    const onAbort = (): void => client.abort();
+    args.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const prev = last ? new Map([...last.byPid].map(([pid, r]) => [pid, r.pages])) : undefined;
+      last = await Promise.race([sendTreeRound(pids, client, { prev }), session.lost()]);
+    } catch (e) {
+      client.abort();
+      throw args.signal?.aborted ? interrupted() : e;
+    } finally {
+      clearInterval(ticker);
+      args.signal?.removeEventListener('abort', onAbort);
+    }
+    const r: PrecopyRound = { round: n, pagesWritten: last.pagesSent, pagesSkippedParent: last.pagesUnchanged, frozenMs: 0, durationMs: Math.round(performance.now() - t0) };
+    rounds.push(r);
+    const mbps = r.durationMs > 0 ? last.bytesSent / 1e6 / (r.durationMs / 1000) : 0;
+    report.phase(`pre-copy round ${n}: ${r.pagesWritten} pages sent (${(r.pagesWritten / 256).toFixed(1)} MiB, ${mbps.toFixed(0)} MB/s), ${r.pagesSkippedParent} unchanged, never frozen`);
+    const why = precopyStop(rounds, maxRounds);
+    if (why) {
+      p.decisions.notes.push(`pre-copy by content: ${rounds.length} round(s) while the tree ran (no soft-dirty here: pages compared by hash); stopped: ${why}`);
+      return { prev: into, rounds, held: await heldPages(last) };
+    }
+  }
+}
+
+/**
  * Pre-copy: rounds of `criu pre-dump --track-mem` while the tree runs (each freezes it only to
  * collect what changed), streamed to a page server on the target, each round the parent of the
  * next; stops by precopyStop. The final dump then sends only the pages changed since.
  */
-async function precopyRounds(p: Prepared, state: Progress): Promise<{ prev: string; rounds: PrecopyRound[] }> {
+async function precopyRounds(p: Prepared, state: Progress): Promise<PrecopyDone> {
   const { args, session, work, report } = p;
   const remote = state.remote!;
   const maxRounds = args.maxRounds ?? 8;
@@ -458,6 +521,35 @@ async function precopyRounds(p: Prepared, state: Progress): Promise<{ prev: stri
       return { prev: into, rounds };
     }
   }
+}
+
+const PAGE_BYTES = 4096;
+
+/**
+ * The final dump's page stream after pre-copy by content: CRIU's stream (its socket's other end is
+ * its fd 0) through cedana's proxy to the target's page server, which keeps the pages the last round
+ * holds unchanged as PE_PARENT (proxy.ts). `result` settles with the proxy's counts.
+ */
+async function contentBridge(src: PageSource, target: Duplex, held: Map<number, RoundPages>, keepWhole: Map<number, [number, number][]> | undefined): Promise<PageBridge & { result: Promise<ProxyResult> }> {
+  const { servePageProxy } = await import('../migrate/precopy/proxy.js');
+  let done: ProxyResult | undefined;
+  const result = servePageProxy(src, target, { held, keepWhole }).then((r) => {
+    if (r.status !== 0) throw new CedanaError('TARGET_RESTORE_FAILED', `the page server on the target answered ${r.status} to the end of the final dump`);
+    done = r;
+    return r;
+  });
+  result.catch(() => undefined);
+  const failed = result.then(() => new Promise<never>(() => undefined));
+  failed.catch(() => undefined);
+  return {
+    bytes: () => (done ? done.pagesForwarded * PAGE_BYTES : 0),
+    failed,
+    result,
+    close() {
+      src.destroy();
+      target.destroy();
+    },
+  };
 }
 
 /** Post-copy is refused on a link slower than this, unless --min-throughput says otherwise. */
@@ -529,23 +621,28 @@ async function finalDump(p: Prepared, extra: string[]): Promise<{ images: string
 }
 
 /** Stop-and-copy: the memory moves while the tree is frozen; the source ends once the target runs. */
-async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; rounds: PrecopyRound[] }): Promise<Moved> {
+async function stopAndCopy(p: Prepared, state: Progress, pre?: PrecopyDone): Promise<Moved> {
   const { args, session, work, report } = p;
   const remote = state.remote!;
-  // After pre-copy, the final dump sends only what changed since the last round (CRIU's parent link).
+  // After pre-copy, the final dump sends only what changed since the last round: by CRIU's parent
+  // link (soft-dirty), or by content through cedana's proxy (the target keeps the rest as PE_PARENT).
   const psPort = await startPageServer(session, remote, pre ? { into: 'img', prev: pre.prev } : undefined);
-  const bridge = await openPageChannel(session, psPort);
+  const held = pre?.held;
+  const bridge = held ? undefined : await openPageChannel(session, psPort);
+  const toTarget = held ? await session.forwardOut('127.0.0.1', psPort) : undefined;
+  const keepWhole = held ? await (await import('../proc/maps.js')).hugetlbRanges(state.treePids.length ? state.treePids : p.facts.processes.map((x) => x.pid)) : undefined;
   state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { treePids: state.treePids });
 
-  const { images, gate, logFile, criuArgs } = await finalDump(p, [
+  const { images, gate, logFile, criuArgs } = await finalDump(p, held ? ['--page-server', '--ps-socket', '0'] : [
     '--page-server', '--ps-socket', '3',
     ...(pre ? ['--track-mem', '--prev-images-dir', `../${pre.prev}`] : []),
   ]);
+  const pair = held ? await (await import('../criu/page-server/source.js')).socketPair(work) : undefined;
   const frozenAt = performance.now();
   report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
   const w = frozenWindow({ signal: args.signal, timeoutMs: args.freezeTimeoutMs ?? freezeTimeoutFor(p.dumpBytes), interrupted });
-  const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, pageServerSocket: true });
-  const proxy: PageBridge = bridge(run.psSocket!);
+  const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, ...(pair ? { stdinSocket: pair.criuEnd } : { pageServerSocket: true }) });
+  const proxy: PageBridge & { result?: Promise<ProxyResult> } = held ? await contentBridge(pair!.source, toTarget!, held, keepWhole) : bridge!(run.psSocket!);
   try {
     // What the final dump sends: everything, or what pre-copy found changed (unknown ahead: no total).
     const ticker = progressTicker(report, () => proxy.bytes(), pre ? 0 : p.dumpBytes);
@@ -555,6 +652,7 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
     // The tree is frozen here, and stays so until commit or abort.
     let downtimeMs: number;
     let memoryBytes: number;
+    let finalPages: { written: number; inParent: number } | undefined;
     let hookRan = false;
     let kept: KeptSocket[] = [];
     try {
@@ -564,7 +662,9 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
         hookRan = true;
         await runHook(args, 'pre-restore');
       }
-      memoryBytes = proxy.bytes();
+      const proxied = await proxy.result;
+      memoryBytes = proxied ? proxied.pagesForwarded * PAGE_BYTES : proxy.bytes();
+      if (proxied) finalPages = { written: proxied.pagesForwarded, inParent: proxied.pagesParent };
       const ordered = await finishImage(p, state, images, memoryBytes);
       kept = await keepSocketFiles(p.facts.boundUnix);
       report.phase(`sending the metadata and restoring on ${args.to}`);
@@ -603,8 +703,8 @@ async function stopAndCopy(p: Prepared, state: Progress, pre?: { prev: string; r
     report.phase('ending the source');
     await run.done;
     if (process.env.CEDANA_KEEP_LOGS) await keepLog(logFile, `migrate-${args.pid}`);
-    const stats = pre ? await readDumpStats(join(work, 'stats-dump')) : undefined;
-    const precopy = pre ? { rounds: pre.rounds, finalPagesWritten: stats?.pagesWritten ?? 0, finalPagesInParent: stats?.pagesSkippedParent ?? 0 } : undefined;
+    const stats = pre && !finalPages ? await readDumpStats(join(work, 'stats-dump')) : undefined;
+    const precopy = pre ? { rounds: pre.rounds, finalPagesWritten: finalPages?.written ?? stats?.pagesWritten ?? 0, finalPagesInParent: finalPages?.inParent ?? stats?.pagesSkippedParent ?? 0 } : undefined;
     const preBytes = (pre?.rounds ?? []).reduce((a, r) => a + r.pagesWritten * 4096, 0);
     return { restoredPid: state.restoredPid, downtimeMs, memoryBytes: memoryBytes + preBytes, metadataBytes: await imagesSize(images), precopy };
   } finally {

@@ -1,0 +1,111 @@
+/**
+ * `cedana migrate --precopy` on this kernel, which has no soft-dirty tracking: pre-copy by page
+ * content. Rounds read the memory of the running tree and send it to stock `criu page-server`s on the
+ * target (each later round only the pages whose hash changed); the final dump goes through cedana's
+ * proxy, which leaves what the target holds unchanged as PE_PARENT. The process keeps rewriting its
+ * memory throughout, and after the migration checks every page against the digest it remembers.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
+import { FIXTURES, Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { startBed, type Bed } from '../helpers/testbed.js';
+import type { TestHost } from '../../scripts/testbed/host.js';
+
+const owned = new Owned();
+let bed: Bed;
+let host: TestHost;
+let shared: string;
+
+beforeAll(async () => {
+  bed = await startBed([25]);
+  host = bed.hosts[0]!;
+  shared = await mkdtemp('/var/lib/cedana-test-precopy-');
+});
+afterAll(async () => {
+  await bed?.destroy();
+  await rm(shared, { recursive: true, force: true });
+});
+afterEach(() => owned.cleanup());
+
+/** dirtier.py: `mib` MiB rewriting `percent` % of its pages a second, in a directory both hosts see. */
+async function dirtier(mib: number, percent: number): Promise<{ dir: string; pid: number; pages: number }> {
+  const dir = await mkdtemp(join(shared, 'dirtier-'));
+  const pid = owned.python('dirtier.py', [String(mib), String(percent), dir]);
+  const pages = Number(await waitFor('memory filled', () => readText(join(dir, 'ready')), 60_000));
+  return { dir, pid, pages };
+}
+
+/** Asks the process (wherever it runs: the PID is the same there) to check its memory; its k-th answer. */
+async function selfCheck(dir: string, k: number, signal: () => Promise<void>): Promise<string> {
+  await signal();
+  return waitFor(`check-${k}`, () => readText(join(dir, `check-${k}`)), 60_000);
+}
+
+describe('migrate --precopy by content (no soft-dirty here)', () => {
+  it('sends rounds while the process runs, then only what changed while frozen; the process finds every page as it wrote it', async () => {
+    const { dir, pid, pages } = await dirtier(64, 2);
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: bed.env });
+    expect(r.mode).toBe('precopy');
+    expect(r.decisions.join('\n')).toMatch(/pre-copy by content: \d+ round\(s\)/);
+    const rounds = r.precopy.rounds as { pagesWritten: number; pagesSkippedParent: number }[];
+    expect(rounds.length).toBeGreaterThanOrEqual(1);
+    // Round 1 sent all of its memory, with the data.
+    expect(rounds[0]!.pagesWritten).toBeGreaterThanOrEqual(pages);
+    expect(rounds[0]!.pagesSkippedParent).toBe(0);
+    if (rounds.length > 1) {
+      expect(rounds[1]!.pagesSkippedParent).toBeGreaterThan(pages * 0.5);
+      expect(rounds[1]!.pagesWritten).toBeLessThan(pages * 0.5);
+    }
+    // While frozen, only what changed since the last round crossed; the rest the target holds.
+    expect(r.precopy.finalPagesInParent).toBeGreaterThan(pages * 0.5);
+    expect(r.precopy.finalPagesWritten).toBeLessThan(pages * 0.5);
+    await waitGone(pid);
+    const there = await bed.onHost(host, `cat /proc/${pid}/comm`);
+    expect(there.stdout.trim()).toBe('python3');
+    // Still rewriting its memory there, and every page is what it last wrote.
+    const beat = Number(readText(join(dir, 'beat')));
+    await waitFor('the process to go on there', () => Number(readText(join(dir, 'beat'))) > beat + 5);
+    const check = await selfCheck(dir, 1, async () => {
+      const k = await bed.onHost(host, `kill -USR1 ${pid}`);
+      expect(k.exitCode, k.stderr).toBe(0);
+    });
+    expect(check).toBe(`ok ${pages}`);
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
+  it('a round that fails (the target page server ended mid-round) and SIGINT during a round leave the source running and unchanged, the target clean', async () => {
+    const { dir, pid, pages } = await dirtier(128, 1);
+    for (const fault of ['page-server', 'sigint'] as const) {
+      const child = spawn('node', [BIN, 'migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: { ...process.env, ...bed.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      let fired = false;
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (!fired && /pre-copy round 1/.test(stderr)) {
+          fired = true;
+          if (fault === 'sigint') setTimeout(() => child.kill('SIGINT'), 150);
+          // Every page server there, for a few seconds: whichever round (or the final step) is on.
+          else void bed.onHost(host, 'for i in $(seq 60); do pkill -f "criu page-server"; sleep 0.05; done');
+        }
+      });
+      const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+      expect(fired, stderr).toBe(true);
+      const j = parseJsonLine(stdout)!;
+      expect(code, stderr).not.toBe(0);
+      expect(j.error, fault).toMatchObject({ sourceResumed: true, targetCleanedUp: true });
+      if (fault === 'sigint') expect(j.error.code).toBe('INTERRUPTED');
+      expect(alive(pid)).toBe(true);
+      const left = await bed.onHost(host, `ls -A /var/tmp; pgrep -x criu; [ -e /proc/${pid} ] && echo running-there; true`);
+      expect(left.stdout.trim(), 'left on the target').toBe('');
+    }
+    const beat = Number(readText(join(dir, 'beat')));
+    await waitFor('the source to go on', () => Number(readText(join(dir, 'beat'))) > beat + 5);
+    const check = await selfCheck(dir, 1, async () => void process.kill(pid, 'SIGUSR1'));
+    expect(check).toBe(`ok ${pages}`);
+  });
+});

@@ -305,8 +305,9 @@ async function prepare(
   const tcpPlan = decideConnections(conns, {
     mode: args.tcp, addresses: target.addresses && new Set(target.addresses), moving: true, where: `on ${args.to}`, hook: !!args.hook,
   });
+  const pageSize = Number((await execa('getconf', ['PAGESIZE'], { reject: false })).stdout) || undefined;
   judgePreflight(target, {
-    target: args.to, arch: host.arch, localCriu: criu.version, footprint: fp, tcpEstablished: tcpPlan.keep.length > 0,
+    target: args.to, arch: host.arch, pageSize, localCriu: criu.version, footprint: fp, tcpEstablished: tcpPlan.keep.length > 0,
     shipping: plan.ship.map((x) => dest(x.path)), listening, lazy: !!args.postcopy,
   });
   decisions.notes.push(...judgeSharedLocks(facts.locks, sharedFiles, args.to));

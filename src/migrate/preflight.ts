@@ -18,6 +18,8 @@ export const REMOTE_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 export interface TargetFacts {
   uid: number;
   arch: string;
+  /** Its memory page size (getconf PAGESIZE); undefined when it did not say. */
+  pageSize?: number;
   criuVersion?: string;
   criuCheck?: number;
   criuCheckOutput: string[];
@@ -68,6 +70,7 @@ export function preflightScript(fp: Footprint, targetDir: string, cpuinfo?: Buff
     REMOTE_PATH,
     'echo "uid=$(id -u)"',
     'echo "arch=$(uname -m)"',
+    'echo "pagesize=$(getconf PAGESIZE 2>/dev/null)"',
     'if command -v criu >/dev/null 2>&1; then',
     '  echo "criu=$(criu --version 2>/dev/null | sed -n \'s/^Version: *//p\' | head -1)"',
     '  out=$(criu check 2>&1); echo "criucheck=$?"',
@@ -123,6 +126,7 @@ export function parsePreflight(out: string): TargetFacts {
     const v = line.slice(i + 1);
     if (k === 'uid') f.uid = Number(v);
     else if (k === 'arch') f.arch = v;
+    else if (k === 'pagesize') f.pageSize = Number(v) || undefined;
     else if (k === 'criu') f.criuVersion = v || undefined;
     else if (k === 'criucheck') f.criuCheck = Number(v);
     else if (k === 'criucheckout') f.criuCheckOutput.push(v);
@@ -152,6 +156,8 @@ export function parsePreflight(out: string): TargetFacts {
 export interface Needs {
   target: string;
   arch: string;
+  /** This host's page size: CRIU's images (and its page-server stream) count in pages of it. */
+  pageSize?: number;
   localCriu: Version;
   footprint: Footprint;
   /** Some established connection will be kept (TCP repair there needs iptables or nft). */
@@ -181,6 +187,9 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
     throw new CedanaError('TARGET_NOT_ROOT', `the SSH user ${at} is not root (uid ${t.uid})`, { hint: 'connect as root (root@host, or User root in ~/.ssh/config)' });
   }
   if (t.arch !== n.arch) throw new CedanaError('CPU_INCOMPATIBLE', `${n.target} is ${t.arch}, this host is ${n.arch}`, { hint: 'migrate to a host of the same architecture' });
+  if (n.pageSize && t.pageSize && t.pageSize !== n.pageSize) {
+    throw new CedanaError('CPU_INCOMPATIBLE', `${n.target} uses ${t.pageSize}-byte memory pages, this host ${n.pageSize}-byte ones: CRIU's images cannot move between them`, { hint: 'migrate to a host whose kernel has the same page size (arm64 kernels come with 4K, 16K or 64K pages)' });
+  }
   const v = t.criuVersion ? parseVersionText(t.criuVersion) : undefined;
   if (!v) throw new CedanaError('TARGET_CRIU_MISSING', `criu is not installed ${at}`, { hint: 'install CRIU >= 4.2 there (cedana needs nothing else on the target)' });
   if (compareVersions(v, MIN_CRIU) < 0 || compareVersions(v, n.localCriu) < 0) {

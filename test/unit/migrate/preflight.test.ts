@@ -89,6 +89,7 @@ describe('preflightScript', () => {
     const facts = parsePreflight(r.stdout);
     expect(facts.pidsTaken).toEqual([]);
     expect(facts.missingPaths).toEqual([]);
+    expect(facts.pageSize).toBe(Number(spawnSync('getconf', ['PAGESIZE'], { encoding: 'utf8' }).stdout));
   });
 });
 
@@ -290,6 +291,14 @@ describe('judgePreflight', () => {
     expect(e.message).toContain('uid 1000');
     expect(e.message).toContain('root@b');
     expect(fail({ uid: -1 }).code).toBe('TARGET_NOT_ROOT'); // nothing reported at all
+  });
+
+  it('CPU_INCOMPATIBLE for another page size (a 16K-page arm64 kernel against a 4K one); unknown on either side is not refused', () => {
+    const e = fail({ pageSize: 16384 }, { pageSize: 4096 });
+    expect(e.code).toBe('CPU_INCOMPATIBLE');
+    expect(e.message).toContain('16384-byte memory pages, this host 4096-byte ones');
+    expect(() => judgePreflight({ ...good, pageSize: 4096 }, { ...needs, pageSize: 4096 })).not.toThrow();
+    expect(() => judgePreflight({ ...good, pageSize: undefined }, { ...needs, pageSize: 4096 })).not.toThrow();
   });
 
   it('CPU_INCOMPATIBLE for another architecture', () => {

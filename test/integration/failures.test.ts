@@ -24,14 +24,20 @@ async function expectResumedIntact(dir: string, pid: number, sha0: string): Prom
   expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')))).toBe(sha0);
 }
 
+/** A 2 MiB tmpfs in dir (unmounted after the test): a disk that fills up at once. */
+async function fullDisk(dir: string): Promise<string> {
+  const small = join(dir, 'small');
+  await execa('mkdir', [small]);
+  await execa('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=700', 'tmpfs', small]);
+  owned.onCleanup(async () => void (await execa('umount', [small], { reject: false })));
+  return small;
+}
+
 describe('failed and interrupted dumps', () => {
-  // CRIU writing its pages images itself (CEDANA_PAGE_SINK=0, the default); through the page sink, see page-sink.test.ts.
+  // CRIU writing its pages images itself (CEDANA_PAGE_SINK=0; a full dump to a directory does by default); through the page sink, see page-sink.test.ts.
   it('a dump onto a full disk fails, the process resumes, no partial image is left', async () => {
     const { dir, pid, sha0 } = await memhog(32);
-    const small = join(dir, 'small');
-    await execa('mkdir', [small]);
-    await execa('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=700', 'tmpfs', small]);
-    owned.onCleanup(async () => void (await execa('umount', [small], { reject: false })));
+    const small = await fullDisk(dir);
     const r = await cedana(['dump', String(pid), '-o', join(small, 'img'), '--json'], { env: { CEDANA_PAGE_SINK: '0' } });
     expect(r.exitCode).toBe(8);
     expect(r.json!.error).toMatchObject({ code: 'CRIU_FAILED', processRunning: true });
@@ -42,10 +48,7 @@ describe('failed and interrupted dumps', () => {
 
   it('a dump into an archive on a full disk (its pages streaming into it) fails, the process resumes, no partial archive is left', async () => {
     const { dir, pid, sha0 } = await memhog(32);
-    const small = join(dir, 'small');
-    await execa('mkdir', [small]);
-    await execa('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=700', 'tmpfs', small]);
-    owned.onCleanup(async () => void (await execa('umount', [small], { reject: false })));
+    const small = await fullDisk(dir);
     for (const name of ['img.tar.zst', 'img.tar']) {
       const r = await cedana(['dump', String(pid), '-o', join(small, name), '--json']);
       expect(r.exitCode, name).toBe(13);

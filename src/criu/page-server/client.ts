@@ -41,8 +41,8 @@ export class PageServerClient {
       w?.reject(this.failed);
     };
     sock.on('error', (e) => fail(new CedanaError('IO_ERROR', `page server connection failed: ${e.message}`)));
-    sock.on('close', () => fail(new CedanaError('IO_ERROR', 'the page server closed the connection (it refused a command; see its log)')));
-    sock.on('end', () => fail(new CedanaError('IO_ERROR', 'the page server ended the connection (it refused a command; see its log)')));
+    sock.on('close', () => fail(new CedanaError('IO_ERROR', 'the page server closed the connection (it refused a command, or it ended; see its log)')));
+    sock.on('end', () => fail(new CedanaError('IO_ERROR', 'the page server ended the connection (it refused a command, or it ended; see its log)')));
   }
 
   /**

@@ -596,7 +596,8 @@ async function frozenAtGate(p: Prepared, w: FrozenWindow, gate: ActionGate, run:
   } catch (e) {
     cut();
     await gate.abortAndWait(run.done);
-    throw e;
+    // Cut by an interrupt or the deadline: that is the cause, not the broken stream it left.
+    throw w.signal.aborted ? w.reason() : e;
   } finally {
     w.signal.removeEventListener('abort', onAbort);
   }

@@ -89,6 +89,10 @@ const GOAL_POSTCOPY: Goal = { on: 'ratio', op: '<=', limit: 0.1 };
 const GOAL_PRECOPY_NAIVE: Goal = { on: 'ratio', op: '<=', limit: 0.25 };
 const GOAL_PRECOPY_STOP: Goal = { on: 'ratio', op: '<=', limit: 0.5 };
 const GOAL_PRECOPY_TOTAL: Goal = { on: 'ratio', op: '<=', limit: 0.6 };
+/** A small process (a shell pipeline, memcached): downtime ≤ 200 ms, the whole command ≤ 1.5 s. */
+const SMALL_MIB = 16;
+const GOAL_SMALL_DOWNTIME: Goal = { on: 'value', op: '<=', limit: 200 };
+const GOAL_SMALL_TOTAL: Goal = { on: 'value', op: '<=', limit: 1500 };
 /** cedana streams the memory: its own RSS stays bounded whatever the process size. */
 const GOAL_RSS: Goal = { on: 'value', op: '<', limit: 200 };
 
@@ -222,7 +226,7 @@ export async function migrateRounds(m: MigrateCtx): Promise<MigrateSamples> {
       m.progress(`${i + 1}/${m.cfg.reps} migrate ${mib} MiB: naive (criu dump, tar | ssh, ssh criu restore), cedana migrate${m.cfg.postcopy ? ', cedana migrate --postcopy' : ''}`);
       s.naive.push(await round(m, mib, (fx) => naiveRound(m, fx, `${mib}-${i}`), naivePid));
       s.cedana.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--no-precopy']), cedanaPid));
-      s.precopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--precopy']), cedanaPid));
+      s.precopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--precopy', ...(process.env.CEDANA_BENCH_PRECOPY_ARGS ?? '').split(' ').filter(Boolean)]), cedanaPid));
       if (m.cfg.postcopy) s.postcopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--postcopy', '--min-throughput', '1']), cedanaPid));
     }
     sizes.push(s);
@@ -238,6 +242,12 @@ export function migrateRows(s: MigrateSamples): Row[] {
     { name: `migrate ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.cedana, (r) => r.wallMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
     { name: `migrate ${z.mib} MiB: bytes sent`, unit: 'MB', value: med(z.cedana, (r) => r.result.bytesSent) / MB, baseline: med(z.naive, (r) => r.tarBytes) / MB, baselineLabel: 'naive tar' },
     { name: `migrate ${z.mib} MiB: cedana peak RSS`, unit: 'MB', value: med(z.cedana, (r) => r.peakRssBytes) / MB, goal: GOAL_RSS },
+    ...(z.mib <= SMALL_MIB
+      ? ([
+          { name: `migrate ${z.mib} MiB: downtime, absolute`, unit: 'ms', value: med(z.cedana, (r) => r.result.downtimeMs), goal: GOAL_SMALL_DOWNTIME },
+          { name: `migrate ${z.mib} MiB: total (wall), absolute`, unit: 'ms', value: med(z.cedana, (r) => r.wallMs), goal: GOAL_SMALL_TOTAL },
+        ] satisfies Row[])
+      : []),
     ...(z.precopy.length > 0
       ? ([
           { name: `precopy ${z.mib} MiB: downtime`, unit: 'ms', value: med(z.precopy, (r) => r.result.downtimeMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_PRECOPY_NAIVE },

@@ -15,9 +15,10 @@
  *   CEDANA_BENCH_FIXED_REPS    repetitions of the fixed phase (default 20: its probes are short and noisy)
  *   CEDANA_BENCH_MIB           memory of the local phase's process (default 1024)
  *   CEDANA_BENCH_REPS          repetitions; medians are reported (default 3)
- *   CEDANA_BENCH_MIGRATE_MIB   sizes of the processes migrated, comma-separated (default 256,1024)
+ *   CEDANA_BENCH_MIGRATE_MIB   sizes of the processes migrated, comma-separated (default 4,256,1024)
  *   CEDANA_BENCH_DIRTY_PERCENT share of its pages the migrated process rewrites every second (default 1)
  *   CEDANA_BENCH_STREAM_MIB    bytes per SSH stream, in MiB (default 1024)
+ *   CEDANA_BENCH_PRECOPY_ARGS  more arguments for the migrate phase's --precopy contestant (e.g. "--max-rounds 2")
  *   CEDANA_BENCH_HOST          test-bed host index for migrate and ssh (default 40; 10.231.<n>.0/24)
  *   CEDANA_BENCH_POSTCOPY      0 leaves out migrate --postcopy (measured against cedana's stop-and-copy)
  *   CEDANA_BENCH_INCREMENTAL_MIB      memory of the incremental phase's process (default 1024)
@@ -135,7 +136,7 @@ function readConfig(): Config {
     mib: positiveInt('CEDANA_BENCH_MIB', 1024),
     reps: positiveInt('CEDANA_BENCH_REPS', 3),
     fixedReps: positiveInt('CEDANA_BENCH_FIXED_REPS', 20),
-    migrateMib: positiveInts('CEDANA_BENCH_MIGRATE_MIB', [256, 1024]),
+    migrateMib: positiveInts('CEDANA_BENCH_MIGRATE_MIB', [4, 256, 1024]),
     dirtyPercent,
     streamMib: positiveInt('CEDANA_BENCH_STREAM_MIB', 1024),
     hostIndex,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { precopyStop } from '../../../src/commands/migrate.js';
+import { precopyStop } from '../../../src/migrate/precopy/rounds.js';
 
 const rounds = (...w: number[]) => w.map((pagesWritten) => ({ pagesWritten }));
 

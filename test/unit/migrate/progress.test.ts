@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { progressOf } from '../../../src/commands/migrate.js';
+import { progressOf } from '../../../src/migrate/context.js';
 
 const MiB = 1 << 20;
 

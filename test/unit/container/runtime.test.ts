@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { checkpointArgs, parseState, restoreArgs, validContainerId } from '../../../src/container/runtime.js';
-import { containerCleanupScript, containerRestoreScript, overlayAt, parseContainerPreflight, restoreConfig } from '../../../src/commands/container.js';
+import { overlayAt, restoreConfig } from '../../../src/container/bundle.js';
+import { containerCleanupScript, containerRestoreScript, parseContainerPreflight } from '../../../src/container/migrate.js';
 import { validateManifest } from '../../../src/image/manifest.js';
 import { CedanaError } from '../../../src/errors.js';
 

@@ -10,6 +10,25 @@ import { createHost, createUserKey, destroyHost, hostPath, type TestHost } from 
 import { DIRTY_MARK } from './dirty-fixture.js';
 import { start, type Exit } from './exec.js';
 
+/**
+ * A link of `rate` (tc's notation: 1gbit, 500mbit) both ways between this host and the test-bed
+ * host, as between two machines: a token bucket on each side of the veth pair (removed with it).
+ */
+async function shapeLink(h: TestHost, rate: string): Promise<void> {
+  const run = async (cmd: string, args: string[]): Promise<string> => {
+    const exit = await start(cmd, args).done;
+    if (exit.code !== 0) throw new Error(`${cmd} ${args.join(' ')}: exit ${exit.code ?? exit.signal}: ${exit.stderr.trim()}`);
+    return exit.stdout;
+  };
+  const inner = await run('ip', ['-n', h.netns, '-o', 'link', 'show', 'eth0']);
+  const peerIndex = /eth0@if(\d+)/.exec(inner)?.[1];
+  const outer = (await run('ip', ['-o', 'link'])).split('\n').map((l) => new RegExp(`^${peerIndex}: ([^@:]+)[@:]`).exec(l)?.[1]).find(Boolean);
+  if (!peerIndex || !outer) throw new Error(`CEDANA_BENCH_LINK_RATE: the veth pair of ${h.name} not found`);
+  const tbf = ['root', 'tbf', 'rate', rate, 'burst', '256kb', 'latency', '100ms'];
+  await run('tc', ['qdisc', 'add', 'dev', outer, ...tbf]);
+  await run('ip', ['netns', 'exec', h.netns, 'tc', 'qdisc', 'add', 'dev', 'eth0', ...tbf]);
+}
+
 export interface BenchBed {
   host: TestHost;
   home: string;
@@ -38,6 +57,16 @@ export async function startBed(index: number, parent: string): Promise<BenchBed>
     throw new Error(`cannot create test-bed host ${index} (another run using it? set CEDANA_BENCH_HOST): ${(e as Error).message}`);
   }
   const h = host;
+  const rate = process.env.CEDANA_BENCH_LINK_RATE;
+  if (rate) {
+    try {
+      await shapeLink(h, rate);
+    } catch (e) {
+      await destroyHost(h);
+      await rm(home, { recursive: true, force: true });
+      throw e;
+    }
+  }
   const sshOpts = ['-F', join(ssh.sshDir, 'config'), '-o', `UserKnownHostsFile=${join(ssh.sshDir, 'known_hosts')}`, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes'];
   let destroyed: Promise<void> | undefined;
   return {

@@ -18,6 +18,7 @@
  *   CEDANA_BENCH_MIGRATE_MIB   sizes of the processes migrated, comma-separated (default 4,256,1024)
  *   CEDANA_BENCH_DIRTY_PERCENT share of its pages the migrated process rewrites every second (default 1)
  *   CEDANA_BENCH_STREAM_MIB    bytes per SSH stream, in MiB (default 1024)
+ *   CEDANA_BENCH_LINK_RATE     shape the link to the test-bed host, both ways (tc's rate: 1gbit, 500mbit; default: none, loopback-fast)
  *   CEDANA_BENCH_PRECOPY_ARGS  more arguments for the migrate phase's --precopy contestant (e.g. "--max-rounds 2")
  *   CEDANA_BENCH_HOST          test-bed host index for migrate and ssh (default 40; 10.231.<n>.0/24)
  *   CEDANA_BENCH_POSTCOPY      0 leaves out migrate --postcopy (measured against cedana's stop-and-copy)

@@ -48,6 +48,7 @@ export const ERROR_CODES = {
   GPU_MISMATCH: { exit: 42, what: "this host's (or the target's) GPUs, free GPU memory or driver do not fit the image's GPU state" },
   TARGET_PTY_IN_USE: { exit: 49, what: 'a pseudo-terminal index the tree holds is in use on the target (CRIU recreates each terminal with its index)' },
   LOCK_LOST: { exit: 50, what: 'the restored tree does not hold a file lock it held at the dump (CRIU dropped it); the restored tree was ended (--allow-lost-locks accepts it)' },
+  TARGET_UNRESPONSIVE: { exit: 51, what: 'a command on the target did not end in time before anything was frozen (a login script there that blocks, a hung host)' },
   CONTAINER_NOT_FOUND: { exit: 43, what: 'no container with that id in runc or crun (or the --runtime given)' },
   CONTAINER_NOT_RUNNING: { exit: 44, what: 'the container exists but is not running (created or stopped): nothing to checkpoint' },
   CONTAINER_EXISTS: { exit: 45, what: 'a container with the id to restore exists already (here or on the target)' },

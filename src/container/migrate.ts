@@ -16,7 +16,7 @@ import { privateTempDir } from '../util/paths.js';
 import { findContainer, type RuntimeName } from './runtime.js';
 import { Transform } from 'node:stream';
 import { SshSession, shq } from '../transport/ssh.js';
-import { REMOTE_PATH } from '../migrate/preflight.js';
+import { PREFLIGHT_TIMEOUT_MS, REMOTE_PATH } from '../migrate/preflight.js';
 import { awaitRestore, Lifeline, lifeline, undoOnTarget, WAIT_R_GONE } from '../migrate/remote.js';
 import { freezeTimeoutFor, frozenWindow, type FrozenWindow } from '../migrate/frozen.js';
 import { packImage } from '../image/archive.js';
@@ -160,7 +160,7 @@ export async function migrateContainer(args: ContainerMigrateArgs): Promise<Cont
   try {
     report.phase(`preflight on ${args.to}`);
     const overlay = args.rootfs ? overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) : undefined;
-    const pre = parseContainerPreflight((await session.exec('sh -s', containerPreflightScript(runtime.name, args.id, state.bundle, bundle.rootfs, args.targetDir, overlay?.base))).stdout);
+    const pre = parseContainerPreflight((await session.exec('sh -s', containerPreflightScript(runtime.name, args.id, state.bundle, bundle.rootfs, args.targetDir, overlay?.base), { timeoutMs: PREFLIGHT_TIMEOUT_MS, what: 'the preflight' })).stdout);
     remoteDir = pre.dir;
     if (!pre.runtime) throw new CedanaError('TARGET_UNSUPPORTED', `${runtime.name} is not installed on ${args.to}`, { hint: `install ${runtime.name} there` });
     if (!pre.criu) throw new CedanaError('TARGET_CRIU_MISSING', `CRIU is not installed on ${args.to}`, { hint: 'install CRIU 4.2 or newer there' });

@@ -265,7 +265,12 @@ export function judgePreflight(t: TargetFacts, n: Needs): void {
 
 const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MiB`;
 
+/** How long the preflight may take there (`criu check` included) before the target counts as unresponsive. */
+export const PREFLIGHT_TIMEOUT_MS = 60_000;
+/** The same for a short remote step before the freeze (a directory made, a page server started). */
+export const REMOTE_STEP_TIMEOUT_MS = 30_000;
+
 export async function runPreflight(session: SshSession, fp: Footprint, targetDir: string, cpuinfo?: Buffer, checks?: PreflightChecks): Promise<TargetFacts> {
-  const r = await session.exec('sh -s', preflightScript(fp, targetDir, cpuinfo, checks));
+  const r = await session.exec('sh -s', preflightScript(fp, targetDir, cpuinfo, checks), { timeoutMs: PREFLIGHT_TIMEOUT_MS, what: 'the preflight' });
   return parsePreflight(r.stdout);
 }

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CedanaError } from '../errors.js';
 import { shq, SshSession } from '../transport/ssh.js';
 import type { ClientChannel } from 'ssh2';
-import { REMOTE_PATH } from './preflight.js';
+import { REMOTE_PATH, REMOTE_STEP_TIMEOUT_MS } from './preflight.js';
 import { posix } from 'node:path';
 import { destination, type ShippedEntry } from '../image/ship.js';
 import type { PathMap } from '../image/remap.js';
@@ -20,7 +20,7 @@ export interface RemoteDir {
 }
 
 export async function makeRemoteDir(s: SshSession, parent: string): Promise<RemoteDir> {
-  const r = await s.exec(`umask 077; d=$(mktemp -d ${shq(`${parent}/cedana-migrate.XXXXXX`)}) && mkdir "$d/img" && echo "$d"`);
+  const r = await s.exec(`umask 077; d=$(mktemp -d ${shq(`${parent}/cedana-migrate.XXXXXX`)}) && mkdir "$d/img" && echo "$d"`, undefined, { timeoutMs: REMOTE_STEP_TIMEOUT_MS, what: 'making the work directory' });
   const dir = r.stdout.trim();
   if (r.code !== 0 || !dir.startsWith('/')) {
     throw new CedanaError('TARGET_NO_SPACE', `cannot create a work directory in ${parent} on ${s.target}: ${r.stderr.trim()}`, { hint: 'choose another --target-dir' });
@@ -41,6 +41,8 @@ export async function startPageServer(s: SshSession, d: RemoteDir, round?: { int
     const port = randomInt(20000, 61000);
     const r = await s.exec(
       `${REMOTE_PATH}; rm -f ${shq(`${d.dir}/page-server.pid`)}; mkdir -p ${shq(into)} && criu page-server -D ${shq(into)} -W ${shq(d.dir)}${prev} --address 127.0.0.1 --port ${port} -d --pidfile ${shq(`${d.dir}/page-server.pid`)} -o ${shq(`${d.dir}/page-server.log`)} -v2`,
+      undefined,
+      { timeoutMs: REMOTE_STEP_TIMEOUT_MS, what: 'starting criu page-server' },
     );
     if (r.code === 0) return port;
     last = r.stderr.trim() || `exit ${r.code}`;

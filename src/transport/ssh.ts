@@ -151,16 +151,30 @@ export class SshSession {
     return new SshSession(client, label, host, jump);
   }
 
-  /** Runs a command; stdin (if any) is written and closed. Rejects only if the connection fails. */
-  async exec(command: string, stdin?: Buffer | string): Promise<ExecResult> {
+  /**
+   * Runs a command; stdin (if any) is written and closed. Rejects if the connection fails, or with
+   * TARGET_UNRESPONSIVE when `timeoutMs` passes without the command ending (its channel is closed):
+   * a login script that blocks there (a lock it waits on) must not hold cedana forever.
+   */
+  async exec(command: string, stdin?: Buffer | string, opts: { timeoutMs?: number; what?: string } = {}): Promise<ExecResult> {
     const ch = await this.channel(command);
     return new Promise<ExecResult>((resolve, reject) => {
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       let code: number | null = null;
       let signal: string | null = null;
-      const lost = (e: CedanaError): void => reject(e);
+      const lost = (e: CedanaError): void => {
+        clearTimeout(timer);
+        reject(e);
+      };
       this.closeWaiters.push(lost);
+      const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => {
+        this.dropWaiter(lost);
+        ch.close();
+        reject(new CedanaError('TARGET_UNRESPONSIVE', `${opts.what ?? 'a command'} on ${this.target} did not end within ${opts.timeoutMs! >= 1000 ? `${Math.round(opts.timeoutMs! / 1000)} s` : `${opts.timeoutMs} ms`}`, {
+          hint: `nothing was frozen. Check that \`ssh ${this.target} true\` returns at once: a login script there (~/.bashrc, ~/.profile) that waits on something holds every command`,
+        }));
+      }, opts.timeoutMs);
       ch.on('data', (d: Buffer) => out.push(d));
       ch.stderr.on('data', (d: Buffer) => err.push(d));
       ch.on('exit', (c: number | null, s?: string) => {
@@ -168,6 +182,7 @@ export class SshSession {
         signal = s ?? null;
       });
       ch.on('close', () => {
+        clearTimeout(timer);
         this.dropWaiter(lost);
         resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
       });

@@ -348,6 +348,20 @@ describe('SshSession', () => {
       expect(r.stdout === big).toBe(true);
     });
 
+    it('exec with a timeout: a command that never ends is TARGET_UNRESPONSIVE, and the connection serves on', async () => {
+      const t0 = Date.now();
+      const e = await session!.exec('hang', undefined, { timeoutMs: 300, what: 'the preflight' }).then(
+        () => undefined,
+        (x: unknown) => x as CedanaError,
+      );
+      expect(e).toBeInstanceOf(CedanaError);
+      expect(e!.code).toBe('TARGET_UNRESPONSIVE');
+      expect(e!.message).toMatch(/^the preflight on .* did not end within 300 ms$/);
+      expect(e!.hint).toMatch(/login script/);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+      expect(await session!.exec('echo 4', 'x', { timeoutMs: 10_000 })).toMatchObject({ code: 4, stdout: 'x' });
+    });
+
     it('exec reports a signal', async () => {
       expect(await session!.exec('signal')).toMatchObject({ code: null, signal: 'SIGTERM' });
     });

@@ -9,6 +9,7 @@ import { CedanaError } from '../errors.js';
 import { shq, SshSession } from '../transport/ssh.js';
 import type { ClientChannel } from 'ssh2';
 import { REMOTE_PATH, REMOTE_STEP_TIMEOUT_MS } from './preflight.js';
+import type { RemoteShell } from '../transport/remote-shell.js';
 import { posix } from 'node:path';
 import { destination, type ShippedEntry } from '../image/ship.js';
 import type { PathMap } from '../image/remap.js';
@@ -33,17 +34,16 @@ export async function makeRemoteDir(s: SshSession, parent: string): Promise<Remo
  * pre-copy round, `into` names the round's directory (under the work directory; created) and `prev`
  * the one before, which CRIU links to as the parent of the pages it writes.
  */
-export async function startPageServer(s: SshSession, d: RemoteDir, round?: { into: string; prev?: string }): Promise<number> {
+export async function startPageServer(s: SshSession, d: RemoteDir, round?: { into: string; prev?: string }, shell?: RemoteShell): Promise<number> {
   let last = '';
   const into = round ? `${d.dir}/${round.into}` : d.images;
   const prev = round?.prev ? ` --prev-images-dir ${shq(`../${round.prev}`)}` : '';
   for (let attempt = 0; attempt < 8; attempt++) {
     const port = randomInt(20000, 61000);
-    const r = await s.exec(
-      `${REMOTE_PATH}; rm -f ${shq(`${d.dir}/page-server.pid`)}; mkdir -p ${shq(into)} && criu page-server -D ${shq(into)} -W ${shq(d.dir)}${prev} --address 127.0.0.1 --port ${port} -d --pidfile ${shq(`${d.dir}/page-server.pid`)} -o ${shq(`${d.dir}/page-server.log`)} -v2`,
-      undefined,
-      { timeoutMs: REMOTE_STEP_TIMEOUT_MS, what: 'starting criu page-server' },
-    );
+    const cmd = `${REMOTE_PATH}; rm -f ${shq(`${d.dir}/page-server.pid`)}; mkdir -p ${shq(into)} && criu page-server -D ${shq(into)} -W ${shq(d.dir)}${prev} --address 127.0.0.1 --port ${port} -d --pidfile ${shq(`${d.dir}/page-server.pid`)} -o ${shq(`${d.dir}/page-server.log`)} -v2`;
+    const step = { timeoutMs: REMOTE_STEP_TIMEOUT_MS, what: 'starting criu page-server' };
+    // Through the long-lived shell where there is one (each round's server): no login shell each time.
+    const r = shell ? await shell.run(cmd, step) : await s.exec(cmd, undefined, step);
     if (r.code === 0) return port;
     last = r.stderr.trim() || `exit ${r.code}`;
   }

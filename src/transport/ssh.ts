@@ -11,6 +11,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Client, type AnyAuthMethod, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { CedanaError } from '../errors.js';
+import { RemoteShell } from './remote-shell.js';
 import { findKnownKeys, hostKeyAlgorithms, judgeHostKey, keyType, readKnownHosts, recordHostKey, type HostKeyVerdict } from './known-hosts.js';
 import { parseDestination, parseSshConfig, resolveHost, type HostConfig } from './ssh-config.js';
 
@@ -189,6 +190,11 @@ export class SshSession {
       if (stdin !== undefined) ch.end(stdin);
       else ch.end();
     });
+  }
+
+  /** A long-lived `sh` there for a series of short commands (see RemoteShell). */
+  async shell(): Promise<RemoteShell> {
+    return new RemoteShell(await this.channel('sh -s'), this.target);
   }
 
   /** Starts a command and returns its channel (stdin/stdout as a duplex stream, .stderr). */

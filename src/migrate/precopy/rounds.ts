@@ -11,6 +11,7 @@ import { CedanaError } from '../../errors.js';
 import { openPageChannel } from '../page-proxy.js';
 import { startPageServer } from '../remote.js';
 import type { RoundPages, TreeRoundResult } from './round.js';
+import type { RemoteShell } from '../../transport/remote-shell.js';
 import { type MigrateArgs, type PrecopyRound, type Prepared, type Progress, interrupted, progressTicker } from '../context.js';
 
 /**
@@ -83,35 +84,45 @@ export async function precopyRoundsByContent(p: Prepared, state: Progress): Prom
   const { heldPages } = await import('./proxy.js');
   const rounds: PrecopyRound[] = [];
   let last: TreeRoundResult | undefined;
-  for (let n = 1; ; n++) {
-    if (args.signal?.aborted) throw interrupted();
-    const into = `pre-${n}`;
-    const port = await startPageServer(session, remote, { into, prev: n > 1 ? `pre-${n - 1}` : undefined });
-    const ch = await session.forwardOut('127.0.0.1', port);
-    const client = new PageServerClient(ch);
-    const t0 = performance.now();
-    report.phase(`pre-copy round ${n}: reading the memory of the running tree and sending ${n === 1 ? 'it' : 'what changed'}`);
-    const ticker = progressTicker(report, () => client.bytesSent, n === 1 ? p.dumpBytes : 0);
-    const onAbort = (): void => client.abort();
-    args.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      const prev = last ? new Map([...last.byPid].map(([pid, r]) => [pid, r.pages])) : undefined;
-      last = await Promise.race([sendTreeRound(pids, client, { prev }), session.lost()]);
-    } catch (e) {
-      client.abort();
-      throw args.signal?.aborted ? interrupted() : e;
-    } finally {
-      clearInterval(ticker);
-      args.signal?.removeEventListener('abort', onAbort);
-    }
-    const r: PrecopyRound = { round: n, pagesWritten: last.pagesSent, pagesSkippedParent: last.pagesUnchanged, frozenMs: 0, durationMs: Math.round(performance.now() - t0) };
-    rounds.push(r);
-    const mbps = r.durationMs > 0 ? last.bytesSent / 1e6 / (r.durationMs / 1000) : 0;
-    report.phase(`pre-copy round ${n}: ${r.pagesWritten} pages sent (${(r.pagesWritten / 256).toFixed(1)} MiB, ${mbps.toFixed(0)} MB/s), ${r.pagesSkippedParent} unchanged, never frozen`);
-    const why = precopyStop(rounds, maxRounds);
-    if (why) {
-      p.decisions.notes.push(`pre-copy by content: ${rounds.length} round(s) while the tree ran (no soft-dirty here: pages compared by hash); stopped: ${why}`);
-      return { prev: into, rounds, held: await heldPages(last) };
+  // One shell there starts every round's page server (a login shell each time costs ~100 ms).
+  const shell = await session.shell();
+  try {
+    return await roundsThrough(shell);
+  } finally {
+    shell.close();
+  }
+
+  async function roundsThrough(shell: RemoteShell): Promise<PrecopyDone> {
+    for (let n = 1; ; n++) {
+      if (args.signal?.aborted) throw interrupted();
+      const into = `pre-${n}`;
+      const port = await startPageServer(session, remote, { into, prev: n > 1 ? `pre-${n - 1}` : undefined }, shell);
+      const ch = await session.forwardOut('127.0.0.1', port);
+      const client = new PageServerClient(ch);
+      const t0 = performance.now();
+      report.phase(`pre-copy round ${n}: reading the memory of the running tree and sending ${n === 1 ? 'it' : 'what changed'}`);
+      const ticker = progressTicker(report, () => client.bytesSent, n === 1 ? p.dumpBytes : 0);
+      const onAbort = (): void => client.abort();
+      args.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        const prev = last ? new Map([...last.byPid].map(([pid, r]) => [pid, r.pages])) : undefined;
+        last = await Promise.race([sendTreeRound(pids, client, { prev }), session.lost()]);
+      } catch (e) {
+        client.abort();
+        throw args.signal?.aborted ? interrupted() : e;
+      } finally {
+        clearInterval(ticker);
+        args.signal?.removeEventListener('abort', onAbort);
+      }
+      const r: PrecopyRound = { round: n, pagesWritten: last.pagesSent, pagesSkippedParent: last.pagesUnchanged, frozenMs: 0, durationMs: Math.round(performance.now() - t0) };
+      rounds.push(r);
+      const mbps = r.durationMs > 0 ? last.bytesSent / 1e6 / (r.durationMs / 1000) : 0;
+      report.phase(`pre-copy round ${n}: ${r.pagesWritten} pages sent (${(r.pagesWritten / 256).toFixed(1)} MiB, ${mbps.toFixed(0)} MB/s), ${r.pagesSkippedParent} unchanged, never frozen`);
+      const why = precopyStop(rounds, maxRounds);
+      if (why) {
+        p.decisions.notes.push(`pre-copy by content: ${rounds.length} round(s) while the tree ran (no soft-dirty here: pages compared by hash); stopped: ${why}`);
+        return { prev: into, rounds, held: await heldPages(last) };
+      }
     }
   }
 }

@@ -183,7 +183,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       const sinkErr = sinkDone && (await sinkDone.then(() => undefined, (e: unknown) => toCedanaError(e)));
       if (sinkErr?.code === 'IO_ERROR') {
         await run.done.catch(() => undefined);
-        if (target.kind === 'stream') throw new CedanaError('IO_ERROR', `streaming the image failed: ${sinkErr.message}`, { hint: 'the reader of stdout went away', cause: sinkErr });
+        if (target.kind === 'stream') throw streamFailed(sinkErr);
         throw sinkErr;
       }
       await run.done; // rejects with CRIU_FAILED (CRIU resumed the tree)
@@ -245,7 +245,6 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
         await commitImageDir(imagesDir, target.path);
       }
     } catch (e) {
-      tarOut?.stop();
       await gate.abortAndWait(run.done);
       throw e;
     }
@@ -340,15 +339,11 @@ async function finishArchive(
     report.phase(`finishing ${target.path}`);
     const tmp = partialArchive(target.path);
     await abortable(writingFailures(tar.out.finish(imagesDir, ordered, true).then(() => tar.done)), signal, tar.stop);
-    await chmod(tmp, 0o600);
-    await syncTree(tmp);
-    await rename(tmp, target.path);
-    await syncDirEntry(dirname(target.path));
-    return { bytes: (await stat(target.path)).size, memoryBytes: 0, image: target.path };
+    return publishArchive(tmp, target.path);
   }
   report.phase('finishing the image stream on stdout');
   const sent = tar.out.finish(imagesDir, ordered, false).catch((e: unknown) => {
-    throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
+    throw streamFailed(e);
   });
   return { bytes: await abortable(sent, signal, tar.stop), memoryBytes: 0, image: '-' };
 }
@@ -419,11 +414,7 @@ export async function storeImage(
     const tmp = partialArchive(target.path);
     const writing = packImageToFile(imagesDir, ordered, tmp, target.compression);
     await abortable(writingFailures(writing.done), signal, writing.stop);
-    await chmod(tmp, 0o600);
-    await syncTree(tmp);
-    await rename(tmp, target.path);
-    await syncDirEntry(dirname(target.path));
-    return { bytes: (await stat(target.path)).size, memoryBytes: 0, image: target.path };
+    return publishArchive(tmp, target.path);
   }
   if (!stream) throw new CedanaError('INTERNAL', 'no stream to write the image to');
   report.phase('streaming the image to stdout');
@@ -432,7 +423,7 @@ export async function storeImage(
   const direct = fd === undefined ? undefined : await packImageToFd(imagesDir, ordered, fd);
   if (direct) {
     const sent = direct.done.catch((e: unknown) => {
-      throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
+      throw streamFailed(e);
     });
     return { bytes: await abortable(sent, signal, direct.stop), memoryBytes: 0, image: '-' };
   }
@@ -445,7 +436,7 @@ export async function storeImage(
   });
   // stdout is not ended: the JSON result or nothing follows, and the shell owns the descriptor.
   const streamed = Promise.all([pack(imagesDir, ordered, counter, 'none', true), pump(counter, stream, false)]).catch((e: unknown) => {
-    throw new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
+    throw streamFailed(e);
   });
   // A reader that stops reading blocks the stream with the tree frozen: an interrupt must still get through.
   await abortable(streamed, signal, () => {
@@ -453,6 +444,20 @@ export async function storeImage(
     stream.destroy();
   });
   return { bytes, memoryBytes: 0, image: '-' };
+}
+
+/** The partial archive `tmp`, complete: made private, synced, renamed to `path` (the rename synced too). */
+async function publishArchive(tmp: string, path: string): Promise<{ bytes: number; memoryBytes: number; image: string }> {
+  await chmod(tmp, 0o600);
+  await syncTree(tmp);
+  await rename(tmp, path);
+  await syncDirEntry(dirname(path));
+  return { bytes: (await stat(path)).size, memoryBytes: 0, image: path };
+}
+
+/** The stream on stdout could not be written (its reader went away). */
+function streamFailed(e: unknown): CedanaError {
+  return new CedanaError('IO_ERROR', `streaming the image failed: ${(e as Error).message}`, { hint: 'the reader of stdout went away', cause: e });
 }
 
 /** Rejects with INTERRUPTED as soon as signal aborts, after calling stop() to tear the writer down. */

@@ -209,6 +209,20 @@ function unsafe(entryPath: string, why: string): CedanaError {
   });
 }
 
+/** A file of the archive that arrives in parts (see PARTS_DIR), being joined. */
+interface Joined {
+  /** The index of the part due next. */
+  next: number;
+  /** Its parts' writes, one after another. */
+  chain: Promise<void>;
+  out?: WriteStream;
+  hasher: Hasher;
+  size: number;
+}
+
+/** The directory in `dest` that holds the archive's file `p` (relative). Pure. */
+const parentIn = (dest: string, p: string): string => (p.includes('/') ? join(dest, p.slice(0, p.lastIndexOf('/'))) : dest);
+
 /** Bytes buffered per file written while extracting or archiving (writes then go out as one writev). */
 export const WRITE_BUFFER = 8 << 20;
 
@@ -268,7 +282,7 @@ export async function unpackImage(src: Readable, dest: string, opts: { path?: st
   /** Entries being written: a failure elsewhere ends them, so nothing is written after unpackImage returns. */
   const active = new Set<ReadEntry>();
   /** Files arriving in parts (PARTS_DIR): each part appended in order, hashed as one file. */
-  const joined = new Map<string, { next: number; chain: Promise<void>; out?: WriteStream; hasher: Hasher; size: number }>();
+  const joined = new Map<string, Joined>();
   const joinPart = (entry: ReadEntry, name: string, k: number, fail: (e: Error) => void, failFs: (e: NodeJS.ErrnoException) => void): void => {
     if (!isSafeRelativePath(name) || name.startsWith(`${PARTS_DIR}/`)) return fail(unsafe(entry.path, 'a part of an unsafe file name'));
     let st = joined.get(name);
@@ -276,9 +290,9 @@ export async function unpackImage(src: Readable, dest: string, opts: { path?: st
       if (k !== 0) return fail(unsafe(entry.path, 'a part before the first part of its file'));
       const conflict = claim(name, false);
       if (conflict) return fail(unsafe(entry.path, conflict));
-      const s: { next: number; chain: Promise<void>; out?: WriteStream; hasher: Hasher; size: number } = { next: 0, chain: Promise.resolve(), hasher: createHasher('blake3'), size: 0 };
+      const s: Joined = { next: 0, chain: Promise.resolve(), hasher: createHasher('blake3'), size: 0 };
       s.chain = (async () => {
-        await mkdir(name.includes('/') ? join(dest, name.slice(0, name.lastIndexOf('/'))) : dest, { recursive: true, mode: 0o700 });
+        await mkdir(parentIn(dest, name), { recursive: true, mode: 0o700 });
         s.out = createWriteStream(join(dest, name), { flags: 'wx', mode: 0o600, highWaterMark: WRITE_BUFFER });
         s.out.on('error', () => undefined); // seen by the part being written (out.errored), or the close
       })();
@@ -380,8 +394,7 @@ export async function unpackImage(src: Readable, dest: string, opts: { path?: st
       const target = join(dest, p);
       active.add(entry);
       const write = (async () => {
-        const parent = p.includes('/') ? join(dest, p.slice(0, p.lastIndexOf('/'))) : dest;
-        await mkdir(parent, { recursive: true, mode: 0o700 });
+        await mkdir(parentIn(dest, p), { recursive: true, mode: 0o700 });
         // 'wx': a duplicate entry cannot overwrite a file already extracted (and verified later).
         const hasher = createHasher('blake3');
         let size = 0;
@@ -464,26 +477,15 @@ async function peek(src: Readable, n: number): Promise<{ bytes: Buffer; stream: 
 export const PARTS_DIR = '.cedana-parts';
 const PART_RE = new RegExp(`^${PARTS_DIR.replace('.', '\\.')}/(.+)/(\\d{8})$`);
 
-/** A ustar header of a regular file (0600, owner 0, mtime now). Names of parts are short: no long-name records. Pure but for the clock. */
-export function tarFileHeader(name: string, size: number, mtimeS = Math.floor(Date.now() / 1000)): Buffer {
-  if (Buffer.byteLength(name) > 100) throw new CedanaError('INTERNAL', `tar part name too long: ${name}`);
-  const h = Buffer.alloc(512);
-  const put = (text: string, off: number, len: number): void => void h.write(text, off, len, 'latin1');
-  const octal = (n: number, len: number): string => `${n.toString(8).padStart(len - 1, '0')}\0`;
-  put(name, 0, 100);
-  put(octal(0o600, 8), 100, 8);
-  put(octal(0, 8), 108, 8);
-  put(octal(0, 8), 116, 8);
-  put(octal(size, 12), 124, 12);
-  put(octal(mtimeS, 12), 136, 12);
-  put('        ', 148, 8); // the checksum field counts as spaces while summing
-  put('0', 156, 1);
-  put('ustar\0', 257, 6);
-  put('00', 263, 2);
-  let sum = 0;
-  for (let i = 0; i < 512; i++) sum += h[i]!;
-  put(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8);
-  return h;
+/** node-tar's header class (loaded with the rest of tar, only for archives and streams). */
+type TarHeader = typeof import('tar').Header;
+
+/** The ustar header of a part: a regular file, 0600, owner 0, mtime now (part names are short: no pax record). */
+function partHeader(Header: TarHeader, name: string, size: number): Buffer {
+  const block = Buffer.alloc(512);
+  const needPax = new Header({ path: name, mode: 0o600, uid: 0, gid: 0, size, mtime: new Date(), type: 'File' }).encode(block, 0);
+  if (needPax) throw new CedanaError('INTERNAL', `tar part name too long: ${name}`);
+  return block;
 }
 
 const ZERO_BLOCK = Buffer.alloc(512);
@@ -498,13 +500,8 @@ export class TarOut {
   private readonly seq = new Map<string, number>();
   private failed: Error | undefined;
 
-  constructor(private readonly sink: Writable, private readonly failure: () => Promise<Error | undefined>) {
+  constructor(private readonly sink: Writable, private readonly failure: () => Promise<Error | undefined>, private readonly Header: TarHeader) {
     sink.on('error', (e: Error) => (this.failed ??= e));
-  }
-
-  /** Bytes of tar written so far. */
-  get written(): number {
-    return this.bytes;
   }
 
   /**
@@ -515,7 +512,7 @@ export class TarOut {
     const k = this.seq.get(name) ?? 0;
     this.seq.set(name, k + 1);
     const pad = (512 - (data.length % 512)) % 512;
-    this.push(tarFileHeader(`${PARTS_DIR}/${name}/${String(k).padStart(8, '0')}`, data.length));
+    this.push(partHeader(this.Header, `${PARTS_DIR}/${name}/${String(k).padStart(8, '0')}`, data.length));
     const written = new Promise<void>((resolve, reject) => {
       this.sink.write(data, (e) => (e ? reject(e) : resolve()));
     });
@@ -557,8 +554,9 @@ export class TarOut {
  * is complete (zstd exited); `stop()` tears it down.
  */
 export async function openTarOut(to: { path: string; compression: Compression } | { stream: Writable }): Promise<{ out: TarOut; done: Promise<void>; stop: () => void }> {
+  const { Header } = await import('tar');
   if ('stream' in to) {
-    const out = new TarOut(to.stream, async () => undefined);
+    const out = new TarOut(to.stream, async () => undefined, Header);
     return { out, done: Promise.resolve(), stop: () => to.stream.destroy() };
   }
   if (to.compression === 'zstd') {
@@ -570,9 +568,8 @@ export async function openTarOut(to: { path: string; compression: Compression } 
       await fh.close(); // zstd has its own copy
     }
     z.done.catch(() => undefined);
-    // zstd's own error (a full disk) says more than the broken pipe it leaves us: give it a moment to exit.
-    const failure = (): Promise<Error | undefined> => Promise.race([z.done.then(() => undefined, (e: Error) => e), sleep(2000).then(() => undefined)]);
-    return { out: new TarOut(z.input!, failure), done: z.done, stop: () => void z.child.kill('SIGKILL') };
+    // zstd's own error (a full disk) says more than the broken pipe it leaves us.
+    return { out: new TarOut(z.input!, () => errorWithin(z.done), Header), done: z.done, stop: () => void z.child.kill('SIGKILL') };
   }
   const file = createWriteStream(to.path, { mode: 0o600, flags: 'w', highWaterMark: WRITE_BUFFER });
   const closed = new Promise<void>((resolve, reject) => {
@@ -580,11 +577,16 @@ export async function openTarOut(to: { path: string; compression: Compression } 
     file.on('error', reject);
   });
   closed.catch(() => undefined);
-  const failure = (): Promise<Error | undefined> => Promise.race([closed.then(() => undefined, (e: Error) => e), sleep(2000).then(() => undefined)]);
+  const failure = (): Promise<Error | undefined> => errorWithin(closed);
   if (to.compression === 'gzip') {
     const gz = createGzip({ level: 3 });
     pipeline(gz, file).catch(() => undefined);
-    return { out: new TarOut(gz, failure), done: closed, stop: () => void gz.destroy() };
+    return { out: new TarOut(gz, failure, Header), done: closed, stop: () => void gz.destroy() };
   }
-  return { out: new TarOut(file, failure), done: closed, stop: () => void file.destroy() };
+  return { out: new TarOut(file, failure, Header), done: closed, stop: () => void file.destroy() };
+}
+
+/** The error `done` rejects with if it settles within 2 s (the writer exiting with its reason), else undefined. */
+function errorWithin(done: Promise<void>): Promise<Error | undefined> {
+  return Promise.race([done.then(() => undefined, (e: Error) => e), sleep(2000).then(() => undefined)]);
 }

@@ -18,7 +18,8 @@ import { writeRemappedImage } from '../image/remap.js';
 import { copyShipped } from '../image/ship.js';
 import { placementScript } from './remote.js';
 import { expectedLocksFile, imageLocks, LOCK_CHECK_SCRIPT } from '../image/file-locks.js';
-import type { Prepared, Progress } from './context.js';
+import { runHook, type Prepared, type Progress } from './context.js';
+import { putBackSocketFiles, type KeptSocket } from './keep-sockets.js';
 
 /**
  * With the tree frozen at the post-dump gate: the shipped files, the remapped files.img, the
@@ -90,27 +91,40 @@ export async function finalDump(p: Prepared, extra: string[]): Promise<{ images:
  * Ends the target's restored copy before the source resumes: through the restore's lifeline, else
  * over a fresh connection. True once the target confirmed it.
  */
-export async function endTargetCopy(p: Prepared, state: Progress): Promise<boolean> {
+async function endTargetCopy(p: Prepared, state: Progress): Promise<boolean> {
   if (await state.pending!.end().catch(() => false)) return true;
   return undoOnTarget(p.session, p.args, (s) => cleanupRemote(s, state.remote!, state.treePids, true));
 }
 
-/**
- * SIGSTOP to each task of the frozen tree: when CRIU lets it go, it stays stopped instead of running
- * beside a copy on the target that could not be ended.
- */
-export function holdStopped(pids: number[]): void {
+/** `signal` to each of `pids` (one already gone is skipped). */
+export function signalTree(pids: number[], signal: NodeJS.Signals): void {
   for (const pid of pids) {
     try {
-      process.kill(pid, 'SIGSTOP');
+      process.kill(pid, signal);
     } catch {
       // gone
     }
   }
 }
 
+/**
+ * A failure before the commit, the tree frozen. The target's copy ends first (when the restore got
+ * that far): never two of the process running. Then the rollback hook (what pre-restore moved comes
+ * back before the source resumes) and the socket files; `resume` lets CRIU resume the tree. Where
+ * the target could not be reached to end its copy, the tree gets SIGSTOP first, so that it stays
+ * stopped once CRIU lets it go, and the rollback hook is not run. Returns the error to throw.
+ */
+export async function abandonFrozen(p: Prepared, state: Progress, e: unknown, hookRan: boolean, kept: KeptSocket[], resume: () => Promise<void>): Promise<unknown> {
+  const targetEnded = state.restoredPid === undefined || (await endTargetCopy(p, state));
+  if (hookRan && targetEnded) await runHook(p.args, 'rollback').catch(() => undefined);
+  await putBackSocketFiles(kept);
+  if (!targetEnded) signalTree(state.treePids, 'SIGSTOP');
+  await resume();
+  return targetEnded ? e : leftStopped(e, p, state, hookRan);
+}
+
 /** The error for a migration that failed after the target restored, when the target could not be reached to end its copy. */
-export function leftStopped(e: unknown, p: Prepared, state: Progress, hookRan: boolean): CedanaError {
+function leftStopped(e: unknown, p: Prepared, state: Progress, hookRan: boolean): CedanaError {
   const err = toCedanaError(e);
   const pids = state.treePids.join(' ');
   return new CedanaError(err.code, `${err.message}\nthe target could not be reached to end its copy of the process: the source is left stopped here (SIGSTOP), not resumed, so that two of it never run${hookRan ? '; the rollback hook was not run' : ''}`, {

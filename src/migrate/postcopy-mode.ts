@@ -7,12 +7,12 @@ import { keepLog, spawnCriu } from '../criu/criu.js';
 import { CedanaError } from '../errors.js';
 import { packImage } from '../image/archive.js';
 import { freezeTimeoutFor, frozenWindow } from './frozen.js';
-import { dropKeptSocketFiles, keepSocketFiles, putBackSocketFiles, type KeptSocket } from './keep-sockets.js';
+import { dropKeptSocketFiles, keepSocketFiles, type KeptSocket } from './keep-sockets.js';
 import { cleanupRemote, openRestore, undoOnTarget } from './remote.js';
 import { bridgeLazyPages, freeLoopbackPort, makeTls } from './postcopy.js';
 import { copyFile } from 'node:fs/promises';
 import { type Moved, type Prepared, type Progress, imagesSize, interrupted, progressTicker, runHook } from './context.js';
-import { endTargetCopy, finalDump, finishImage, frozenAtGate, holdStopped, leftStopped } from './final.js';
+import { abandonFrozen, finalDump, finishImage, frozenAtGate, signalTree } from './final.js';
 
 /**
  * Post-copy: CRIU dumps all but the anonymous memory and, once the gate lets it go on, serves those
@@ -64,28 +64,17 @@ export async function postCopy(p: Prepared, state: Progress): Promise<Moved> {
       if (w.signal.aborted) throw w.reason();
       await state.pending.keep();
     } catch (e) {
-      // The target's copy (restored, its memory still here) ends before the source resumes.
-      const targetEnded = state.restoredPid === undefined || (await endTargetCopy(p, state));
-      if (hookRan && targetEnded) await runHook(args, 'rollback').catch(() => undefined);
-      await putBackSocketFiles(kept);
-      if (!targetEnded) holdStopped(state.treePids);
-      await gate.abortAndWait(Promise.resolve()); // before the commit: CRIU resumes the tree
-      await lazy.close(); // after it: CRIU's transfer fails, and it resumes the tree
-      await run.done.catch(() => undefined);
-      if (!targetEnded) throw leftStopped(e, p, state, hookRan);
-      throw e;
+      throw await abandonFrozen(p, state, e, hookRan, kept, async () => {
+        await gate.abortAndWait(Promise.resolve()); // before the commit: CRIU resumes the tree
+        await lazy.close(); // after it: CRIU's transfer fails, and it resumes the tree
+        await run.done.catch(() => undefined);
+      });
     } finally {
       w.clear();
     }
     // The point of no return: the tree runs on the target. The source must never resume, whatever
     // happens to the page stream now: its frozen tree is killed (CRIU serves from its own pipes).
-    for (const pid of state.treePids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
+    signalTree(state.treePids, 'SIGKILL');
     state.committed = true;
     await dropKeptSocketFiles(kept);
     downtimeMs = Math.round(performance.now() - frozenAt);

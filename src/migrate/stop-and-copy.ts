@@ -9,7 +9,7 @@ import { CedanaError } from '../errors.js';
 import { packImage } from '../image/archive.js';
 import { openPageChannel, type PageBridge } from './page-proxy.js';
 import { freezeTimeoutFor, frozenWindow } from './frozen.js';
-import { dropKeptSocketFiles, keepSocketFiles, putBackSocketFiles, type KeptSocket } from './keep-sockets.js';
+import { dropKeptSocketFiles, keepSocketFiles, type KeptSocket } from './keep-sockets.js';
 import { openRestore, startPageServer } from './remote.js';
 import type { Duplex } from 'node:stream';
 import type { PageSource } from '../criu/page-server/source.js';
@@ -18,9 +18,8 @@ import type { RoundPages } from './precopy/round.js';
 import { deviceMapArg, resumeRestored } from '../gpu/cuda.js';
 import { type Moved, type Prepared, type Progress, imagesSize, interrupted, progressTicker, runHook } from './context.js';
 import type { PrecopyDone } from './precopy/rounds.js';
-import { endTargetCopy, finalDump, finishImage, frozenAtGate, holdStopped, leftStopped } from './final.js';
-
-export const PAGE_BYTES = 4096;
+import { abandonFrozen, finalDump, finishImage, frozenAtGate } from './final.js';
+import { PAGE_SIZE } from '../criu/page-server/protocol.js';
 
 /**
  * The final dump's page stream after pre-copy by content: CRIU's stream (its socket's other end is
@@ -39,7 +38,7 @@ export async function contentBridge(src: PageSource, target: Duplex, held: Map<n
   const failed = result.then(() => new Promise<never>(() => undefined));
   failed.catch(() => undefined);
   return {
-    bytes: () => (done ? done.pagesForwarded * PAGE_BYTES : 0),
+    bytes: () => (done ? done.pagesForwarded * PAGE_SIZE : 0),
     failed,
     result,
     close() {
@@ -59,7 +58,7 @@ export async function stopAndCopy(p: Prepared, state: Progress, pre?: PrecopyDon
   const held = pre?.held;
   const bridge = held ? undefined : await openPageChannel(session, psPort);
   const toTarget = held ? await session.forwardOut('127.0.0.1', psPort) : undefined;
-  const keepWhole = held ? await (await import('../proc/maps.js')).hugetlbRanges(state.treePids.length ? state.treePids : p.facts.processes.map((x) => x.pid)) : undefined;
+  const keepWhole = held ? await (await import('../proc/maps.js')).hugetlbRanges(state.treePids) : undefined;
   state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { treePids: state.treePids });
 
   const { images, gate, logFile, criuArgs } = await finalDump(p, held ? ['--page-server', '--ps-socket', '0'] : [
@@ -92,7 +91,7 @@ export async function stopAndCopy(p: Prepared, state: Progress, pre?: PrecopyDon
         await runHook(args, 'pre-restore');
       }
       const proxied = await proxy.result;
-      memoryBytes = proxied ? proxied.pagesForwarded * PAGE_BYTES : proxy.bytes();
+      memoryBytes = proxy.bytes();
       if (proxied) finalPages = { written: proxied.pagesForwarded, inParent: proxied.pagesParent };
       const ordered = await finishImage(p, state, images, memoryBytes);
       kept = await keepSocketFiles(p.facts.boundUnix);
@@ -114,15 +113,7 @@ export async function stopAndCopy(p: Prepared, state: Progress, pre?: PrecopyDon
       await state.pending.keep();
       downtimeMs = Math.round(performance.now() - frozenAt);
     } catch (e) {
-      // The target's copy ends before anything here is undone: never two of the process running.
-      const targetEnded = state.restoredPid === undefined || (await endTargetCopy(p, state));
-      // The rollback hook runs before the source resumes: what pre-restore moved must be back first.
-      if (hookRan && targetEnded) await runHook(args, 'rollback').catch(() => undefined);
-      await putBackSocketFiles(kept);
-      if (!targetEnded) holdStopped(state.treePids);
-      await gate.abortAndWait(run.done);
-      if (!targetEnded) throw leftStopped(e, p, state, hookRan);
-      throw e;
+      throw await abandonFrozen(p, state, e, hookRan, kept, () => gate.abortAndWait(run.done));
     }
     // The window closes: nothing from here on may abandon the migration.
     w.clear();

@@ -20,6 +20,12 @@ export function takeResult(buf: string, marker: string): { output: string; code:
   return { output: buf.slice(0, m.index), code: Number(m[1]), rest: buf.slice(m.index + m[0].length) };
 }
 
+/** TARGET_UNRESPONSIVE: `what` on `target` did not end within `timeoutMs`. Pure. */
+export function unresponsive(what: string, target: string, timeoutMs: number, hint: string): CedanaError {
+  const within = timeoutMs >= 1000 ? `${Math.round(timeoutMs / 1000)} s` : `${timeoutMs} ms`;
+  return new CedanaError('TARGET_UNRESPONSIVE', `${what} on ${target} did not end within ${within}`, { hint });
+}
+
 /** The shell text that runs `command` and then prints its marker line. Pure. */
 export function wrapCommand(command: string, marker: string): string {
   return `{\n${command}\n} </dev/null 2>&1; printf '\\n%s %s\\n' '${marker}' "$?"\n`;
@@ -59,9 +65,7 @@ export class RemoteShell {
     const marker = `__cedana_${this.token}_${++this.n}__`;
     return new Promise<ExecResult>((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.failed = new CedanaError('TARGET_UNRESPONSIVE', `${opts.what} on ${this.target} did not end within ${Math.round(opts.timeoutMs / 1000)} s`, {
-          hint: 'nothing was frozen. Check that the target answers: a command there that hangs holds cedana\'s shell',
-        });
+        this.failed = unresponsive(opts.what, this.target, opts.timeoutMs, "nothing was frozen. Check that the target answers: a command there that hangs holds cedana's shell");
         this.close();
         done(this.failed);
       }, opts.timeoutMs);

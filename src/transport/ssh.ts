@@ -11,7 +11,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Client, type AnyAuthMethod, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { CedanaError } from '../errors.js';
-import { RemoteShell } from './remote-shell.js';
+import { RemoteShell, unresponsive } from './remote-shell.js';
 import { findKnownKeys, hostKeyAlgorithms, judgeHostKey, keyType, readKnownHosts, recordHostKey, type HostKeyVerdict } from './known-hosts.js';
 import { parseDestination, parseSshConfig, resolveHost, type HostConfig } from './ssh-config.js';
 
@@ -172,9 +172,7 @@ export class SshSession {
       const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => {
         this.dropWaiter(lost);
         ch.close();
-        reject(new CedanaError('TARGET_UNRESPONSIVE', `${opts.what ?? 'a command'} on ${this.target} did not end within ${opts.timeoutMs! >= 1000 ? `${Math.round(opts.timeoutMs! / 1000)} s` : `${opts.timeoutMs} ms`}`, {
-          hint: `nothing was frozen. Check that \`ssh ${this.target} true\` returns at once: a login script there (~/.bashrc, ~/.profile) that waits on something holds every command`,
-        }));
+        reject(unresponsive(opts.what ?? 'a command', this.target, opts.timeoutMs!, `nothing was frozen. Check that \`ssh ${this.target} true\` returns at once: a login script there (~/.bashrc, ~/.profile) that waits on something holds every command`));
       }, opts.timeoutMs);
       ch.on('data', (d: Buffer) => out.push(d));
       ch.stderr.on('data', (d: Buffer) => err.push(d));

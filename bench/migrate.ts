@@ -72,6 +72,8 @@ export interface SizeSamples {
   cedana: CedanaRep[];
   /** cedana migrate --precopy (by content where the kernel has no soft-dirty). */
   precopy: CedanaRep[];
+  /** cedana migrate --no-precopy --transport ssh2: the memory through ssh2 instead of OpenSSH (empty when not measured). */
+  ssh2: CedanaRep[];
   /** cedana migrate --postcopy (empty when not measured). */
   postcopy: CedanaRep[];
 }
@@ -221,12 +223,13 @@ export async function migrateRounds(m: MigrateCtx): Promise<MigrateSamples> {
   await round(m, 64, (fx) => cedanaRound(m, fx), cedanaPid);
   const sizes: SizeSamples[] = [];
   for (const mib of m.cfg.sizesMib) {
-    const s: SizeSamples = { mib, naive: [], cedana: [], precopy: [], postcopy: [] };
+    const s: SizeSamples = { mib, naive: [], cedana: [], precopy: [], ssh2: [], postcopy: [] };
     for (let i = 0; i < m.cfg.reps; i++) {
       m.progress(`${i + 1}/${m.cfg.reps} migrate ${mib} MiB: naive (criu dump, tar | ssh, ssh criu restore), cedana migrate${m.cfg.postcopy ? ', cedana migrate --postcopy' : ''}`);
       s.naive.push(await round(m, mib, (fx) => naiveRound(m, fx, `${mib}-${i}`), naivePid));
       s.cedana.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--no-precopy']), cedanaPid));
       s.precopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--precopy', ...(process.env.CEDANA_BENCH_PRECOPY_ARGS ?? '').split(' ').filter(Boolean)]), cedanaPid));
+      if (process.env.CEDANA_BENCH_SSH2 !== '0') s.ssh2.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--no-precopy', '--transport', 'ssh2']), cedanaPid));
       if (m.cfg.postcopy) s.postcopy.push(await round(m, mib, (fx) => cedanaRound(m, fx, ['--postcopy', '--min-throughput', '1']), cedanaPid));
     }
     sizes.push(s);
@@ -240,6 +243,11 @@ export function migrateRows(s: MigrateSamples): Row[] {
   return s.sizes.flatMap((z) => [
     { name: `migrate ${z.mib} MiB: downtime`, unit: 'ms', value: med(z.cedana, (r) => r.result.downtimeMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
     { name: `migrate ${z.mib} MiB: total (wall)`, unit: 'ms', value: med(z.cedana, (r) => r.wallMs), baseline: med(z.naive, (r) => r.totalMs), baselineLabel: 'naive', goal: GOAL_MIGRATE },
+    ...(z.ssh2.length > 0
+      ? ([
+          { name: `migrate ${z.mib} MiB: downtime, OpenSSH link vs ssh2`, unit: 'ms', value: med(z.cedana, (r) => r.result.downtimeMs), baseline: med(z.ssh2, (r) => r.result.downtimeMs), baselineLabel: 'cedana --transport ssh2' },
+        ] satisfies Row[])
+      : []),
     { name: `migrate ${z.mib} MiB: bytes sent`, unit: 'MB', value: med(z.cedana, (r) => r.result.bytesSent) / MB, baseline: med(z.naive, (r) => r.tarBytes) / MB, baselineLabel: 'naive tar' },
     { name: `migrate ${z.mib} MiB: cedana peak RSS`, unit: 'MB', value: med(z.cedana, (r) => r.peakRssBytes) / MB, goal: GOAL_RSS },
     ...(z.mib <= SMALL_MIB

@@ -22,6 +22,7 @@
  *   CEDANA_BENCH_PRECOPY_ARGS  more arguments for the migrate phase's --precopy contestant (e.g. "--max-rounds 2")
  *   CEDANA_BENCH_HOST          test-bed host index for migrate and ssh (default 40; 10.231.<n>.0/24)
  *   CEDANA_BENCH_POSTCOPY      0 leaves out migrate --postcopy (measured against cedana's stop-and-copy)
+ *   CEDANA_BENCH_SSH2          0 leaves out migrate --transport ssh2 (measured against the default, OpenSSH)
  *   CEDANA_BENCH_INCREMENTAL_MIB      memory of the incremental phase's process (default 1024)
  *   CEDANA_BENCH_INCREMENTAL_PERCENT  shares of its pages rewritten before each incremental checkpoint (default 1,10,50)
  *   CEDANA_BENCH_PRECOPY_MIB   memory of the precopy phase's process (default 256; it rewrites CEDANA_BENCH_DIRTY_PERCENT)

@@ -6,8 +6,11 @@
  *   OpenSSH  `ssh -c aes128-gcm@openssh.com host 'cat > /dev/null' < file`, the same with OpenSSH's
  *            default cipher, and `ssh -W 127.0.0.1:PORT host < file` (a direct-tcpip channel to a
  *            sink on the target's loopback, the kind of channel migrate uses);
- *   ssh2     SshSession.forwardOut to the same sink (what migrate uses for the memory pages), the
- *            page bridge exactly as migrate drives it (a unix socket from another process, as CRIU's
+ *   cedana   the page stream as migrate drives it by default (src/transport/openssh.ts): another
+ *            process (as CRIU) writes into a socket whose other end is `ssh -W` through cedana's
+ *            own ControlMaster connection, pinned to the host key the ssh2 session verified;
+ *   ssh2     SshSession.forwardOut to the same sink (migrate's fallback without OpenSSH), the
+ *            page bridge as migrate drives it then (a unix socket from another process, as CRIU's
  *            --ps-socket, bridged into the channel), and an exec channel running `cat > /dev/null`.
  *
  * OpenSSH runs through a ControlMaster connection per cipher, so that no contestant's time
@@ -16,13 +19,14 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { mkdtemp, open } from 'node:fs/promises';
 import { randomFillSync } from 'node:crypto';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { openPageChannel } from '../src/migrate/page-proxy.js';
 import { shq, SshSession } from '../src/transport/ssh.js';
+import { OpenSshLink } from '../src/transport/openssh.js';
 import type { BenchBed } from './bed.js';
 import { start, type Started } from './exec.js';
 import { MB, median, type Goal, type Row } from './stats.js';
@@ -42,7 +46,7 @@ export interface StreamCtx {
 export const AES_GCM = 'aes128-gcm@openssh.com';
 
 /** Contestants, in the order each repetition runs them. */
-export const STREAMS = ['openssh-aes128-gcm', 'openssh-default', 'openssh-W-aes128-gcm', 'ssh2-forwardOut', 'ssh2-page-bridge', 'ssh2-exec-cat'] as const;
+export const STREAMS = ['openssh-aes128-gcm', 'openssh-default', 'openssh-W-aes128-gcm', 'cedana-openssh-link', 'ssh2-forwardOut', 'ssh2-page-bridge', 'ssh2-exec-cat'] as const;
 export type StreamName = (typeof STREAMS)[number];
 
 export interface StreamSamples {
@@ -201,6 +205,21 @@ async function ssh2Bridge(session: SshSession, sink: Sink, file: string): Promis
   return [ms, got];
 }
 
+/** migrate's default: a writer process (as CRIU) straight into OpenSSH through cedana's link. */
+async function opensshLink(link: OpenSshLink, sink: Sink, file: string): Promise<[number, number]> {
+  const t0 = performance.now();
+  const s = link.stream('127.0.0.1', sink.port);
+  const writer = spawn('cat', [file], { stdio: ['ignore', s.socket, 'pipe'] });
+  s.socket.destroy(); // the writer and OpenSSH hold the socket now, as CRIU and OpenSSH do in migrate
+  const exited = once(writer, 'exit');
+  const got = await sink.got();
+  const ms = performance.now() - t0;
+  const [code] = (await exited) as [number | null];
+  s.kill();
+  if (code !== 0) throw new Error(`the page writer (cat) exited ${code}`);
+  return [ms, got];
+}
+
 async function ssh2Exec(session: SshSession, file: string): Promise<[number, number]> {
   const t0 = performance.now();
   const ch = await session.channel('cat > /dev/null; echo done');
@@ -240,6 +259,7 @@ export async function streamRounds(s: StreamCtx): Promise<StreamSamples> {
   const gcm = await startMaster(s, 'gcm', AES_GCM);
   const dflt = await startMaster(s, 'default');
   const session = await SshSession.connect(s.bed.host.name, { sshDir: s.bed.sshDir });
+  const link = await OpenSshLink.open(session.direct!, await mkdtemp(join(s.tmp, 'link-')), s.bed.host.name);
   const ms = Object.fromEntries(STREAMS.map((n) => [n, [] as number[]])) as Record<StreamName, number[]>;
   const host = s.bed.host.name;
   /** The transfer's time, once the sink has confirmed every byte. */
@@ -253,6 +273,7 @@ export async function streamRounds(s: StreamCtx): Promise<StreamSamples> {
       'openssh-aes128-gcm': () => openssh(s, gcm, file, [host, 'cat > /dev/null']),
       'openssh-default': () => openssh(s, dflt, file, [host, 'cat > /dev/null']),
       'openssh-W-aes128-gcm': async () => checked([await openssh(s, gcm, file, ['-W', `127.0.0.1:${sink.port}`, host]), Number.NaN], 'ssh -W'),
+      'cedana-openssh-link': async () => checked(await opensshLink(link, sink, file), 'OpenSSH link', false),
       'ssh2-forwardOut': async () => checked(await ssh2Forward(session, sink, file), 'forwardOut'),
       'ssh2-page-bridge': async () => checked(await ssh2Bridge(session, sink, file), 'page bridge', false),
       'ssh2-exec-cat': async () => checked(await ssh2Exec(session, file), 'exec', false),
@@ -265,6 +286,7 @@ export async function streamRounds(s: StreamCtx): Promise<StreamSamples> {
       for (const name of STREAMS) ms[name].push(await run[name]());
     }
   } finally {
+    await link.close();
     session.close();
     await stopMaster(s, gcm);
     await stopMaster(s, dflt);
@@ -281,8 +303,9 @@ export function streamRows(s: StreamSamples): Row[] {
     { name: 'ssh: OpenSSH aes128-gcm, cat > /dev/null', unit: 'MB/s', value: gcm },
     { name: `ssh: OpenSSH default (${s.defaultCipher}), cat`, unit: 'MB/s', value: rate('openssh-default'), ...base },
     { name: 'ssh: OpenSSH aes128-gcm, -W → sink', unit: 'MB/s', value: rate('openssh-W-aes128-gcm'), ...base },
-    { name: 'ssh: ssh2 forwardOut → sink', unit: 'MB/s', value: rate('ssh2-forwardOut'), ...base, goal: GOAL_SSH2 },
-    { name: 'ssh: ssh2 page bridge (migrate) → sink', unit: 'MB/s', value: rate('ssh2-page-bridge'), ...base, goal: GOAL_SSH2 },
+    { name: 'ssh: cedana page stream (OpenSSH link, migrate\'s default) → sink', unit: 'MB/s', value: rate('cedana-openssh-link'), ...base, goal: GOAL_SSH2 },
+    { name: 'ssh: ssh2 forwardOut → sink (fallback)', unit: 'MB/s', value: rate('ssh2-forwardOut'), ...base },
+    { name: 'ssh: ssh2 page bridge (migrate\'s fallback) → sink', unit: 'MB/s', value: rate('ssh2-page-bridge'), ...base },
     { name: 'ssh: ssh2 exec, cat > /dev/null', unit: 'MB/s', value: rate('ssh2-exec-cat'), ...base },
   ];
 }

@@ -2,6 +2,7 @@
  * What a migration is given, what it returns, and what its steps share: the preflight's findings
  * (Prepared), what a failure must undo (Progress), progress events and the hook.
  */
+import type { PageLinks, Transport } from './page-proxy.js';
 import { execa } from 'execa';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -54,6 +55,8 @@ export interface MigrateArgs {
   freezeTimeoutMs?: number;
   /** Run on the target even if CRIU does not take all of the tree's file locks again. */
   allowLostLocks?: boolean;
+  /** Which SSH client carries the page streams (default auto: OpenSSH where usable, else ssh2). */
+  transport?: Transport;
 }
 
 export interface MigrateResult {
@@ -82,6 +85,8 @@ export interface MigrateResult {
 export interface Prepared {
   args: MigrateArgs;
   session: SshSession;
+  /** The page streams' client, opening while the preflight runs. */
+  links: Promise<PageLinks>;
   work: string;
   report: Reporter;
   criu: Criu;

@@ -33,6 +33,7 @@ import { prepare } from './prepare.js';
 import { choosePrecopy, precopyRounds, precopyRoundsByContent } from './precopy/rounds.js';
 import { stopAndCopy } from './stop-and-copy.js';
 import { postCopy } from './postcopy-mode.js';
+import { openPageLinks } from './page-proxy.js';
 
 export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const started = performance.now();
@@ -43,15 +44,20 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   const networkLock = await networkLockBackend();
   if (!networkLock) throw new CedanaError('HOST_UNSUPPORTED', 'neither iptables nor nft is installed here', { hint: 'install iptables (scripts/setup does)' });
   if (args.postcopy) await checkLazySource();
+  if (args.postcopy && args.transport === 'openssh') throw new CedanaError('USAGE', '--transport openssh is for the page streams of stop-and-copy and pre-copy; post-copy pulls its pages through ssh2', { hint: 'leave --transport out with --postcopy' });
   const precopy = await choosePrecopy(args, criu);
 
   report.phase(`connecting to ${args.to}`);
   const session = await SshSession.connect(args.to, { acceptNewHostKey: args.acceptNewHostKey, sshDir: args.sshDir });
   const work = await privateTempDir('cedana-migrate-');
   const state: Progress = { committed: false, treePids: [], shippedPaths: [] };
+  // The page streams' connection comes up while the preflight runs (post-copy pulls through ssh2).
+  const links = args.postcopy ? Promise.reject(new Error('post-copy opens no page links')) : openPageLinks(session, work, args.transport ?? 'auto', args.to);
+  links.catch(() => undefined);
   try {
-    const prep = await prepare({ args, session, work, report, criu, networkLock }, state);
+    const prep = await prepare({ args, session, links, work, report, criu, networkLock }, state);
     if (args.signal?.aborted) throw interrupted();
+    if (!args.postcopy) prep.decisions.notes.push((await links).note);
     state.remote = await makeRemoteDir(session, args.targetDir);
     const pre = precopy === 'content' ? await precopyRoundsByContent(prep, state) : precopy ? await precopyRounds(prep, state) : undefined;
     // GPU memory cannot be pre-copied: it is moved into host memory just before the final freeze.
@@ -98,6 +104,7 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
   } finally {
     report.stop();
     if (state.committed && state.remote) await cleanupRemote(session, state.remote);
+    await (await links.catch(() => undefined))?.close();
     session.close();
     await rm(work, { recursive: true, force: true });
   }

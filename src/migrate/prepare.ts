@@ -27,7 +27,7 @@ import { DEFAULT_MIN_THROUGHPUT, type Prepared, type Progress } from './context.
 
 /** Everything before the freeze: the tree, the target's facts, shipping, connections, remapping. */
 export async function prepare(
-  c: Pick<Prepared, 'args' | 'session' | 'work' | 'report' | 'criu' | 'networkLock'>,
+  c: Pick<Prepared, 'args' | 'session' | 'links' | 'work' | 'report' | 'criu' | 'networkLock'>,
   state: Progress,
 ): Promise<Prepared> {
   const { args, session, work, report, criu } = c;

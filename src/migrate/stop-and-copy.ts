@@ -7,7 +7,7 @@ import { keepLog, spawnCriu } from '../criu/criu.js';
 import { readDumpStats } from '../image/criu/stats.js';
 import { CedanaError } from '../errors.js';
 import { packImage } from '../image/archive.js';
-import { openPageChannel, type PageBridge } from './page-proxy.js';
+import type { PageBridge } from './page-proxy.js';
 import { freezeTimeoutFor, frozenWindow } from './frozen.js';
 import { dropKeptSocketFiles, keepSocketFiles, type KeptSocket } from './keep-sockets.js';
 import { openRestore, startPageServer } from './remote.js';
@@ -56,21 +56,22 @@ export async function stopAndCopy(p: Prepared, state: Progress, pre?: PrecopyDon
   // link (soft-dirty), or by content through cedana's proxy (the target keeps the rest as PE_PARENT).
   const psPort = await startPageServer(session, remote, pre ? { into: 'img', prev: pre.prev } : undefined);
   const held = pre?.held;
-  const bridge = held ? undefined : await openPageChannel(session, psPort);
-  const toTarget = held ? await session.forwardOut('127.0.0.1', psPort) : undefined;
+  const links = await p.links;
+  const stream = held ? undefined : await links.forCriu(psPort);
+  const toTarget = held ? await links.open(psPort) : undefined;
   const keepWhole = held ? await (await import('../proc/maps.js')).hugetlbRanges(state.treePids) : undefined;
   state.pending = await openRestore(session, remote, p.restoreFlags, p.targetLock, { treePids: state.treePids });
 
   const { images, gate, logFile, criuArgs } = await finalDump(p, held ? ['--page-server', '--ps-socket', '0'] : [
-    '--page-server', '--ps-socket', '3',
+    ...stream!.args,
     ...(pre ? ['--track-mem', '--prev-images-dir', `../${pre.prev}`] : []),
   ]);
   const pair = held ? await (await import('../criu/page-server/source.js')).socketPair(work) : undefined;
   const frozenAt = performance.now();
   report.phase(`freezing ${p.facts.processes.length} process(es) and sending ${pre ? 'what changed since the last round' : 'memory'}`);
   const w = frozenWindow({ signal: args.signal, timeoutMs: args.freezeTimeoutMs ?? freezeTimeoutFor(p.dumpBytes), interrupted });
-  const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, ...(pair ? { stdinSocket: pair.criuEnd } : { pageServerSocket: true }) });
-  const proxy: PageBridge & { result?: Promise<ProxyResult> } = held ? await contentBridge(pair!.source, toTarget!, held, keepWhole) : bridge!(run.psSocket!);
+  const run = spawnCriu(p.criu, criuArgs, { logFile, label: `migrate-${args.pid}`, ...(pair ? { stdinSocket: pair.criuEnd } : stream!.spawn) });
+  const proxy: PageBridge & { result?: Promise<ProxyResult> } = held ? await contentBridge(pair!.source, toTarget!, held, keepWhole) : stream!.attach(run);
   try {
     // What the final dump sends: everything, or what pre-copy found changed (unknown ahead: no total).
     const ticker = progressTicker(report, () => proxy.bytes(), pre ? 0 : p.dumpBytes);
@@ -91,7 +92,7 @@ export async function stopAndCopy(p: Prepared, state: Progress, pre?: PrecopyDon
         await runHook(args, 'pre-restore');
       }
       const proxied = await proxy.result;
-      memoryBytes = proxy.bytes();
+      memoryBytes = proxy.settle ? await proxy.settle() : proxy.bytes();
       if (proxied) finalPages = { written: proxied.pagesForwarded, inParent: proxied.pagesParent };
       const ordered = await finishImage(p, state, images, memoryBytes);
       kept = await keepSocketFiles(p.facts.boundUnix);

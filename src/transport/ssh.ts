@@ -64,6 +64,19 @@ function streamSocket(host: string, port: number): Socket {
   return sock;
 }
 
+/**
+ * What a second connection to the same host needs to be the same connection in every respect that
+ * matters: the address and user cedana's session used, the identities it could offer, and the host
+ * key it verified (OpenSSH is given only that key: src/transport/openssh.ts).
+ */
+export interface DirectTarget {
+  host: string;
+  port: number;
+  user: string;
+  identityFiles: string[];
+  hostKey: Buffer;
+}
+
 export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
@@ -77,6 +90,8 @@ export class SshSession {
     readonly target: string,
     readonly hostName: string,
     private readonly jump?: SshSession,
+    /** Set when the session is a direct connection (not through a jump host). */
+    readonly direct?: DirectTarget,
   ) {
     client.on('close', () => {
       this.closed = true;
@@ -115,6 +130,7 @@ export class SshSession {
     }
     const knownFiles = config.userKnownHostsFiles.length > 0 ? config.userKnownHostsFiles : [join(sshDir, 'known_hosts')];
     const known = findKnownKeys(await readKnownHosts(knownFiles), host, port);
+    const identityFiles: string[] = [];
     let verdict: HostKeyVerdict | undefined;
     let presented: Buffer | undefined;
     const client = new Client();
@@ -137,7 +153,7 @@ export class SshSession {
         verdict = judgeHostKey(known, key);
         return verdict === 'match' || (verdict === 'unknown' && !!opts.acceptNewHostKey);
       },
-      authHandler: await authMethods(user, config, sshDir),
+      authHandler: await authMethods(user, config, sshDir, identityFiles),
     };
     await new Promise<void>((resolve, reject) => {
       client.once('ready', () => resolve());
@@ -149,7 +165,7 @@ export class SshSession {
       client.connect(sock ? cfg : { ...cfg, sock: streamSocket(host, port) });
     });
     if (verdict === 'unknown' && presented) await recordHostKey(knownFiles[0]!, host, port, presented);
-    return new SshSession(client, label, host, jump);
+    return new SshSession(client, label, host, jump, !sock && presented ? { host, port, user, identityFiles, hostKey: presented } : undefined);
   }
 
   /**
@@ -268,14 +284,18 @@ export class SshSession {
   }
 }
 
-async function authMethods(user: string, config: HostConfig, sshDir: string): Promise<AnyAuthMethod[]> {
+/** The methods ssh2 offers; `usable` collects the identity files it could read (for OpenSSH's -i). */
+async function authMethods(user: string, config: HostConfig, sshDir: string, usable: string[]): Promise<AnyAuthMethod[]> {
   const methods: AnyAuthMethod[] = [];
   if (process.env.SSH_AUTH_SOCK) methods.push({ type: 'agent', username: user, agent: process.env.SSH_AUTH_SOCK });
   const files = config.identityFiles.length > 0 ? config.identityFiles : ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((f) => join(sshDir, f));
   for (const f of files) {
     const key = await readFile(f).catch(() => undefined);
     // Keys with a passphrase need the agent: cedana never asks for secrets.
-    if (key && !/ENCRYPTED|bcrypt/.test(key.subarray(0, 2000).toString('latin1'))) methods.push({ type: 'publickey', username: user, key });
+    if (key && !/ENCRYPTED|bcrypt/.test(key.subarray(0, 2000).toString('latin1'))) {
+      methods.push({ type: 'publickey', username: user, key });
+      usable.push(f);
+    }
   }
   return methods;
 }

@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { criuFeature, spawnCriu, type Criu } from '../../criu/criu.js';
 import { readDumpStats } from '../../image/criu/stats.js';
 import { CedanaError } from '../../errors.js';
-import { openPageChannel } from '../page-proxy.js';
 import { startPageServer } from '../remote.js';
 import type { RoundPages, TreeRoundResult } from './round.js';
 import type { RemoteShell } from '../../transport/remote-shell.js';
@@ -97,8 +96,7 @@ export async function precopyRoundsByContent(p: Prepared, state: Progress): Prom
       if (args.signal?.aborted) throw interrupted();
       const into = `pre-${n}`;
       const port = await startPageServer(session, remote, { into, prev: n > 1 ? `pre-${n - 1}` : undefined }, shell);
-      const ch = await session.forwardOut('127.0.0.1', port);
-      const client = new PageServerClient(ch);
+      const client = new PageServerClient(await (await p.links).open(port));
       const t0 = performance.now();
       report.phase(`pre-copy round ${n}: reading the memory of the running tree and sending ${n === 1 ? 'it' : 'what changed'}`);
       const ticker = progressTicker(report, () => client.bytesSent, n === 1 ? p.dumpBytes : 0);
@@ -146,19 +144,19 @@ export async function precopyRounds(p: Prepared, state: Progress): Promise<Preco
     const into = `pre-${n}`;
     const prev = n > 1 ? `pre-${n - 1}` : undefined;
     const port = await startPageServer(session, remote, { into, prev });
-    const bridge = await openPageChannel(session, port);
+    const stream = await (await p.links).forCriu(port);
     const local = join(work, into);
     const roundWork = join(work, `${into}-work`);
     await execa('mkdir', ['-m', '700', local, roundWork]);
     const logFile = join(roundWork, 'pre-dump.log');
     const criuArgs = [
-      'pre-dump', '-t', String(args.pid), '-D', local, '-W', roundWork, '-o', logFile, '-v4', '--track-mem', '--page-server', '--ps-socket', '3',
+      'pre-dump', '-t', String(args.pid), '-D', local, '-W', roundWork, '-o', logFile, '-v4', '--track-mem', ...stream.args,
       ...(prev ? ['--prev-images-dir', `../${prev}`] : []), ...(p.decisions.shellJob ? ['--shell-job'] : []),
     ];
     const t0 = performance.now();
     report.phase(`pre-copy round ${n}: sending memory while the tree runs`);
-    const run = spawnCriu(p.criu, criuArgs, { logFile, label: `precopy-${args.pid}-${n}`, pageServerSocket: true });
-    const proxy = bridge(run.psSocket!);
+    const run = spawnCriu(p.criu, criuArgs, { logFile, label: `precopy-${args.pid}-${n}`, ...stream.spawn });
+    const proxy = stream.attach(run);
     const ticker = progressTicker(report, () => proxy.bytes(), n === 1 ? p.dumpBytes : 0);
     const onAbort = (): void => proxy.close();
     args.signal?.addEventListener('abort', onAbort, { once: true });

@@ -10,7 +10,8 @@ import { REPO_ROOT } from './contestants.js';
 import { median, type Goal, type Row } from './stats.js';
 
 export interface GuestRun {
-  mode: 'stop-and-copy' | 'precopy';
+  /** precopy: CRIU's rounds (soft-dirty); content: cedana's rounds by page contents (--precopy-by content). */
+  mode: 'stop-and-copy' | 'precopy' | 'content';
   exitCode: number;
   downtimeMs: number;
   durationMs: number;
@@ -48,5 +49,12 @@ export function precopyRows(s: PrecopySamples & { thp: string }): Row[] {
   return [
     { name: `pre-copy ${s.mib} MiB at ${s.dirty}%/s (guest, THP ${s.thp}): downtime`, unit: 'ms', value: of('precopy', (x) => x.downtimeMs), baseline: of('stop-and-copy', (x) => x.downtimeMs), baselineLabel: 'stop-and-copy', goal: GOAL_PRECOPY },
     { name: `pre-copy ${s.mib} MiB at ${s.dirty}%/s (guest, THP ${s.thp}): total`, unit: 'ms', value: of('precopy', (x) => x.durationMs), baseline: of('stop-and-copy', (x) => x.durationMs), baselineLabel: 'stop-and-copy' },
+    ...(s.runs.some((x) => x.mode === 'content')
+      ? [
+          { name: `pre-copy by content ${s.mib} MiB at ${s.dirty}%/s (guest): downtime`, unit: 'ms', value: of('content', (x) => x.downtimeMs), baseline: of('precopy', (x) => x.downtimeMs), baselineLabel: 'pre-copy by soft-dirty' },
+          { name: `pre-copy by content ${s.mib} MiB at ${s.dirty}%/s (guest): total`, unit: 'ms', value: of('content', (x) => x.durationMs), baseline: of('precopy', (x) => x.durationMs), baselineLabel: 'pre-copy by soft-dirty' },
+          { name: `pre-copy by content ${s.mib} MiB at ${s.dirty}%/s (guest): downtime vs stop-and-copy`, unit: 'ms', value: of('content', (x) => x.downtimeMs), baseline: of('stop-and-copy', (x) => x.downtimeMs), baselineLabel: 'stop-and-copy', goal: GOAL_PRECOPY },
+        ] satisfies Row[]
+      : []),
   ];
 }

@@ -564,8 +564,8 @@ async function main(): Promise<number> {
       const samples = await precopyRounds(cfg.precopyMib, cfg.dirtyPercent, cfg.reps, process.env.CEDANA_BENCH_THP ?? 'madvise', progress);
       const rows = precopyRows(samples).map(evaluate);
       sections.push([
-        `cedana migrate, pre-copy against stop-and-copy: a ${samples.mib} MiB process rewriting ${samples.dirty}% of its pages a second, in the test guest (kernel ${samples.kernel}, emulated by qemu TCG: absolute times are not a real machine's, the ratio is the measure); ${cfg.reps} repetition(s) of each, medians`,
-        `pre-copy rounds (pages written): ${samples.runs.filter((x) => x.precopy).map((x) => `${x.precopy!.rounds.map((q) => q.pagesWritten).join(' → ')} → final ${x.precopy!.finalPagesWritten}`).join('; ')}`,
+        `cedana migrate, pre-copy (by soft-dirty, and by content) against stop-and-copy: a ${samples.mib} MiB process rewriting ${samples.dirty}% of its pages a second, in the test guest (kernel ${samples.kernel}, emulated by qemu TCG: absolute times are not a real machine's, the ratio is the measure); ${cfg.reps} repetition(s) of each, medians`,
+        `pre-copy rounds (pages written): ${samples.runs.filter((x) => x.precopy).map((x) => `${x.mode === 'content' ? 'by content ' : ''}${x.precopy!.rounds.map((q) => q.pagesWritten).join(' → ')} → final ${x.precopy!.finalPagesWritten}`).join('; ')}`,
         describeMachine(machine),
         '',
         renderTable(rows),

@@ -1,8 +1,9 @@
 /**
  * Runs inside the test guest for `npm run bench` (phase precopy): the same process — N MiB of random
  * memory, rewriting P% of its pages every second — migrated to a test-bed host by stop-and-copy
- * (--no-precopy) and by pre-copy, alternated, so that the ratio of their downtimes comes from one
- * run in one environment. Everything in the guest is emulated (qemu TCG): absolute times are much
+ * (--no-precopy), by pre-copy with the kernel's soft-dirty tracking (CRIU's rounds) and by pre-copy
+ * comparing page contents (--precopy-by content, what runs where there is no soft-dirty), alternated,
+ * so that the ratios of their downtimes come from one run in one environment. Everything in the guest is emulated (qemu TCG): absolute times are much
  * longer than on a real machine, the ratio is what this measures. Reads cedana.mib, cedana.dirty and
  * cedana.reps from the kernel command line; prints GUEST-RESULT {json}.
  */
@@ -46,7 +47,7 @@ const sshArgs = ['-F', join(ssh.sshDir, 'config'), '-o', `UserKnownHostsFile=${j
 const runs: Record<string, unknown>[] = [];
 try {
   for (let i = 0; i < reps; i++) {
-    for (const mode of ['--no-precopy', '--precopy']) {
+    for (const mode of ['--no-precopy', '--precopy', '--precopy-by=content']) {
       const dir = mkdtempSync('/var/lib/cedana-guest-bench-');
       const ready = join(dir, 'ready');
       const proc = spawn('python3', ['-c', FIXTURE, String(mib), String(dirty), ready], { detached: true, stdio: 'ignore' });
@@ -55,7 +56,7 @@ try {
       await sleep(3000); // let it rewrite for a while, as a running service does
       const r = await execa('node', [join(root, 'bin/cedana'), 'migrate', String(pid), '--to', host.name, mode, '--json'], { env: { HOME: home }, reject: false, timeout: 1_200_000 });
       const out = JSON.parse(String(r.stdout).trim().split('\n').pop() || '{}') as Record<string, any>;
-      runs.push({ mode: mode === '--precopy' ? 'precopy' : 'stop-and-copy', exitCode: r.exitCode, downtimeMs: out.downtimeMs, durationMs: out.durationMs, bytesSent: out.bytesSent, precopy: out.precopy, error: out.error });
+      runs.push({ mode: mode === '--precopy' ? 'precopy' : mode === '--no-precopy' ? 'stop-and-copy' : 'content', exitCode: r.exitCode, downtimeMs: out.downtimeMs, durationMs: out.durationMs, bytesSent: out.bytesSent, precopy: out.precopy, error: out.error });
       try {
         process.kill(pid, 'SIGKILL');
       } catch {

@@ -1,8 +1,10 @@
 /**
  * Runs inside the test guest (scripts/guest/run scripts/guest/precopy-run.sh), whose kernel tracks
  * dirty pages: a test-bed host, a process holding random memory and touching some of it all along,
- * and `cedana migrate` with no mode given — which must pick pre-copy there. Prints one line,
- * GUEST-RESULT {json}, with cedana's result and what the process reported on the target.
+ * and `cedana migrate` with no mode given — which must pick pre-copy there; then another such
+ * process moved with `--precopy-by content` (cedana's rounds by page contents, as on kernels without
+ * soft-dirty) on the same kernel. Prints one line, GUEST-RESULT {json}, with cedana's results and
+ * what the processes reported on the target.
  */
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
@@ -30,33 +32,49 @@ const ssh = await createUserKey(join(home, '.ssh'));
 const t0 = Date.now();
 const host = await createHost(30, ssh);
 const bedMs = Date.now() - t0;
-const dir = mkdtempSync('/var/lib/cedana-guest-test-');
 const mib = Number(process.env.CEDANA_GUEST_MIB ?? 48);
-const proc = spawn('python3', [join(root, 'test/fixtures/memhog.py'), String(mib), dir], { detached: true, stdio: 'ignore' });
-const pid = proc.pid!;
-const result: Record<string, unknown> = { pid, mib, bedMs };
-try {
-  result.sha0 = await waitFor('memory filled', () => read(join(dir, 'sha0')));
-  result.kernel = (await execa('uname', ['-r'])).stdout;
-  const m0 = Date.now();
-  const r = await execa('node', [join(root, 'bin/cedana'), 'migrate', String(pid), '--to', host.name, '--json'], { env: { HOME: home }, reject: false, timeout: 600_000 });
-  result.exitCode = r.exitCode;
-  result.migrateMs = Date.now() - m0;
-  result.cedana = JSON.parse(String(r.stdout).trim().split('\n').pop() || '{}');
-  result.events = String(r.stderr).split('\n').filter((l) => l.includes('pre-copy round'));
-  result.sourceAlive = existsSync(`/proc/${pid}`);
-  if (r.exitCode === 0) {
-    await execa('ssh', ['-F', join(ssh.sshDir, 'config'), '-o', `UserKnownHostsFile=${join(ssh.sshDir, 'known_hosts')}`, host.name, `kill -USR1 ${pid}`]);
-    result.shaOnTarget = await waitFor('the checksum on the target', () => read(join(dir, 'sha-1')));
+const sshArgs = ['-F', join(ssh.sshDir, 'config'), '-o', `UserKnownHostsFile=${join(ssh.sshDir, 'known_hosts')}`, host.name];
+
+/** A memhog migrated with `extra` arguments: cedana's result and what the process reported there. */
+async function moveOne(extra: string[]): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync('/var/lib/cedana-guest-test-');
+  const proc = spawn('python3', [join(root, 'test/fixtures/memhog.py'), String(mib), dir], { detached: true, stdio: 'ignore' });
+  const pid = proc.pid!;
+  const result: Record<string, unknown> = { pid, mib };
+  try {
+    result.sha0 = await waitFor('memory filled', () => read(join(dir, 'sha0')));
+    const m0 = Date.now();
+    const r = await execa('node', [join(root, 'bin/cedana'), 'migrate', String(pid), '--to', host.name, ...extra, '--json'], { env: { HOME: home }, reject: false, timeout: 600_000 });
+    result.exitCode = r.exitCode;
+    result.migrateMs = Date.now() - m0;
+    result.cedana = JSON.parse(String(r.stdout).trim().split('\n').pop() || '{}');
+    result.events = String(r.stderr).split('\n').filter((l) => l.includes('pre-copy round'));
+    result.sourceAlive = existsSync(`/proc/${pid}`);
+    if (r.exitCode === 0) {
+      await execa('ssh', [...sshArgs, `kill -USR1 ${pid}`]);
+      result.shaOnTarget = await waitFor('the checksum on the target', () => read(join(dir, 'sha-1')));
+      await execa('ssh', [...sshArgs, `kill -9 ${pid}; while [ -e /proc/${pid} ]; do sleep 0.1; done`], { reject: false });
+    }
+  } catch (e) {
+    result.error = String((e as Error).message);
+  } finally {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // moved away
+    }
   }
+  return result;
+}
+
+let result: Record<string, unknown> = { bedMs };
+try {
+  result.kernel = (await execa('uname', ['-r'])).stdout;
+  result = { ...result, ...(await moveOne([])) };
+  result.byContent = await moveOne(['--precopy-by', 'content', '--max-rounds', '3']);
 } catch (e) {
   result.error = String((e as Error).message);
 } finally {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // moved away
-  }
   await destroyHost(host);
 }
 process.stdout.write(`GUEST-RESULT ${JSON.stringify(result)}\n`);

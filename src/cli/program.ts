@@ -258,6 +258,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--map-port <OLD:NEW>', 'a TCP socket listening on port OLD listens on NEW on the target; repeatable', collectPortMap, [] as PortMap[])
     .addOption(new Option('--precopy', 'pre-copy: rounds of memory sent while the tree runs, then only what changed while frozen (default where the kernel tracks dirty pages, with CRIU\'s rounds; where it does not, as on arm64, cedana compares page contents)'))
     .addOption(new Option('--no-precopy', 'never pre-copy (stop-and-copy)'))
+    .addOption(new Option('--precopy-by <how>', 'pre-copy: what finds the pages that changed: soft-dirty (the kernel\'s tracking, CRIU\'s rounds), content (cedana compares page hashes: any kernel), auto (soft-dirty where the kernel has it)').choices(['auto', 'soft-dirty', 'content']).default('auto'))
     .option('--max-rounds <n>', 'pre-copy: at most this many rounds (default 8)', parseCount)
     .addOption(new Option('--transport <client>', 'what carries the memory: openssh (the system\'s ssh -W, one connection pinned to the host key cedana verified), ssh2 (built in), auto: OpenSSH where it is installed and connects, else ssh2').choices(['auto', 'openssh', 'ssh2']).default('auto'))
     .option('--postcopy', 'post-copy: the tree runs on the target at once and its memory follows on demand (CRIU lazy pages). The source is ended as soon as the target runs: if the link breaks after that, the process is LOST. Refused on a link slower than --min-throughput')
@@ -267,7 +268,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--freeze-timeout <duration>', 'the longest the source may stay frozen (90s, 5m); past it the migration is abandoned, the source resumed and the target cleaned (default: 60s + 20s per GiB of memory)', parseDuration)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; maxRounds?: number; transport: 'auto' | 'openssh' | 'ssh2'; postcopy?: boolean; minThroughput?: number; hook?: string; freezeTimeout?: number; allowLostLocks?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
+    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; precopyBy: 'auto' | 'soft-dirty' | 'content'; maxRounds?: number; transport: 'auto' | 'openssh' | 'ssh2'; postcopy?: boolean; minThroughput?: number; hook?: string; freezeTimeout?: number; allowLostLocks?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
       if (o.container !== undefined) {
         onInvoke({
           command: 'migrate',
@@ -305,6 +306,7 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
             ship: shipPolicy(o),
             postcopy: !!o.postcopy,
             precopy: o.precopy,
+            precopyBy: o.precopyBy,
             maxRounds: o.maxRounds,
             transport: o.transport,
             minThroughput: o.minThroughput,

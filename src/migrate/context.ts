@@ -40,6 +40,8 @@ export interface MigrateArgs {
   postcopy?: boolean;
   /** Pre-copy rounds while the tree runs: true forces (an error without soft-dirty), false refuses, undefined picks when supported. */
   precopy?: boolean;
+  /** What finds the changed pages in pre-copy: the kernel's soft-dirty bits (CRIU's rounds) or page contents; auto: soft-dirty where the kernel has it. */
+  precopyBy?: 'auto' | 'soft-dirty' | 'content';
   /** Pre-copy stops after this many rounds at most (default 8). */
   maxRounds?: number;
   /** Post-copy is refused on a link slower than this (bytes per second). */

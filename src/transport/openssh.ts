@@ -201,7 +201,10 @@ export class OpenSshLink {
     if (this.master.exitCode === null && this.master.signalCode === null) {
       this.master.stdin!.end();
       this.master.kill('SIGTERM');
-      await Promise.race([once(this.master, 'exit'), sleep(2000)]);
+      // At most 2 s, and no timer left behind to hold the process once OpenSSH is gone.
+      const stop = new AbortController();
+      await Promise.race([once(this.master, 'exit'), sleep(2000, undefined, { signal: stop.signal }).catch(() => undefined)]);
+      stop.abort();
     }
     await rm(this.dir, { recursive: true, force: true });
   }

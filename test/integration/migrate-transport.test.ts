@@ -158,6 +158,24 @@ describe('migrate --transport', () => {
   });
 });
 
+describe('migrate --precopy-by', () => {
+  it('content pre-copies by itself; soft-dirty is refused on this kernel (it has none) before anything is frozen; either with --no-precopy is a usage error', async () => {
+    const { dir, pid, sha0 } = await owned.memhog(32, await mkdtemp(join(shared, 'mem-')));
+    const soft = await cedana(['migrate', String(pid), '--to', host.name, '--precopy-by', 'soft-dirty', '--json'], { env: bed.env });
+    expect(soft.exitCode).toBe(7);
+    expect(soft.json!.error.code).toBe('HOST_UNSUPPORTED');
+    expect(soft.json!.error.hint).toMatch(/--precopy-by content/);
+    const both = await cedana(['migrate', String(pid), '--to', host.name, '--no-precopy', '--precopy-by', 'content', '--json'], { env: bed.env });
+    expect(both.exitCode).toBe(2);
+    expect(both.json!.error.code).toBe('USAGE');
+    await expectSourceIntact(dir, pid, sha0);
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy-by', 'content', '--max-rounds', '2'], { env: bed.env });
+    expect(r.mode).toBe('precopy');
+    expect(r.decisions.join('\n')).toMatch(/pre-copy by content: \d+ round\(s\)/);
+    await expectMovedIntact(dir, pid, sha0);
+  });
+});
+
 describe('OpenSSH link', () => {
   it('refuses a host that answers with another key than the one the session verified', async () => {
     const session = await SshSession.connect(host.name, { sshDir: bed.ssh.sshDir });

@@ -5,7 +5,8 @@
  * `cedana migrate` with no mode given moves a process holding random memory to a test-bed host:
  * it must choose pre-copy, send the memory in rounds while the process runs, stop by the rule, send
  * only what changed while frozen, and the process must find its memory intact on the target.
- * About 3–5 minutes (everything in the guest is emulated).
+ * Then a second process moves with `--precopy-by content` (cedana's rounds by page contents) on the
+ * same kernel. About 5–8 minutes (everything in the guest is emulated).
  */
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
@@ -13,7 +14,7 @@ import { ROOT } from '../helpers/cedana.js';
 
 describe('migrate with pre-copy (in a guest whose kernel has soft-dirty)', () => {
   it('picks pre-copy by itself, converges in rounds, and the memory arrives intact', async () => {
-    const r = await execa(`${ROOT}scripts/guest/run`, [`${ROOT}scripts/guest/precopy-run.sh`], { reject: false, all: true, timeout: 900_000 });
+    const r = await execa(`${ROOT}scripts/guest/run`, [`${ROOT}scripts/guest/precopy-run.sh`], { reject: false, all: true, timeout: 1_440_000, env: { ...process.env, CEDANA_GUEST_TIMEOUT: '1380' } });
     const line = String(r.all).split('\n').find((l) => l.includes('GUEST-RESULT '));
     expect(line, String(r.all).slice(-3000)).toBeDefined();
     const g = JSON.parse(line!.slice(line!.indexOf('GUEST-RESULT ') + 13)) as Record<string, any>;
@@ -31,5 +32,18 @@ describe('migrate with pre-copy (in a guest whose kernel has soft-dirty)', () =>
     expect(g.events.length).toBeGreaterThanOrEqual(2 * rounds.length); // each round announced and reported
     expect(g.sourceAlive).toBe(false);
     expect(g.shaOnTarget).toBe(g.sha0);
-  }, 960_000);
+    // The memory crossed through the OpenSSH link (the guest has OpenSSH's client).
+    expect(c.decisions.join('\n')).toMatch(/page streams: OpenSSH/);
+
+    // --precopy-by content on the same kernel: cedana's rounds by page contents, not CRIU's.
+    const b = g.byContent as Record<string, any>;
+    expect(b.exitCode, JSON.stringify(b.cedana ?? b.error)).toBe(0);
+    expect(b.cedana).toMatchObject({ ok: true, mode: 'precopy', targetPid: b.pid });
+    expect(b.cedana.decisions.join('\n')).toMatch(/pre-copy by content: \d+ round\(s\)/);
+    const br = b.cedana.precopy.rounds as { pagesWritten: number }[];
+    expect(br[0]!.pagesWritten * 4096).toBeGreaterThan(b.mib * 1024 * 1024);
+    expect(b.cedana.precopy.finalPagesInParent).toBeGreaterThan(b.mib * 256 * 0.9);
+    expect(b.sourceAlive).toBe(false);
+    expect(b.shaOnTarget).toBe(b.sha0);
+  }, 1_500_000);
 });

@@ -16,6 +16,7 @@ import { encodeDstId, encodeHeader, PAGE_SIZE, PE_PARENT, PE_PRESENT, PS_IOV_ADD
 const QUEUED = 8 << 20;
 
 export class PageServerClient {
+  private lastFlush: Promise<void> = Promise.resolve();
   private received: Buffer[] = [];
   private receivedBytes = 0;
   private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
@@ -115,6 +116,14 @@ export class PageServerClient {
     return status;
   }
 
+  /**
+   * Settles once everything written so far has left cedana (handed to the kernel, or dropped with a
+   * failed connection): page data given to add() or entry() may be reused from then on.
+   */
+  flushed(): Promise<void> {
+    return this.lastFlush;
+  }
+
   /** Drops the connection mid-session (a failed round): the page server sees it end and exits with an error. */
   abort(): void {
     this.sock.destroy();
@@ -135,7 +144,9 @@ export class PageServerClient {
     if (s.destroyed || !s.writable) return Promise.reject(new CedanaError('IO_ERROR', 'the page server connection is closed'));
     s.cork();
     let ok = true;
-    for (const b of bufs) ok = s.write(b) && ok;
+    for (const b of bufs.slice(0, -1)) ok = s.write(b) && ok;
+    // The stream calls back in order: the last buffer's callback means all of them are out.
+    this.lastFlush = new Promise<void>((resolve) => (ok = s.write(bufs[bufs.length - 1]!, () => resolve()) && ok));
     s.uncork();
     // Up to QUEUED bytes may wait in the socket's queue: the next run is read and hashed meanwhile,
     // and the socket never runs dry between two writes.

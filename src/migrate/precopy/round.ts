@@ -13,7 +13,7 @@
  * its data). Entries ascend, and a PE_PARENT run never spans two mappings.
  */
 import type { PageServerClient } from '../../criu/page-server/client.js';
-import { HASH_BYTES, nsPid, PAGE_SIZE, readPages, type ReadTimings } from './memory.js';
+import { HASH_BYTES, nsPid, PAGE_SIZE, readPages, type PageRun, type ReadTimings } from './memory.js';
 
 /** A round's pages as the target now holds them: ascending addresses and their hashes. */
 export interface RoundPages {
@@ -53,8 +53,15 @@ export interface RoundOptions {
 
 class Growing {
   count = 0;
-  vaddrs = new Float64Array(1 << 14);
-  hashes = Buffer.allocUnsafeSlow((1 << 14) * HASH_BYTES);
+  vaddrs: Float64Array;
+  hashes: Buffer;
+
+  /** `expect`: the pages the last round held (a round after the first grows little, if at all). */
+  constructor(expect = 0) {
+    const cap = Math.max(1 << 14, Math.ceil(expect * 1.05));
+    this.vaddrs = new Float64Array(cap);
+    this.hashes = Buffer.allocUnsafeSlow(cap * HASH_BYTES);
+  }
 
   push(vaddr: number, pages: number, hashes: Buffer): void {
     const need = this.count + pages;
@@ -140,7 +147,7 @@ async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOpt
   const hasParent = await client.open(await nsPid(pid));
   const prev = hasParent ? opts.prev : undefined;
   const prevH = prev ? i32(prev.hashes) : undefined;
-  const cur = new Growing();
+  const cur = new Growing(prev?.count);
   let k = 0; // cursor into prev
   let sent = 0;
   let unchanged = 0;
@@ -158,13 +165,20 @@ async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOpt
     await send(client.parent(h.vaddr, h.n));
   };
 
+  /** The run's memory goes back to the reader once nothing written still refers to it. */
+  const done = (run: PageRun, wrote: boolean): void => {
+    if (wrote) void client.flushed().then(() => run.release());
+    else run.release();
+  };
   for await (const run of readPages(pid, { chunkPages: opts.chunkPages, workers: opts.workers, timings })) {
     cur.push(run.vaddr, run.pages, run.hashes);
     if (!prev || !prevH) {
       sent += run.pages;
       await send(client.add(run.vaddr, run.data));
+      done(run, true);
       continue;
     }
+    let wrote = false;
     if (hole && (hole.vma !== run.vma || hole.vaddr + hole.n * PAGE_SIZE !== run.vaddr)) await flushHole();
     const h = i32(run.hashes);
     let dataFrom = -1; // first page of the pending changed run in this run
@@ -181,6 +195,7 @@ async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOpt
         if (dataFrom >= 0) {
           sent += i - dataFrom;
           await send(client.add(run.vaddr + dataFrom * PAGE_SIZE, run.data.subarray(dataFrom * PAGE_SIZE, i * PAGE_SIZE)));
+          wrote = true;
           dataFrom = -1;
         }
         unchanged++;
@@ -194,7 +209,9 @@ async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOpt
     if (dataFrom >= 0) {
       sent += run.pages - dataFrom;
       await send(client.add(run.vaddr + dataFrom * PAGE_SIZE, run.data.subarray(dataFrom * PAGE_SIZE)));
+      wrote = true;
     }
+    done(run, wrote);
   }
   await flushHole();
   timings.total = now() - t0;

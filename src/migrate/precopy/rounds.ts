@@ -18,13 +18,24 @@ import { type MigrateArgs, type PrecopyRound, type Prepared, type Progress, inte
  * --precopy without it is an error that says what to use instead.
  */
 export async function choosePrecopy(args: MigrateArgs, criu: Criu): Promise<PrecopyMode | undefined> {
+  const by = args.precopyBy ?? 'auto';
+  if (by !== 'auto' && (args.precopy === false || args.postcopy)) {
+    throw new CedanaError('USAGE', `--precopy-by ${by} is for pre-copy; it does not go with ${args.postcopy ? '--postcopy' : '--no-precopy'}`, { hint: 'choose one' });
+  }
   if (args.precopy === false) return undefined;
   if (args.postcopy) {
     if (args.precopy) throw new CedanaError('USAGE', '--precopy and --postcopy do not go together', { hint: 'choose one' });
     return undefined;
   }
+  // Asked by name: pre-copy is implied, whatever the kernel tracks.
+  if (by === 'content') return 'content';
   const r = await criuFeature(criu, 'mem_dirty_track');
   if (r.ok) return 'criu';
+  if (by === 'soft-dirty') {
+    throw new CedanaError('HOST_UNSUPPORTED', 'pre-copy by soft-dirty: this kernel does not track dirty pages (no CONFIG_MEM_SOFT_DIRTY; arm64 never has it)', {
+      hint: 'use --precopy-by content (cedana compares page contents), or --no-precopy',
+    });
+  }
   // No soft-dirty (this kernel, every arm64 one): pre-copy compares page contents instead, when asked.
   return args.precopy ? 'content' : undefined;
 }

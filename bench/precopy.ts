@@ -1,5 +1,5 @@
 /**
- * The precopy phase: pre-copy against stop-and-copy in the test guest (scripts/guest), whose kernel
+ * The precopy phase: pre-copy (by soft-dirty, and by content) against stop-and-copy in the test guest (scripts/guest), whose kernel
  * tracks dirty pages, as this machine's does not. The guest is emulated (qemu TCG), so absolute
  * times are far longer than on real hardware; both routes run in the same guest, alternated, and the
  * ratio of their downtimes is what this reports. Goal: pre-copy downtime ≤ 0.2 × stop-and-copy.
@@ -30,7 +30,7 @@ export interface PrecopySamples {
 const GOAL_PRECOPY: Goal = { on: 'ratio', op: '<=', limit: 0.2 };
 
 export async function precopyRounds(mib: number, dirty: number, reps: number, thp: string, progress: (m: string) => void): Promise<PrecopySamples & { thp: string }> {
-  progress(`precopy: booting the test guest; ${reps} × (stop-and-copy, pre-copy) of ${mib} MiB rewriting ${dirty}% a second (emulated: minutes)`);
+  progress(`precopy: booting the test guest; ${reps} × (stop-and-copy, pre-copy by soft-dirty, pre-copy by content) of ${mib} MiB rewriting ${dirty}% a second (emulated: minutes)`);
   const r = await execa(join(REPO_ROOT, 'scripts/guest/run'), [join(REPO_ROOT, 'scripts/guest/precopy-bench-run.sh')], {
     env: { ...process.env, CEDANA_GUEST_APPEND: `cedana.mib=${mib} cedana.dirty=${dirty} cedana.reps=${reps} cedana.thp=${thp}`, CEDANA_GUEST_TIMEOUT: '3600' },
     reject: false,

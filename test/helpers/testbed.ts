@@ -3,7 +3,7 @@
  * knows it. cedana runs with that HOME, so the user's real ~/.ssh is never read or written.
  */
 import { execa } from 'execa';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -69,4 +69,20 @@ export function useBed(index: number): BedFixture {
     if (f.shared) await rm(f.shared, { recursive: true, force: true });
   });
   return f;
+}
+
+/**
+ * After a failed migration of a memhog reporting in `dir`: the source is alive, beating again, its
+ * memory unchanged by its own checksum; the target holds no trace of it.
+ */
+export async function expectSourceIntact(bed: Bed, host: TestHost, dir: string, pid: number, sha0: string): Promise<void> {
+  const { alive, readText, waitFor } = await import('./processes.js');
+  expect(alive(pid)).toBe(true);
+  const beat = Number(readText(join(dir, 'beat')));
+  await waitFor('heartbeat on the source', () => Number(readText(join(dir, 'beat'))) > beat + 5);
+  process.kill(pid, 'SIGUSR1');
+  expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')), 30_000)).toBe(sha0);
+  const there = await bed.onHost(host, `ls -A /var/tmp; [ -e /proc/${pid} ] && echo running-there; true`);
+  expect(there.exitCode, there.stderr).toBe(0);
+  expect(there.stdout.trim(), 'left on the target').toBe('');
 }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cedana, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
 import { Owned, alive, killChildren, readText, waitFor } from '../helpers/processes.js';
-import { startBed, type Bed } from '../helpers/testbed.js';
+import { expectSourceIntact as sourceIntact, startBed, type Bed } from '../helpers/testbed.js';
 import type { TestHost } from '../../scripts/testbed/host.js';
 
 const owned = new Owned();
@@ -32,17 +32,7 @@ afterEach(() => owned.cleanup());
 
 const memhog = async (mib: number) => owned.memhog(mib, await mkdtemp(join(shared, 'mem-')));
 
-/** The source is alive, beating again, its memory unchanged; the target has no trace of it. */
-async function expectSourceIntact(dir: string, pid: number, sha0: string): Promise<void> {
-  expect(alive(pid)).toBe(true);
-  const beat = Number(readText(join(dir, 'beat')));
-  await waitFor('heartbeat on the source', () => Number(readText(join(dir, 'beat'))) > beat + 5);
-  process.kill(pid, 'SIGUSR1');
-  expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')), 30_000)).toBe(sha0);
-  const there = await bed.onHost(host, `ls -A /var/tmp; [ -e /proc/${pid} ] && echo running-there; true`);
-  expect(there.exitCode, there.stderr).toBe(0);
-  expect(there.stdout.trim(), 'left on the target').toBe('');
-}
+const expectSourceIntact = (dir: string, pid: number, sha0: string): Promise<void> => sourceIntact(bed, host, dir, pid, sha0);
 
 /** Shell: "gone" when no process PID runs (a zombie, not yet reaped, counts as gone), else "there STATE". */
 const presence = (pid: number): string => `s=$(sed "s/.*) //" /proc/${pid}/stat 2>/dev/null | cut -d" " -f1); case "$s" in ""|Z|X) echo gone;; *) echo "there $s";; esac`;

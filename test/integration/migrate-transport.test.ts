@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cedana, cedanaOk } from '../helpers/cedana.js';
 import { Owned, alive, readText, waitFor } from '../helpers/processes.js';
-import { startBed, type Bed } from '../helpers/testbed.js';
+import { expectSourceIntact as sourceIntact, startBed, type Bed } from '../helpers/testbed.js';
 import type { TestHost } from '../../scripts/testbed/host.js';
 import { SshSession } from '../../src/transport/ssh.js';
 import { OpenSshLink, PIN_ALIAS } from '../../src/transport/openssh.js';
@@ -53,15 +53,7 @@ async function expectMovedIntact(dir: string, pid: number, sha0: string): Promis
   await bed.onHost(host, `kill -9 ${pid}`);
 }
 
-async function expectSourceIntact(dir: string, pid: number, sha0: string): Promise<void> {
-  expect(alive(pid)).toBe(true);
-  const beat = Number(readText(join(dir, 'beat')));
-  await waitFor('heartbeat on the source', () => Number(readText(join(dir, 'beat'))) > beat + 5);
-  process.kill(pid, 'SIGUSR1');
-  expect(await waitFor('checksum', () => readText(join(dir, 'sha-1')), 30_000)).toBe(sha0);
-  const there = await bed.onHost(host, `ls -A /var/tmp; [ -e /proc/${pid} ] && echo running-there; true`);
-  expect(there.stdout.trim(), 'left on the target').toBe('');
-}
+const expectSourceIntact = (dir: string, pid: number, sha0: string): Promise<void> => sourceIntact(bed, host, dir, pid, sha0);
 
 /** A PATH holding everything this one has, except OpenSSH's client. */
 function pathWithoutSsh(root: string): string {

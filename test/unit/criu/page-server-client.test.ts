@@ -57,6 +57,37 @@ describe('page-server client', () => {
     expect(c.bytesSent).toBe(4 * PAGE_SIZE);
   });
 
+  it('flushed() settles only once the connection has taken every byte written so far (then the page data may be reused)', async () => {
+    const dec = new PsDecoder();
+    const held: (() => void)[] = [];
+    let seen = 0;
+    const sock = new Duplex({
+      read() {},
+      write(c: Buffer, _e, cb) {
+        for (const e of dec.push(c)) if (e.kind === 'pages') seen += e.data.length;
+        held.push(() => cb()); // the connection takes it only when released
+      },
+    });
+    const c = new PageServerClient(sock);
+    sock.push(Buffer.from([0]));
+    const opened = c.open(1);
+    held.shift()!();
+    await opened;
+    const data = page(5, 4);
+    await c.add(0x10000, data); // resolves at once: well under the client's queue limit
+    let flushed = false;
+    const f = c.flushed().then(() => (flushed = true));
+    await new Promise((r) => setImmediate(r));
+    expect(flushed).toBe(false);
+    while (held.length > 0) {
+      held.shift()!();
+      await new Promise((r) => setImmediate(r));
+    }
+    await f;
+    expect(flushed).toBe(true);
+    expect(seen).toBe(data.length);
+  });
+
   it('reports has_parent 0, and rejects a non-zero CLOSE status', async () => {
     const srv = fakeServer(0, -1);
     const c = new PageServerClient(srv.sock);

@@ -22,7 +22,7 @@ import { processExists } from '../proc/procfs.js';
 import { validateTarget } from '../proc/tree.js';
 import { silentReporter } from '../cli/reporter.js';
 import { releaseSourceLocks, resetPeers } from './netlock.js';
-import { cleanupRemote, makeRemoteDir, undoOnTarget } from './remote.js';
+import { cleanupRemote, dropRounds, makeRemoteDir, undoOnTarget } from './remote.js';
 import { SshSession } from '../transport/ssh.js';
 import { checkLazySource } from './postcopy.js';
 import { privateTempDir } from '../util/paths.js';
@@ -30,7 +30,8 @@ import { GpuSuspension } from '../gpu/cuda.js';
 import { DEFAULT_GPU_LOCK_TIMEOUT_MS } from '../commands/dump.js';
 import { type MigrateArgs, type MigrateResult, type Progress, interrupted } from './context.js';
 import { prepare } from './prepare.js';
-import { choosePrecopy, precopyRounds, precopyRoundsByContent } from './precopy/rounds.js';
+import { choosePrecopy, contentFinalLoses, precopyRounds, precopyRoundsByContent } from './precopy/rounds.js';
+import { PAGE_SIZE } from '../criu/page-server/protocol.js';
 import { stopAndCopy } from './stop-and-copy.js';
 import { postCopy } from './postcopy-mode.js';
 import { openPageLinks } from './page-proxy.js';
@@ -59,7 +60,15 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
     if (args.signal?.aborted) throw interrupted();
     if (!args.postcopy) prep.decisions.notes.push((await links).note);
     state.remote = await makeRemoteDir(session, args.targetDir);
-    const pre = precopy === 'content' ? await precopyRoundsByContent(prep, state) : precopy ? await precopyRounds(prep, state) : undefined;
+    let pre = precopy === 'content' ? await precopyRoundsByContent(prep, state) : precopy ? await precopyRounds(prep, state) : undefined;
+    // Rounds by content that show the final step cannot win: it goes stop-and-copy (the rounds' directories there are removed with the rest).
+    const lost = precopy === 'content' && pre ? contentFinalLoses(pre.rounds) : undefined;
+    const abandoned = lost ? pre : undefined;
+    if (lost) {
+      prep.decisions.notes.push(`pre-copy by content: ${lost}`);
+      pre = undefined;
+      await dropRounds(session, state.remote);
+    }
     // GPU memory cannot be pre-copied: it is moved into host memory just before the final freeze.
     if (prep.gpu) {
       state.gpu = await GpuSuspension.suspend(prep.gpu.plan.cc, prep.gpu.plan.pids, {
@@ -67,6 +76,10 @@ export async function migrate(args: MigrateArgs): Promise<MigrateResult> {
       });
     }
     const moved = args.postcopy ? await postCopy(prep, state) : await stopAndCopy(prep, state, pre);
+    if (abandoned) {
+      moved.precopy = { rounds: abandoned.rounds, finalPagesWritten: Math.round(moved.memoryBytes / PAGE_SIZE), finalPagesInParent: 0 };
+      moved.memoryBytes += abandoned.rounds.reduce((a, r) => a + r.pagesWritten * PAGE_SIZE, 0);
+    }
     // The connections live on the target now: lift the lock CRIU left on them here.
     if (prep.decisions.tcpEstablished) await releaseSourceLocks(prep.facts.tcp.filter((t) => t.state === 'ESTABLISHED'));
     // The peers of the connections closed there learn it now, not whenever they next send.

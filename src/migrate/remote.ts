@@ -50,6 +50,16 @@ export async function startPageServer(s: SshSession, d: RemoteDir, round?: { int
   throw new CedanaError('TARGET_UNSUPPORTED', `criu page-server does not start on ${s.target}: ${last}`, { hint: `see ${d.dir}/page-server.log there` });
 }
 
+/**
+ * Removes the pre-copy rounds' directories there (pre-1, pre-2, …) once the final step will not use
+ * them: their pages would otherwise sit in the target's memory (a tmpfs /var/tmp) beside the copy
+ * the final step sends. Before the freeze, so it costs no downtime.
+ */
+export async function dropRounds(s: SshSession, d: RemoteDir): Promise<void> {
+  const r = await s.exec(`rm -rf ${shq(d.dir)}/pre-*`, undefined, { timeoutMs: REMOTE_STEP_TIMEOUT_MS, what: 'removing the pre-copy rounds' });
+  if (r.code !== 0) throw new CedanaError('TARGET_RESTORE_FAILED', `cannot remove the pre-copy rounds on ${s.target}: ${r.stderr.trim() || `exit ${r.code}`}`);
+}
+
 export interface RemoteRestore {
   pid: number;
 }

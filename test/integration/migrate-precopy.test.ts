@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cedanaOk, parseJsonLine } from '../helpers/cedana.js';
-import { FIXTURES, Owned, alive, readText, waitFor, waitGone } from '../helpers/processes.js';
+import { FIXTURES, Owned, alive, killChildren, readText, waitFor, waitGone } from '../helpers/processes.js';
 import { startBed, type Bed } from '../helpers/testbed.js';
 import type { TestHost } from '../../scripts/testbed/host.js';
 
@@ -44,10 +44,17 @@ async function selfCheck(dir: string, k: number, signal: () => Promise<void>): P
   return waitFor(`check-${k}`, () => readText(join(dir, `check-${k}`)), 60_000);
 }
 
+/**
+ * Whether the final step goes by content or falls back to stop-and-copy depends on how fast round 1
+ * crossed (contentFinalLoses): these tests fix the answer, so that none depends on the machine's speed.
+ */
+const byContent = (): Record<string, string> => ({ ...bed.env, CEDANA_PRECOPY_FAST_LINK: 'Infinity' });
+const fastLink = (): Record<string, string> => ({ ...bed.env, CEDANA_PRECOPY_FAST_LINK: '1' });
+
 describe('migrate --precopy by content (no soft-dirty here)', () => {
   it('sends rounds while the process runs, then only what changed while frozen; the process finds every page as it wrote it', async () => {
     const { dir, pid, pages } = await dirtier(64, 2);
-    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: bed.env });
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: byContent() });
     expect(r.mode).toBe('precopy');
     expect(r.decisions.join('\n')).toMatch(/pre-copy by content: \d+ round\(s\)/);
     const rounds = r.precopy.rounds as { pagesWritten: number; pagesSkippedParent: number }[];
@@ -87,7 +94,7 @@ describe('migrate --precopy by content (no soft-dirty here)', () => {
     const child = Number(readText(`/proc/${pid}/task/${pid}/children`)?.trim());
     expect(child).toBeGreaterThan(0);
     owned.own(child);
-    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: bed.env });
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: byContent() });
     expect(r).toMatchObject({ mode: 'precopy', processes: 2 });
     // Round 1 carried both processes' private pages; the shared mapping goes with the final dump.
     expect(r.precopy.rounds[0].pagesWritten).toBeGreaterThanOrEqual(childPages);
@@ -104,12 +111,33 @@ describe('migrate --precopy by content (no soft-dirty here)', () => {
     await bed.onHost(host, `kill -9 ${child} ${pid}`);
   });
 
-  it('faults — the target page servers ended or SIGINT during the rounds, SIGINT in the final freeze — leave the source running and unchanged, the target clean', async () => {
+  it('a tree that changes fast, on a link that keeps up: the final step goes stop-and-copy, and the process finds every page as it wrote it', async () => {
+    const { dir, pid, pages } = await dirtier(80, 50);
+    const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: fastLink() });
+    expect(r.mode).toBe('precopy');
+    expect(r.decisions.join('\n')).toMatch(/pre-copy by content: round 1 crossed at \d+ MB\/s .* the final step goes stop-and-copy/);
+    expect(r.precopy.rounds.length).toBeGreaterThanOrEqual(2);
+    // Everything crossed while frozen, nothing from the rounds' chain.
+    expect(r.precopy.finalPagesInParent).toBe(0);
+    expect(r.precopy.finalPagesWritten).toBeGreaterThanOrEqual(pages);
+    await waitGone(pid);
+    const check = await selfCheck(dir, 1, async () => {
+      const k = await bed.onHost(host, `kill -USR1 ${pid}`);
+      expect(k.exitCode, k.stderr).toBe(0);
+    });
+    expect(check).toBe(`ok ${pages}`);
+    // Nothing of the rounds is left there.
+    expect((await bed.onHost(host, 'ls -A /var/tmp')).stdout.trim()).toBe('');
+    await bed.onHost(host, `kill -9 ${pid}`);
+  });
+
+  it('faults — the target page servers ended, SIGINT, or the target\'s sshd killed during the rounds, SIGINT in the final freeze — leave the source running and unchanged, the target clean', async () => {
     const { dir, pid, pages } = await dirtier(128, 1);
-    // (Not the target's sshd killed: that can kill a login shell there mid-way through its rc files,
-    // and pyenv's rehash then leaves its lock behind, which holds up every later login for a minute.
-    // migrate-faults.test.ts kills sshd mid-transfer, when no shell is starting.)
-    for (const fault of ['page-server', 'sigint', 'final-sigint'] as const) {
+    // The target's sshd is killed once round 2 has begun: every login shell there has started by
+    // then (one long-lived shell, the OpenSSH link's connection). Killed while a login shell runs
+    // its rc files, pyenv's rehash can leave its lock behind, which holds up every later login for
+    // a minute.
+    for (const fault of ['page-server', 'sigint', 'final-sigint', 'sshd'] as const) {
       const child = spawn('node', [BIN, 'migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: { ...process.env, ...bed.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
@@ -118,9 +146,10 @@ describe('migrate --precopy by content (no soft-dirty here)', () => {
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       child.stderr.on('data', (d: Buffer) => {
         stderr += d.toString();
-        if (!fired && (fault === 'final-sigint' ? /"phase":"freezing/ : /pre-copy round 1/).test(stderr)) {
+        if (!fired && (fault === 'final-sigint' ? /"phase":"freezing/ : fault === 'sshd' ? /pre-copy round 2/ : /pre-copy round 1/).test(stderr)) {
           fired = true;
           if (fault === 'sigint') setTimeout(() => child.kill('SIGINT'), 150);
+          else if (fault === 'sshd') killChildren(host.initPid); // the per-connection sshd processes
           else if (fault === 'final-sigint') child.kill('SIGINT');
           // Every CRIU there, for a few seconds: the page server of whichever round (or of the final step) is on.
           else killing = bed.onHost(host, 'for i in $(seq 60); do pkill -x criu; sleep 0.05; done');
@@ -133,6 +162,7 @@ describe('migrate --precopy by content (no soft-dirty here)', () => {
       expect(code, stderr).not.toBe(0);
       expect(j.error, fault).toMatchObject({ sourceResumed: true, targetCleanedUp: true });
       if (fault === 'sigint' || fault === 'final-sigint') expect(j.error.code, JSON.stringify(j.error)).toBe('INTERRUPTED');
+      if (fault === 'sshd') expect(['CONNECTION_LOST', 'CRIU_FAILED', 'IO_ERROR', 'SSH_FAILED'], JSON.stringify(j.error)).toContain(j.error.code);
       expect(alive(pid)).toBe(true);
       const left = await bed.onHost(host, `ls -A /var/tmp; pgrep -x criu; [ -e /proc/${pid} ] && echo running-there; true`);
       expect(left.stdout.trim(), 'left on the target').toBe('');

@@ -6,6 +6,7 @@ import { execa } from 'execa';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { criuFeature, spawnCriu, type Criu } from '../../criu/criu.js';
+import { PAGE_SIZE } from '../../criu/page-server/protocol.js';
 import { readDumpStats } from '../../image/criu/stats.js';
 import { CedanaError } from '../../errors.js';
 import { startPageServer } from '../remote.js';
@@ -72,6 +73,45 @@ export const PRECOPY_SMALL_ROUND = 64;
 export type PrecopyMode = 'criu' | 'content';
 
 /** What the rounds left on the target: the last round's directory, and (by content) the pages it holds, by process as CRIU names it. */
+/**
+ * Round 1's rate (bytes a second) from which the link is taken not to be what limits: the memory
+ * crossed about as fast as cedana reads and hashes it. CEDANA_PRECOPY_FAST_LINK overrides it (tests).
+ */
+const FAST_LINK_BYTES_PER_SEC = 250e6;
+/** Pages changed a second, as a share of the memory, above which the final step by content loses on such a link. */
+const CONTENT_FINAL_MAX_DIRTY_PER_SEC = 0.06;
+/** Below this (pages: 64 MiB) the final step's hashing is short whatever happens, and the estimate of change too noisy. */
+const CONTENT_FINAL_MIN_PAGES = 16384;
+
+/**
+ * After pre-copy rounds by content: a reason to make the final step plain stop-and-copy instead
+ * (its frozen time is then stop-and-copy's own), or undefined to go on by content. By content, the
+ * final step streams the whole memory through cedana's proxy, which hashes every page while the
+ * tree is frozen, and the target restores through the rounds' chain; that pays only where sending
+ * is slower than hashing, or little changes. How fast the tree changes its memory: the pages round
+ * k sent changed while round k-1 read the memory, so share_k / duration_{k-1}, the highest of the
+ * rounds (the last round alone can be small by chance, and the final step also carries what
+ * changed in the second or so before the freeze; the gaps between rounds make it read high).
+ * Measured (bench migrate, the test bed's unshaped link, round 1 at 270–410 MB/s): rewriting 10% of
+ * its pages a second (9.7–13.8% a second by this estimate), the final step by content froze the
+ * tree 1.22× (256 MiB) and 1.48× (1 GiB) as long as stop-and-copy; at 1% (1.8–4.7% by the
+ * estimate) 1.2× (256 MiB) and 0.73–1.0× (1 GiB); on a 1 Gbit/s link (round 1 at ~115 MB/s) by
+ * content won at 0.28–0.42×. Pure but for the environment override.
+ */
+export function contentFinalLoses(rounds: Pick<PrecopyRound, 'round' | 'pagesWritten' | 'durationMs'>[]): string | undefined {
+  const first = rounds[0];
+  if (!first || rounds.length < 2 || first.durationMs <= 0 || first.pagesWritten < CONTENT_FINAL_MIN_PAGES) return undefined;
+  const fast = Number(process.env.CEDANA_PRECOPY_FAST_LINK ?? FAST_LINK_BYTES_PER_SEC);
+  const rate = (first.pagesWritten * PAGE_SIZE) / (first.durationMs / 1000);
+  let dirty = 0;
+  for (let k = 1; k < rounds.length; k++) {
+    const before = rounds[k - 1]!;
+    if (before.durationMs > 0) dirty = Math.max(dirty, rounds[k]!.pagesWritten / first.pagesWritten / (before.durationMs / 1000));
+  }
+  if (rate < fast || dirty <= CONTENT_FINAL_MAX_DIRTY_PER_SEC) return undefined;
+  return `round 1 crossed at ${(rate / 1e6).toFixed(0)} MB/s (the link is not what limits) and the tree changes ~${(dirty * 100).toFixed(1)}% of its memory a second: the final step goes stop-and-copy (hashing every page while frozen and restoring through the rounds would cost more than it saves)`;
+}
+
 export interface PrecopyDone {
   prev: string;
   rounds: PrecopyRound[];

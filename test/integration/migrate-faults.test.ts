@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -194,6 +194,27 @@ describe('migration faults leave the source running', () => {
       const r = await cedana(['migrate', String(pid), '--to', host.name, '--json'], { env: bed.env });
       expect(r.exitCode).toBe(27);
       expect(r.json!.error).toMatchObject({ code: 'TARGET_CRIU_MISSING', sourceResumed: true });
+      await expectSourceIntact(dir, pid, sha0);
+    } finally {
+      expect((await bed.onHost(host, `umount ${criu}`)).exitCode).toBe(0);
+    }
+  });
+
+  it('a target whose CRIU is older (a real one: the release\'s own, with the 24-byte page-server header) is refused in preflight, before anything is frozen', async () => {
+    const old = '/var/cache/cedana-test/criu-old/usr/sbin/criu'; // scripts/setup unpacks the release's own CRIU there
+    expect(existsSync(old), `${old} (scripts/setup unpacks it)`).toBe(true);
+    const { dir, pid, sha0 } = await memhog(16);
+    const criu = (await execa('sh', ['-c', 'command -v criu'])).stdout.trim();
+    // The old CRIU in place of this one, in the target's own mount namespace only.
+    expect((await bed.onHost(host, `mount --bind ${old} ${criu}`)).exitCode).toBe(0);
+    try {
+      const there = /Version: *(\S+)/.exec((await bed.onHost(host, 'criu --version')).stdout)?.[1];
+      expect(there, 'the old CRIU runs there').toMatch(/^(3\.|4\.[01]\.)/);
+      const r = await cedana(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: bed.env });
+      expect(r.exitCode).toBe(27);
+      expect(r.json!.error).toMatchObject({ code: 'TARGET_CRIU_MISSING', sourceResumed: true });
+      expect(r.json!.error.message).toContain(`criu ${there} `);
+      expect(r.json!.error.message).toMatch(/is too old/);
       await expectSourceIntact(dir, pid, sha0);
     } finally {
       expect((await bed.onHost(host, `umount ${criu}`)).exitCode).toBe(0);

@@ -53,7 +53,7 @@ const fastLink = (): Record<string, string> => ({ ...bed.env, CEDANA_PRECOPY_FAS
 
 describe('migrate --precopy by content (no soft-dirty here)', () => {
   it('sends rounds while the process runs, then only what changed while frozen; the process finds every page as it wrote it', async () => {
-    const { dir, pid, pages } = await dirtier(64, 2);
+    const { dir, pid, pages } = await dirtier(256, 1);
     const r = await cedanaOk(['migrate', String(pid), '--to', host.name, '--precopy', '--json'], { env: byContent() });
     expect(r.mode).toBe('precopy');
     expect(r.decisions.join('\n')).toMatch(/pre-copy by content: \d+ round\(s\)/);

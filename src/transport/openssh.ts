@@ -29,13 +29,11 @@ import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CedanaError } from '../errors.js';
 import { keyType } from './known-hosts.js';
-import type { DirectTarget } from './ssh.js';
+import { CIPHERS, type DirectTarget } from './ssh.js';
 
 /** The only name OpenSSH checks the host key under (the key file holds nothing else). */
 export const PIN_ALIAS = 'cedana-migration-target';
 
-/** The same preference as ssh2's (ssh.ts): fast AEAD ciphers first. */
-const CIPHERS = 'aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr,chacha20-poly1305@openssh.com';
 
 /** The known_hosts line that lets OpenSSH accept exactly the key cedana verified. */
 export function pinLine(hostKey: Buffer): string {
@@ -54,7 +52,7 @@ export function opensshOptions(t: DirectTarget, pinFile: string): string[] {
     ...o(`HostKeyAlias=${PIN_ALIAS}`),
     ...o('UpdateHostKeys=no'),
     ...o('CheckHostIP=no'),
-    ...o(`Ciphers=${CIPHERS}`),
+    ...o(`Ciphers=${CIPHERS.join(',')}`),
     ...o('ConnectTimeout=15'),
     ...o('ServerAliveInterval=5'),
     ...o('ServerAliveCountMax=3'),
@@ -127,7 +125,7 @@ export class OpenSshLink {
     const pin = join(dir, 'known_hosts');
     await writeFile(pin, pinLine(t.hostKey), { mode: 0o600 });
     const ctl = join(dir, 'ctl');
-    const master = spawn('ssh', [...opensshOptions(t, pin), '-M', '-S', ctl, ...['-o', 'ControlPersist=no'], t.host, 'exec cat >/dev/null'], {
+    const master = spawn('ssh', [...opensshOptions(t, pin), '-M', '-S', ctl, '-o', 'ControlPersist=no', t.host, 'exec cat >/dev/null'], {
       stdio: ['pipe', 'ignore', 'pipe'],
     });
     let stderr = '';
@@ -177,12 +175,18 @@ export class OpenSshLink {
       if (n !== undefined && base !== undefined) last = Math.max(last, n - base);
       return last;
     };
-    const poll = setInterval(() => void refresh(), 100);
-    poll.unref();
+    // Polled only for a stream whose count is asked for (CRIU's: cedana's own client counts its bytes).
+    let poll: NodeJS.Timeout | undefined;
     void done.finally(() => clearInterval(poll)).catch(() => undefined);
     return {
       socket: child.stdio[3] as Socket,
-      bytes: () => last,
+      bytes: () => {
+        if (!poll && child.exitCode === null && child.signalCode === null) {
+          poll = setInterval(() => void refresh(), 100);
+          poll.unref();
+        }
+        return last;
+      },
       settle: refresh,
       done,
       kill: () => {

@@ -30,7 +30,7 @@ export interface ExecResult {
 }
 
 /** Fast AEAD ciphers first: they are what bounds the page stream's throughput. */
-const CIPHERS = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr', 'chacha20-poly1305@openssh.com'];
+export const CIPHERS = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr', 'chacha20-poly1305@openssh.com'];
 
 /**
  * The socket of a direct connection, tuned for bulk streams (migrate's memory pages) without

@@ -262,6 +262,8 @@ interface Fetched {
   data: Buffer;
   hashes: Buffer;
   pages: number;
+  /** The pooled buffer `data` lies in, until given back (reads in this thread only). */
+  full?: Buffer;
 }
 
 /** Reads and hashes runs in `n` worker threads, each request answered in turn. */
@@ -348,7 +350,6 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
   const zero = new ZeroPage();
 
   const buffers = chunk === DEFAULT_CHUNK ? sharedBuffers : new RunBuffers(chunk * PAGE_SIZE, depth + 6);
-  const whole = new WeakMap<Buffer, Buffer>();
   const inThread = async (vaddr: number, pages: number): Promise<Fetched | undefined> => {
     const full = buffers.take();
     const buf = full.subarray(0, pages * PAGE_SIZE);
@@ -370,10 +371,9 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
       return undefined;
     }
     const data = got === buf.length ? buf : buf.subarray(0, got);
-    whole.set(data, full);
     const n = got / PAGE_SIZE;
     const hashes = Buffer.allocUnsafeSlow(n * HASH_BYTES);
-    return { data, hashes, pages: n };
+    return { data, hashes, pages: n, full };
   };
   const finish = async (p: Pending): Promise<PageRun | undefined> => {
     const f = await p.read;
@@ -383,12 +383,9 @@ export async function* readPages(pid: number, opts: ReadOptions = {}): AsyncGene
       hashPages(f.data, f.pages, f.hashes);
       if (t) t.hash += now() - s;
     }
-    let released = false;
     const release = (): void => {
-      const full = whole.get(f.data);
-      if (released || !full) return;
-      released = true;
-      buffers.give(full);
+      if (f.full) buffers.give(f.full);
+      f.full = undefined;
     };
     return { vma: p.vma, vaddr: p.vaddr, pages: f.pages, data: f.data, hashes: f.hashes, release };
   };

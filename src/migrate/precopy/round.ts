@@ -207,7 +207,6 @@ async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOpt
     await send(client.parent(h.vaddr, h.n));
   };
 
-
   for await (const run of readPages(pid, { chunkPages: opts.chunkPages, workers: opts.workers, timings })) {
     cur.push(run.vaddr, run.pages, run.hashes);
     if (!prev || !prevH) {
@@ -217,10 +216,7 @@ async function sendPagemap(pid: number, client: PageServerClient, opts: RoundOpt
       void client.flushed().then(() => run.release());
       continue;
     }
-    // A later round sends the pages that changed, scattered over the runs: each is copied out, so that
-    // the socket's queue (up to 8 MiB, full on a slow link) holds those pages and not the whole 4 MiB
-    // run each one came from (on a 1 Gbit/s link that pinned ~20 runs, and cedana's RSS rose by ~120 MB).
-    // The run itself is then free once compared.
+    // A later round copies the changed pages out (Staging): the run is free again once compared.
     if (hole && (hole.vma !== run.vma || hole.vaddr + hole.n * PAGE_SIZE !== run.vaddr)) await flushHole();
     const h = i32(run.hashes);
     let dataFrom = -1; // first page of the pending changed run in this run

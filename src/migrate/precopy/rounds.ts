@@ -72,7 +72,6 @@ export const PRECOPY_SMALL_ROUND = 64;
  */
 export type PrecopyMode = 'criu' | 'content';
 
-/** What the rounds left on the target: the last round's directory, and (by content) the pages it holds, by process as CRIU names it. */
 /**
  * Round 1's rate (bytes a second) from which the link is taken not to be what limits: the memory
  * crossed about as fast as cedana reads and hashes it. CEDANA_PRECOPY_FAST_LINK overrides it (tests).
@@ -112,6 +111,7 @@ export function contentFinalLoses(rounds: Pick<PrecopyRound, 'round' | 'pagesWri
   return `round 1 crossed at ${(rate / 1e6).toFixed(0)} MB/s (the link is not what limits) and the tree changes ~${(dirty * 100).toFixed(1)}% of its memory a second: the final step goes stop-and-copy (hashing every page while frozen and restoring through the rounds would cost more than it saves)`;
 }
 
+/** What the rounds left on the target: the last round's directory, and (by content) the pages it holds, by process as CRIU names it. */
 export interface PrecopyDone {
   prev: string;
   rounds: PrecopyRound[];

@@ -175,18 +175,12 @@ export class OpenSshLink {
       if (n !== undefined && base !== undefined) last = Math.max(last, n - base);
       return last;
     };
-    // Polled only for a stream whose count is asked for (CRIU's: cedana's own client counts its bytes).
-    let poll: NodeJS.Timeout | undefined;
+    const poll = setInterval(() => void refresh(), 100);
+    poll.unref();
     void done.finally(() => clearInterval(poll)).catch(() => undefined);
     return {
       socket: child.stdio[3] as Socket,
-      bytes: () => {
-        if (!poll && child.exitCode === null && child.signalCode === null) {
-          poll = setInterval(() => void refresh(), 100);
-          poll.unref();
-        }
-        return last;
-      },
+      bytes: () => last,
       settle: refresh,
       done,
       kill: () => {

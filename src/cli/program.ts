@@ -195,14 +195,16 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--allow-lost-locks', 'run the restored tree even if CRIU did not take all of its file locks again (by default that fails the restore)')
     .option('--container [new-id]', "restore a container's image as a container (its own id, or NEW-ID)")
     .option('--runtime <name>', 'with --container: runc or crun (default: the one that made it, if installed)')
+    .option('--rootfs <dir>', "with --container, for a Kubernetes/CRI-O/Podman checkpoint archive: the container image's root file system here (the archive carries only its changes)")
     .option('--json', 'print one JSON object on stdout')
-    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; allowLostLocks?: boolean; cudaCheckpoint?: string; container?: string | boolean; runtime?: string; json?: boolean }) => {
+    .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; allowLostLocks?: boolean; cudaCheckpoint?: string; container?: string | boolean; runtime?: string; rootfs?: string; json?: boolean }) => {
+      if (o.rootfs !== undefined && o.container === undefined) throw new CedanaError('USAGE', '--rootfs goes with --container (a container checkpoint archive)', { hint: 'cedana restore ARCHIVE --container [NEW-ID] --rootfs DIR' });
       if (o.container !== undefined) {
         onInvoke({
           command: 'restore',
           json: !!o.json,
           run: async (ctx) =>
-            (await import('../commands/container.js')).restoreContainer({ image, id: typeof o.container === 'string' ? o.container : undefined, runtime: o.runtime, reporter: ctx.reporter }),
+            (await import('../commands/container.js')).restoreContainer({ image, id: typeof o.container === 'string' ? o.container : undefined, runtime: o.runtime, rootfs: o.rootfs, reporter: ctx.reporter }),
         });
         return;
       }

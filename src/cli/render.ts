@@ -7,9 +7,9 @@ import type { DumpEveryResult } from '../commands/dump-every.js';
 import type { RestoreResult } from '../commands/restore.js';
 import type { MigrateResult } from '../commands/migrate.js';
 import type { InspectResult } from '../commands/inspect.js';
-import type { ContainerDumpResult, ContainerMigrateResult, ContainerRestoreResult } from '../commands/container.js';
+import type { ArchiveRestoreResult, ContainerDumpResult, ContainerMigrateResult, ContainerRestoreResult } from '../commands/container.js';
 
-export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult | ContainerDumpResult | ContainerRestoreResult | ContainerMigrateResult;
+export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult | ContainerDumpResult | ContainerRestoreResult | ArchiveRestoreResult | ContainerMigrateResult;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -89,6 +89,14 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       return lines.join('\n');
     }
     case 'restore':
+      if ('from' in r) {
+        const engine = { podman: 'Podman', 'cri-o': 'CRI-O', containerd: 'containerd', cedana: 'cedana' }[r.from.engine];
+        return [
+          `${c.green('✔')} restored container ${r.container} (${r.runtime}) from ${engine}'s checkpoint of ${r.from.name || r.from.id} (${r.image === '-' ? 'stdin' : r.image}): its init is PID ${r.pid}`,
+          `  bundle and root file system in ${r.bundle}${r.netns ? `, network namespace ${r.netns}` : ''}; total ${formatMs(r.durationMs)}; checksums ${r.checksums === 'verified' ? c.green('verified') : c.yellow('unverified (the archive carries none)')}`,
+          ...r.notes.map((n) => `  ${c.dim('decided')} ${n}`),
+        ].join('\n');
+      }
       if ('container' in r) {
         return [
           `${c.green('✔')} restored container ${r.container} (${r.runtime}) from ${r.image === '-' ? 'stdin' : r.image}: its init is PID ${r.pid}`,
@@ -159,8 +167,20 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
       const k = m.container;
       lines.push(`  container ${k.id} (${k.runtime}), bundle ${k.bundle}; root file system ${k.rootfs.path}: ${k.rootfs.mode === 'full' ? 'carried whole' : k.rootfs.mode === 'changes' ? `its changes carried, over the base ${(k.rootfs.base ?? []).join(':')}` : 'expected in place'}`);
     }
-  } else {
+  } else if (!r.containerArchive) {
     lines.push(`  ${c.red('no readable manifest')}`);
+  }
+  const a = r.containerArchive;
+  if (a) {
+    const engine = { podman: 'Podman', 'cri-o': 'CRI-O (Kubernetes)', containerd: 'containerd (Kubernetes)', cedana: 'cedana' }[a.engine];
+    lines.push(`  container checkpoint archive (checkpointctl layout) from ${engine}${a.runtime ? `, runtime ${a.runtime}` : ''}`);
+    lines.push(`  container ${a.name || '(unnamed)'} ${c.dim(a.id)}${a.pod ? ` in pod ${a.pod.namespace ?? ''}/${a.pod.name ?? ''}` : ''}`);
+    lines.push(`  image ${a.image.name ?? a.image.requested ?? '(not named)'}${a.image.id ?? a.image.ref ? ` ${c.dim(a.image.id ?? a.image.ref ?? '')}` : ''}`);
+    if (a.command.length > 0) lines.push(`  command ${a.command.join(' ')}`);
+    if (a.created || a.checkpointed) lines.push(`  created ${a.created ?? 'unknown'}${a.checkpointed ? `, checkpointed ${a.checkpointed}` : ''}`);
+    for (const i of a.interfaces) lines.push(`  network ${i.network}: ${i.name} ${i.addresses.join(', ')}${i.mac ? ` ${c.dim(i.mac)}` : ''}`);
+    if (a.stats) lines.push(`  CRIU's dump: frozen ${formatMs(a.stats.frozenUs / 1000)}, ${a.stats.pagesWritten} pages written of ${a.stats.pagesScanned} scanned`);
+    lines.push(`  root file system: ${a.rootfsDiffBytes !== undefined ? `changes ${formatBytes(a.rootfsDiffBytes)}` : 'no changes carried'}${a.deletedFiles.length > 0 ? `, ${a.deletedFiles.length} path(s) deleted` : ''}${a.devShm ? '; /dev/shm carried' : ''}`);
   }
   const s = r.sizes;
   lines.push(`  size ${formatBytes(s.total)} in ${s.files} files: pages ${formatBytes(s.pages)}, metadata ${formatBytes(s.metadata)}, ${s.shipped > 0 ? `shipped files ${formatBytes(s.shipped)}, ` : ''}manifest ${formatBytes(s.manifest)}`);
@@ -170,7 +190,8 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
     for (const e of shipped) lines.push(`    ${e.kind === 'dir' ? `${e.path}/` : `${e.path} (${formatBytes(e.size)})`} ${c.dim(`mode ${(e.mode & 0o7777).toString(8)}, owner ${e.uid}:${e.gid}`)}`);
   }
   const algo = r.checksums.algorithm === 'blake3' ? ' (BLAKE3)' : r.checksums.algorithm === 'sha256' ? ' (sha256, image format 1)' : '';
-  if (r.checksums.ok) lines.push(`  checksums${algo} ${c.green('ok')}`);
+  if (!r.checksums.verified && r.checksums.ok) lines.push(`  checksums ${c.yellow('unverified')}: the archive carries none (only archives cedana writes do)`);
+  else if (r.checksums.ok) lines.push(`  checksums${algo} ${c.green('ok')}`);
   else {
     lines.push(`  checksums${algo} ${c.red('do not hold')}:`);
     for (const p of r.checksums.problems) lines.push(`    ${p}`);

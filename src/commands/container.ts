@@ -5,4 +5,5 @@
  */
 export { dumpContainer, type ContainerDumpArgs, type ContainerDumpResult } from '../container/checkpoint.js';
 export { restoreContainer, type ContainerRestoreArgs, type ContainerRestoreResult } from '../container/restore.js';
+export { type ArchiveRestoreResult } from '../container/archive-restore.js';
 export { migrateContainer, type ContainerMigrateArgs, type ContainerMigrateResult } from '../container/migrate.js';

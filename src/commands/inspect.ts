@@ -15,6 +15,7 @@ import { hashAlgorithmOf, type HashAlgorithm, type Manifest } from '../image/man
 import { openImage, readManifest } from '../image/open.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { privateTempDir } from '../util/paths.js';
+import { CK_DIR, isCheckpointArchiveDir, readArchiveMeta, type ArchiveMeta } from '../container/ckpt-archive.js';
 
 export interface InspectArgs {
   image: string;
@@ -22,13 +23,21 @@ export interface InspectArgs {
   reporter?: Reporter;
 }
 
+/** What a Kubernetes/CRI-O/Podman (checkpointctl-layout) archive says of its container, beside the CRIU images. */
+export type InspectContainerArchive = Omit<ArchiveMeta, 'config' | 'spec'> & {
+  /** The layout: CRIU's images under checkpoint/, the engine's config.dump and spec.dump. */
+  layout: 'checkpointctl';
+};
+
 export interface InspectResult extends Inspection {
   command: 'inspect';
+  /** For a checkpointctl-layout archive (Podman, CRI-O, the kubelet, containerd): its container's metadata; else absent. */
+  containerArchive?: InspectContainerArchive;
   /** False when the checksums do not hold or part of the image could not be decoded. */
   ok: boolean;
   image: string;
   /** algorithm: what the manifest's checksums are (blake3; sha256 in an image of format 1), null without a readable manifest. */
-  checksums: { ok: boolean; algorithm: HashAlgorithm | null; problems: string[] };
+  checksums: { ok: boolean; algorithm: HashAlgorithm | null; problems: string[]; verified: boolean };
   /** Images that could not be decoded (the rest is shown without them). */
   undecodable: string[];
   /** IMAGE_INVALID when ok is false. */
@@ -42,13 +51,18 @@ export async function inspect(args: InspectArgs): Promise<InspectResult> {
   const report = args.reporter ?? silentReporter;
   const work = await privateTempDir('cedana-inspect-');
   try {
-    const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
+    const { dir: top, label, digests } = await openImage(args.image, work, report, args.stdin);
     const problems: string[] = [];
     let manifest: Manifest | null = null;
+    // A checkpointctl-layout archive: its CRIU images are under checkpoint/, with no checksums
+    // unless cedana wrote it (then its manifest covers every file of the archive).
+    const archive = (await isCheckpointArchiveDir(top)) ? await readArchiveMeta(top) : undefined;
+    const dir = archive ? join(top, CK_DIR) : top;
+    const manifestDir = archive ? top : dir;
     try {
-      manifest = await readManifest(dir);
+      manifest = await readManifest(manifestDir);
     } catch (e) {
-      problems.push(toCedanaError(e).message);
+      if (!archive) problems.push(toCedanaError(e).message);
     }
 
     const { files } = await listImageFiles(dir);
@@ -63,7 +77,7 @@ export async function inspect(args: InspectArgs): Promise<InspectResult> {
     if (manifest) {
       report.phase('verifying the checksums');
       try {
-        await verifyDir(dir, manifest, undefined, digests);
+        await verifyDir(manifestDir, manifest, undefined, digests);
       } catch (e) {
         const err = toCedanaError(e);
         const d = err.details as { corrupt?: string[]; missing?: string[]; extra?: string[] };
@@ -90,9 +104,13 @@ export async function inspect(args: InspectArgs): Promise<InspectResult> {
       ok,
       image: label,
       ...inspection,
-      checksums: { ok: problems.length === 0, algorithm: manifest ? hashAlgorithmOf(manifest) : null, problems },
+      checksums: { ok: problems.length === 0, algorithm: manifest ? hashAlgorithmOf(manifest) : null, problems, verified: manifest !== null && problems.length === 0 },
       undecodable,
     };
+    if (archive) {
+      const { config: _c, spec: _s, ...meta } = archive;
+      result.containerArchive = { layout: 'checkpointctl', ...meta };
+    }
     if (!ok) {
       const what = [...problems, ...undecodable];
       result.error = new CedanaError('IMAGE_INVALID', `image is damaged or tampered with: ${what.slice(0, 5).join(', ')}${what.length > 5 ? ` and ${what.length - 5} more` : ''}`, {

@@ -15,12 +15,18 @@ import { privateTempDir } from '../util/paths.js';
 import { checkContainerId, restoreArgs, Runtime, type RuntimeName } from './runtime.js';
 import { checkCompatible } from '../commands/restore.js';
 import { RESTORE_BUNDLES, placeBundle, restoreConfig } from './bundle.js';
+import { isCheckpointArchiveDir, readArchiveMeta } from './ckpt-archive.js';
+import { restoreFromArchive, type ArchiveRestoreResult } from './archive-restore.js';
+import { MANIFEST_NAME } from '../image/manifest.js';
+import { pathExists } from '../util/paths.js';
 
 export interface ContainerRestoreArgs {
   image: string;
   /** The id to restore as (default: the image's). */
   id?: string;
   runtime?: string;
+  /** For a checkpointctl-layout archive: the container image's root file system here. */
+  rootfs?: string;
   stdin?: Readable;
   reporter?: Reporter;
 }
@@ -41,7 +47,7 @@ export interface ContainerRestoreResult {
   durationMs: number;
 }
 
-export async function restoreContainer(args: ContainerRestoreArgs): Promise<ContainerRestoreResult> {
+export async function restoreContainer(args: ContainerRestoreArgs): Promise<ContainerRestoreResult | ArchiveRestoreResult> {
   const started = performance.now();
   const report = args.reporter ?? silentReporter;
   requireRoot('restore');
@@ -49,6 +55,19 @@ export async function restoreContainer(args: ContainerRestoreArgs): Promise<Cont
   const work = await privateTempDir('cedana-ctr-restore-');
   try {
     const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
+    if (await isCheckpointArchiveDir(dir)) {
+      // Kubernetes', CRI-O's, Podman's layout (or cedana's own export of it, which carries its manifest).
+      const meta = await readArchiveMeta(dir);
+      let verified = false;
+      if (await pathExists(join(dir, MANIFEST_NAME))) {
+        report.phase('verifying the archive');
+        await verifyDir(dir, await readManifest(dir), undefined, digests);
+        verified = true;
+      }
+      const r = await restoreFromArchive({ dir, meta, label, id: args.id, runtime: args.runtime, rootfs: args.rootfs, reporter: report });
+      return { ...r, checksums: verified ? 'verified' : 'unverified' };
+    }
+    if (args.rootfs !== undefined) throw new CedanaError('USAGE', '--rootfs DIR is for container checkpoint archives (Podman, CRI-O, the kubelet); a cedana image knows its root file system', { hint: 'drop --rootfs' });
     report.phase('verifying the image');
     const manifest = await readManifest(dir);
     if (!manifest.container) {

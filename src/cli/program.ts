@@ -112,6 +112,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--container <id>', 'checkpoint this container (runc or crun) instead of a process tree')
     .option('--runtime <name>', 'with --container: runc or crun (default: the one that has the container)')
     .option('--rootfs', "with --container: carry the container's root file system in the image (restores where it is missing)")
+    .option('--format <format>', "with --container: cedana (its image; default) or checkpointctl (the archive layout of Kubernetes, CRI-O and Podman: `podman container restore --import` and checkpointctl read it)")
+    .option('--base-image <name>', 'with --format checkpointctl: the image the container runs over (its id from Podman here), which Podman restores it over')
+    .option('--base-image-id <id>', 'with --base-image: that image\'s id (64 hex digits), where Podman is not here to tell it')
     .option('-o, --output <path>', 'image directory, archive (.tar, .tar.gz, .tar.zst) or - for a tar stream on stdout (default ./cedana-<pid>-<UTC time>)')
     .option('--leave-running', 'keep the process running after the dump')
     .addOption(new Option('--tcp-established', 'keep established TCP connections (default when the tree has some)').conflicts('tcpClose'))
@@ -123,7 +126,10 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--keep <n>', 'with --every: keep the newest n checkpoints restorable (default 5); every n-th is a full one', parseCount, 5)
     .option('--gpu-lock-timeout <ms>', 'how long cuda-checkpoint may wait to lock a CUDA process (its running kernels finish first); default 10000', parseMs)
     .option('--json', 'print one JSON object (on stderr when the image goes to stdout)')
-    .action((pidArg: number | undefined, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
+    .action((pidArg: number | undefined, o: { output?: string; parent?: string; every?: string; keep: number; leaveRunning?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; force?: boolean; shipFiles?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; format?: string; baseImage?: string; baseImageId?: string; json?: boolean }) => {
+      if (o.container === undefined && (o.format !== undefined || o.baseImage !== undefined || o.baseImageId !== undefined)) {
+        return refuse('dump', !!o.json, new CedanaError('USAGE', '--format, --base-image and --base-image-id go with --container', { hint: 'cedana dump --container ID --format checkpointctl --base-image NAME -o ck.tar.zst' }));
+      }
       if (o.container !== undefined) {
         onInvoke({
           command: 'dump',
@@ -131,7 +137,12 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
           run: async (ctx) => {
             if (pidArg !== undefined) throw new CedanaError('USAGE', 'give a PID or --container, not both');
             if (o.every || o.parent) throw new CedanaError('USAGE', '--every and --parent are for process trees, not containers');
+            const { parseFormat, resolveBaseImage } = await import('../container/archive-export.js');
+            const format = parseFormat(o.format);
+            if (format !== 'checkpointctl' && (o.baseImage || o.baseImageId)) throw new CedanaError('USAGE', '--base-image goes with --format checkpointctl');
+            const baseImage = await resolveBaseImage(o.baseImage, o.baseImageId);
             return (await import('../commands/container.js')).dumpContainer({
+              format, baseImage,
               id: o.container!, runtime: o.runtime, output: o.output, leaveRunning: !!o.leaveRunning, tcp: o.tcpEstablished ? 'established' : o.tcpClose ? 'close' : 'auto',
               fileLocks: !!o.fileLocks, force: !!o.force, rootfs: !!o.rootfs,
               stream: o.output === '-' ? (await import('./stdout.js')).imageStdout() : undefined, reporter: ctx.reporter, signal: ctx.signal,
@@ -242,6 +253,24 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
       });
     });
 
+  program
+    .command('image')
+    .description('container checkpoints as OCI images, for Podman, CRI-O and containerd')
+    .command('build')
+    .description('make an OCI checkpoint image (an oci-archive) from a container checkpoint archive of Podman, CRI-O, the kubelet or cedana; push it with skopeo or podman')
+    .argument('<archive>', 'checkpoint archive (.tar, .tar.gz, .tar.zst) or its directory, in the layout checkpointctl reads')
+    .requiredOption('-o, --output <file>', 'required: the oci-archive to write, e.g. checkpoint.oci.tar')
+    .option('--tag <name>', 'the image\'s name, e.g. registry.example.com/app-checkpoint:v1 (what podman load calls it)')
+    .option('--force', 'replace an existing output')
+    .option('--json', 'print one JSON object on stdout')
+    .action((archive: string, o: { output: string; tag?: string; force?: boolean; json?: boolean }) => {
+      onInvoke({
+        command: 'image build',
+        json: !!o.json,
+        run: async (ctx) => (await import('../commands/image.js')).imageBuild({ archive, output: o.output, tag: o.tag, force: !!o.force, reporter: ctx.reporter, signal: ctx.signal }),
+      });
+    });
+
   cudaOption(shipOptions(program
     .command('migrate')))
     .description('move the process tree rooted at <pid>, or a container (--container ID), to another host over SSH; the source is resumed on any failure')
@@ -270,7 +299,10 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--freeze-timeout <duration>', 'the longest the source may stay frozen (90s, 5m); past it the migration is abandoned, the source resumed and the target cleaned (default: 60s + 20s per GiB of memory)', parseDuration)
     .option('--hook <command>', 'run with sh -c here with CEDANA_HOOK=pre-restore (source frozen, before the target restores), post-restore (target running, before the source ends) and, on failure, rollback: e.g. to move a floating IP address')
     .option('--json', 'progress as JSON events on stderr, one JSON result on stdout')
-    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; precopyBy: 'auto' | 'soft-dirty' | 'content'; maxRounds?: number; transport: 'auto' | 'openssh' | 'ssh2'; postcopy?: boolean; minThroughput?: number; hook?: string; freezeTimeout?: number; allowLostLocks?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; json?: boolean }) => {
+    .action((pidArg: number | undefined, o: { to: string; acceptNewHostKey?: boolean; targetDir: string; tcpEstablished?: boolean; tcpClose?: boolean; fileLocks?: boolean; mapPath: PathMap[]; mapPort: PortMap[]; shipFiles?: boolean; precopy?: boolean; precopyBy: 'auto' | 'soft-dirty' | 'content'; maxRounds?: number; transport: 'auto' | 'openssh' | 'ssh2'; postcopy?: boolean; minThroughput?: number; hook?: string; freezeTimeout?: number; allowLostLocks?: boolean; cudaCheckpoint?: string; gpuLockTimeout?: number; container?: string; runtime?: string; rootfs?: boolean; format?: string; baseImage?: string; baseImageId?: string; json?: boolean }) => {
+      if (o.container === undefined && (o.format !== undefined || o.baseImage !== undefined || o.baseImageId !== undefined)) {
+        return refuse('dump', !!o.json, new CedanaError('USAGE', '--format, --base-image and --base-image-id go with --container', { hint: 'cedana dump --container ID --format checkpointctl --base-image NAME -o ck.tar.zst' }));
+      }
       if (o.container !== undefined) {
         onInvoke({
           command: 'migrate',

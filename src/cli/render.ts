@@ -7,9 +7,10 @@ import type { DumpEveryResult } from '../commands/dump-every.js';
 import type { RestoreResult } from '../commands/restore.js';
 import type { MigrateResult } from '../commands/migrate.js';
 import type { InspectResult } from '../commands/inspect.js';
+import type { ImageBuildResult } from '../commands/image.js';
 import type { ArchiveRestoreResult, ContainerDumpResult, ContainerMigrateResult, ContainerRestoreResult } from '../commands/container.js';
 
-export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult | ContainerDumpResult | ContainerRestoreResult | ArchiveRestoreResult | ContainerMigrateResult;
+export type CommandResult = DumpResult | DumpEveryResult | RestoreResult | CheckResultData | MigrateResult | InspectResult | ContainerDumpResult | ContainerRestoreResult | ArchiveRestoreResult | ContainerMigrateResult | ImageBuildResult;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -127,6 +128,17 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
       for (const d of r.decisions) lines.push(`  ${c.dim('decided')} ${d}`);
       return lines.join('\n');
     }
+    case 'image build': {
+      const name = r.tag ?? 'NAME';
+      return [
+        `${c.green('✔')} wrote the checkpoint image ${r.image} (${formatBytes(r.layerBytes)}): container ${r.container.name} (${r.container.engine}, runtime ${r.container.runtime}), ${r.digest}`,
+        `  annotated for Podman, CRI-O and containerd${r.tag ? `; named ${r.tag}` : ''}. Next:`,
+        `    podman load -i ${r.image}${r.tag ? '' : `   ${c.dim('(no --tag: tag it with podman tag IMAGE-ID NAME)')}`}`,
+        `    podman container restore ${name}   ${c.dim(`(Podman with runtime ${r.container.runtime}; the image ${r.annotations['io.podman.annotations.checkpoint.rootfsImageName'] ?? 'it was made from'} must be there)`)}`,
+        `  or push it for a cluster: skopeo copy oci-archive:${r.image} docker://REGISTRY/${name.replace(/^localhost\//, '')}`,
+        `    and restore it in CRI-O as a pod container with image: REGISTRY/${name.replace(/^localhost\//, '')} (checkpoint/restore enabled in CRI-O)`,
+      ].join('\n');
+    }
     case 'inspect':
       return renderInspect(r, c);
     case 'check': {
@@ -163,7 +175,7 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
       o.externalUnix.length > 0 && `external unix ${o.externalUnix.join(',')}`, o.leaveRunning && 'leave-running'].filter(Boolean);
     lines.push(`  options: ${opts.length > 0 ? opts.join(', ') : 'none'}; network lock ${o.networkLock}`);
     for (const n of m.notes) lines.push(`  ${c.dim('decided')} ${n}`);
-    if (m.container) {
+    if (m.container && !m.layout) {
       const k = m.container;
       lines.push(`  container ${k.id} (${k.runtime}), bundle ${k.bundle}; root file system ${k.rootfs.path}: ${k.rootfs.mode === 'full' ? 'carried whole' : k.rootfs.mode === 'changes' ? `its changes carried, over the base ${(k.rootfs.base ?? []).join(':')}` : 'expected in place'}`);
     }

@@ -401,10 +401,12 @@ export async function storeImage(
   stream: Writable | undefined,
   report: Reporter,
   signal: AbortSignal | undefined,
+  /** Directories whose own entries the archive holds (before their files). */
+  dirEntries: string[] = [],
 ): Promise<{ bytes: number; memoryBytes: number; image: string }> {
   const { files } = await listImageFiles(imagesDir);
   // The manifest goes first, so a reader can validate before it unpacks the pages.
-  const ordered = [MANIFEST_NAME, ...files.filter((f) => f !== MANIFEST_NAME)];
+  const ordered = [MANIFEST_NAME, ...dirEntries, ...files.filter((f) => f !== MANIFEST_NAME)];
   if (target.kind === 'dir') {
     const sizes = await Promise.all(files.map(async (f) => (await stat(join(imagesDir, f))).size));
     return { bytes: sizes.reduce((a, b) => a + b, 0), memoryBytes: 0, image: target.path };

@@ -26,6 +26,7 @@ import { isPagesImage, verifyDir } from '../image/checksum.js';
 import { imageConnections, writeRemappedImage, type PathMap, type PortMap } from '../image/remap.js';
 import type { Manifest } from '../image/manifest.js';
 import { openImage, readManifest } from '../image/open.js';
+import { isCheckpointArchiveDir } from '../container/ckpt-archive.js';
 import { readRestoreStats } from '../image/criu/stats.js';
 import { processExists } from '../proc/procfs.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
@@ -89,6 +90,11 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
   let gate: Promise<ActionGate> | undefined;
   try {
     const { dir, label, digests } = await openImage(args.image, work, report, args.stdin);
+    if (await isCheckpointArchiveDir(dir)) {
+      throw new CedanaError('USAGE', `${label} is a container checkpoint archive (Kubernetes, CRI-O, Podman): it is restored as a container`, {
+        hint: `cedana restore ${args.image} --container [NEW-ID] --rootfs IMAGE-ROOTFS-DIR`,
+      });
+    }
     report.phase('verifying the manifest, the file sizes and the metadata images');
     const manifest = await readManifest(dir);
     if (manifest.container) {

@@ -26,6 +26,8 @@ import { pathExists, privateTempDir } from '../util/paths.js';
 import { checkpointArgs, findContainer, Runtime, type RuntimeName } from './runtime.js';
 import { commitImageDir, partialArchive, partialImagesDir, privateFiles, refuseExistingOutput, storeImage } from '../commands/dump.js';
 import { CHANGES_IMAGE, CONFIG_IMAGE, ROOTFS_IMAGE, forgetRestoreBundle, overlayAt, readBundle } from './bundle.js';
+import { archiveImagesDir, writeArchiveLayout, type DumpFormat } from './archive-export.js';
+import { CK_DIR, CK_SPEC } from './ckpt-archive.js';
 
 export interface ContainerDumpArgs {
   id: string;
@@ -37,6 +39,10 @@ export interface ContainerDumpArgs {
   force: boolean;
   /** Carry the whole root file system in the image. */
   rootfs: boolean;
+  /** cedana's image (default), or the layout Kubernetes, CRI-O and Podman share. */
+  format?: DumpFormat;
+  /** With format checkpointctl: the image the container runs over, for Podman's restore. */
+  baseImage?: { name: string; id: string };
   stream?: Writable;
   reporter?: Reporter;
   signal?: AbortSignal;
@@ -54,6 +60,7 @@ export interface ContainerDumpResult {
   durationMs: number;
   leftRunning: boolean;
   rootfs: 'none' | 'full' | 'changes';
+  format: DumpFormat;
   decisions: string[];
 }
 
@@ -93,6 +100,8 @@ export interface CheckpointRequest {
   fileLocks: boolean;
   bundle: string;
   ends: boolean;
+  format?: DumpFormat;
+  baseImage?: { name: string; id: string };
 }
 
 export async function checkpointContainer(
@@ -127,6 +136,15 @@ export async function writeContainerImage(
 ): Promise<ManifestContainer> {
   report.phase(`checkpointing container ${c.id} (${c.runtime.name}; ${facts.processes.length} process(es))`);
   const log = join(work, 'dump.log');
+  if (c.format === 'checkpointctl') {
+    await c.runtime.run(checkpointArgs(c.id, { imagesDir: await archiveImagesDir(imagesDir), workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
+      log, label: `${c.runtime.name}-dump-${c.id}`,
+    });
+    report.phase('writing the checkpointctl layout (config.dump, spec.dump, the root file system\'s changes)');
+    decisions.notes.push(...(await writeArchiveLayout({ runtime: c.runtime, id: c.id, bundle, rootfs: c.rootfs, base: c.baseImage, criuWork: work }, imagesDir)));
+    const mode = (await stat(join(imagesDir, 'rootfs-diff.tar')).catch(() => undefined)) ? (overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) ? 'changes' : 'full') : 'none';
+    return { id: c.id, runtime: c.runtime.name, bundle: c.bundle, config: CK_SPEC, rootfs: { mode, path: bundle.rootfs } };
+  }
   await c.runtime.run(checkpointArgs(c.id, { imagesDir, workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
     log, label: `${c.runtime.name}-dump-${c.id}`,
   });
@@ -183,19 +201,23 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
       await runtime.pause(args.id);
       paused = true;
     }
-    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: args.rootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle, ends: !args.leaveRunning }, imagesDir, join(work, 'criu'), report);
+    const format = args.format ?? 'cedana';
+    const ck = await checkpointContainer({ runtime, id: args.id, pid: state.pid, rootfs: args.rootfs, tcp: args.tcp, fileLocks: args.fileLocks, bundle: state.bundle, ends: !args.leaveRunning, format, baseImage: args.baseImage }, imagesDir, join(work, 'criu'), report);
     unlockNetwork = ck.unlockNetwork;
     if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'dump interrupted; the container was resumed');
     report.phase('writing the manifest and checksums (container paused)');
     const files = await checksumDir(imagesDir);
-    const memoryBytes = pagesBytes(files);
+    const memoryBytes = format === 'checkpointctl'
+      ? Object.entries(files).filter(([n]) => n.startsWith(`${CK_DIR}/pages-`)).reduce((a, [, f]) => a + f.size, 0)
+      : pagesBytes(files);
     const manifest = makeManifest({
       criuVersion: criu.version.text, host: await hostFacts(), pid: state.pid, facts: ck.facts, decisions: ck.decisions, leaveRunning: args.leaveRunning,
-      networkLock: 'iptables', files, memoryBytes, container: ck.manifestExtra,
+      networkLock: 'iptables', files, memoryBytes, container: ck.manifestExtra, ...(format === 'checkpointctl' ? { layout: 'checkpointctl' as const } : {}),
     });
     await writeFile(join(imagesDir, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
     await privateFiles(imagesDir);
-    const stored = await storeImage(target, imagesDir, args.stream, report, args.signal);
+    // checkpointctl needs the checkpoint/ directory's own entry in the archive.
+    const stored = await storeImage(target, imagesDir, args.stream, report, args.signal, format === 'checkpointctl' ? [CK_DIR] : []);
     if (target.kind === 'dir') await commitImageDir(imagesDir, target.path);
     // The commit point: the image is stored. Now the container ends, or goes on.
     committed = true;
@@ -218,6 +240,7 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
       durationMs: Math.round(performance.now() - started),
       leftRunning: args.leaveRunning,
       rootfs: ck.manifestExtra.rootfs.mode,
+      format,
       decisions: ck.decisions.notes,
     };
   } catch (e) {

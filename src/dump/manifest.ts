@@ -21,6 +21,7 @@ export interface ManifestInput {
   parent?: ManifestParent;
   gpu?: ManifestGpu;
   container?: ManifestContainer;
+  layout?: Manifest['layout'];
   now?: Date;
 }
 
@@ -54,6 +55,7 @@ export function makeManifest(i: ManifestInput): Manifest {
     ...(i.parent ? { parent: i.parent } : {}),
     ...(i.gpu ? { gpu: i.gpu } : {}),
     ...(i.container ? { container: i.container } : {}),
+    ...(i.layout ? { layout: i.layout } : {}),
   };
 }
 

@@ -79,6 +79,12 @@ export interface Manifest {
   gpu?: ManifestGpu;
   /** A container's image: its id, runtime, bundle and what of its root file system travels. */
   container?: ManifestContainer;
+  /**
+   * checkpointctl: the image is a container checkpoint archive in the layout Kubernetes, CRI-O and
+   * Podman share (CRIU's images under checkpoint/, config.dump, spec.dump, rootfs-diff.tar…), this
+   * manifest beside them; absent for cedana's own layout.
+   */
+  layout?: 'checkpointctl';
 }
 
 export interface ManifestContainer {
@@ -177,7 +183,9 @@ export function validateManifest(raw: unknown): Manifest {
       throw invalid(`bad checksum entry for ${name}: format ${raw.formatVersion} gives each file its size and ${algorithm} (64 lower-case hex digits)${isObj(f) && other in f ? `, not ${other}` : ''}`);
     }
   }
-  if (!Object.keys(raw.files).includes('inventory.img')) throw invalid('inventory.img is not listed: not a CRIU image');
+  if (raw.layout !== undefined && raw.layout !== 'checkpointctl') throw invalid(`layout ${JSON.stringify(raw.layout)}: cedana knows checkpointctl`);
+  const inventory = raw.layout === 'checkpointctl' ? 'checkpoint/inventory.img' : 'inventory.img';
+  if (!Object.keys(raw.files).includes(inventory)) throw invalid(`${inventory} is not listed: not a CRIU image`);
   if (raw.shipped !== undefined) validateShipped(raw.shipped, raw.files);
   if (raw.parent !== undefined) {
     const pp = raw.parent;
@@ -188,15 +196,21 @@ export function validateManifest(raw: unknown): Manifest {
     }
   }
   if (raw.gpu !== undefined) validateGpu(raw.gpu, raw.processes as ManifestProcess[]);
-  if (raw.container !== undefined) validateContainer(raw.container, raw.files);
+  if (raw.container !== undefined) validateContainer(raw.container, raw.files, raw.layout === 'checkpointctl');
   return raw as unknown as Manifest;
 }
 
-function validateContainer(c: unknown, files: Record<string, unknown>): void {
+function validateContainer(c: unknown, files: Record<string, unknown>, checkpointctl: boolean): void {
   const absolute = (p: unknown): boolean => isStr(p) && p.startsWith('/') && p.length < 4096 && !/[\n\0]/.test(p) && !p.split('/').includes('..');
   if (!isObj(c) || !isStr(c.id) || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(c.id)) throw invalid('container.id must be a container id');
   if (c.runtime !== 'runc' && c.runtime !== 'crun') throw invalid('container.runtime must be runc or crun');
   if (!absolute(c.bundle)) throw invalid('container.bundle must be an absolute path');
+  if (checkpointctl) {
+    // The layout's own files say the rest (spec.dump, rootfs-diff.tar, deleted.files).
+    if (c.config !== 'spec.dump' || !isObj(files['spec.dump'])) throw invalid('container.config must be the archive file spec.dump');
+    if (!isObj(c.rootfs) || !['none', 'full', 'changes'].includes(c.rootfs.mode as string) || !absolute(c.rootfs.path)) throw invalid('container.rootfs must give mode (none, full, changes) and an absolute path');
+    return;
+  }
   if (c.config !== 'container/config.json' || !isObj(files['container/config.json'])) throw invalid('container.config must be the image file container/config.json');
   const r = c.rootfs;
   if (!isObj(r) || (r.mode !== 'none' && r.mode !== 'full' && r.mode !== 'changes') || !absolute(r.path)) throw invalid('container.rootfs must give mode (none, full, changes) and an absolute path');

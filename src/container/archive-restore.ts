@@ -25,7 +25,7 @@ import { decodeImage, type MessageEntry } from '../image/criu/codec.js';
 import type { Reporter } from '../cli/reporter.js';
 import { pathExists } from '../util/paths.js';
 import { CK_DELETED, CK_DEVSHM, CK_DIR, CK_ROOTFS_DIFF, type ArchiveMeta } from './ckpt-archive.js';
-import { restoreConfig } from './bundle.js';
+import { overlayLayersAt, restoreConfig } from './bundle.js';
 import { checkContainerId, restoreArgs, Runtime, RUNTIMES, type RuntimeName } from './runtime.js';
 
 /** Where containers restored from an archive keep their bundle and root file system. */
@@ -332,7 +332,11 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
     // The merged root has the upper layer's mode: CRIU checks the root's mode against the image's.
     await chmod(upper, baseStat.mode & 0o7777);
     await chmod(shm, 0o1777);
-    const m = await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${base},upperdir=${upper},workdir=${workdir}`, rootfs], { reject: false, all: true });
+    // A base that is itself an overlay (`podman image mount`'s directory) is stacked by its layers:
+    // CRIU cannot dump a container whose overlay has an overlay below it ("Can't lookup mount").
+    const layers = overlayLayersAt(await readFile('/proc/self/mountinfo', 'utf8'), base) ?? [base];
+    if (layers.length > 1 || layers[0] !== base) notes.push(`--rootfs ${base} is an overlay: its layers are stacked below the container's (${layers.length} layer(s))`);
+    const m = await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${layers.join(':')},upperdir=${upper},workdir=${workdir}`, rootfs], { reject: false, all: true });
     if (m.exitCode !== 0) throw new CedanaError('IO_ERROR', `mounting the overlay at ${rootfs} failed: ${String(m.all).trim()}`);
     mounted = true;
     for (const d of meta.deletedFiles) {

@@ -40,6 +40,30 @@ export function overlayAt(mountinfo: string, path: string): { base: string[]; up
   return found;
 }
 
+/**
+ * The directories an overlay mounted at `path` shows, top first (its upper layer, where it has one,
+ * then its lower layers), from /proc/self/mountinfo text; undefined when no overlay is mounted there.
+ * Pure.
+ */
+export function overlayLayersAt(mountinfo: string, path: string): string[] | undefined {
+  let found: string[] | undefined;
+  for (const line of mountinfo.split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!pre || !post) continue;
+    if (unescapeMount(pre.split(' ')[4] ?? '') !== path) continue;
+    const [fstype, , opts = ''] = post.split(' ');
+    if (fstype !== 'overlay') {
+      found = undefined;
+      continue;
+    }
+    const o = new Map(opts.split(',').map((kv) => [kv.split('=')[0]!, unescapeMount(kv.slice(kv.indexOf('=') + 1))]));
+    const lower = o.get('lowerdir');
+    const upper = o.get('upperdir');
+    found = lower ? [...(upper ? [upper] : []), ...lower.split(':')] : undefined;
+  }
+  return found;
+}
+
 /** Where a restored container's runtime bundle lives: its config for the restore (see restoreConfig). */
 export const RESTORE_BUNDLES = '/run/cedana/bundles';
 

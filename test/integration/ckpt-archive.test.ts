@@ -103,6 +103,47 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     expect(addr.stdout).toContain(r.notes.join(' ').match(/keeps (\S+)/)![1]);
   });
 
+  it("reads and restores a kubelet/CRI-O-shaped archive (CRI-O's config.dump and spec annotations, the pod's shared namespaces)", async () => {
+    // No CRI-O runs here: the archive is a real Podman export given CRI-O's metadata as CRI-O's
+    // sources write it (docs/design/checkpoint-archive-format.md §1.3), in a kubelet's file name.
+    const p = await podmanExport();
+    const work = await owned.tempDir();
+    const x = join(work, 'x');
+    await execa('sh', ['-c', `mkdir -p '${x}' && zstd -dc '${p.archive}' | tar -C '${x}' -x`]);
+    const spec = JSON.parse(readFileSync(join(x, 'spec.dump'), 'utf8'));
+    spec.annotations = {
+      'io.container.manager': 'cri-o',
+      'io.kubernetes.cri-o.Metadata': JSON.stringify({ name: 'web', attempt: 0 }),
+      'io.kubernetes.pod.name': 'web-0',
+      'io.kubernetes.pod.namespace': 'shop',
+      'io.kubernetes.cri-o.Annotations': '{}',
+    };
+    spec.linux.cgroupsPath = 'kubepods-besteffort-pod1234.slice:crio:abcd';
+    for (const n of spec.linux.namespaces) if (n.type === 'ipc' || n.type === 'uts') n.path = `/var/run/${n.type}ns/pod-gone`;
+    const config = { id: 'c'.repeat(64), name: 'k8s_web_web-0_shop_1', rootfsImage: p.image.name, rootfsImageRef: p.image.id, rootfsImageName: p.image.name, runtime: 'runc', createdTime: '2026-11-30T10:00:00Z', checkpointedTime: '2026-11-30T11:00:00Z' };
+    await execa('sh', ['-c', `cat > '${x}/spec.dump'`], { input: JSON.stringify(spec) });
+    await execa('sh', ['-c', `cat > '${x}/config.dump'`], { input: JSON.stringify(config) });
+    await execa('rm', ['-f', join(x, 'network.status'), join(x, 'ctr.log')]);
+    const archive = join(work, 'checkpoint-web-0_shop-web-2026-11-30T11:00:00Z.tar');
+    await execa('tar', ['-C', x, '-cf', archive, '.']);
+
+    const ins = await cedanaOk(['inspect', archive]);
+    expect(ins.containerArchive).toMatchObject({ engine: 'cri-o', name: 'k8s_web_web-0_shop_1', pod: { name: 'web-0', namespace: 'shop' }, image: { ref: p.image.id, name: p.image.name }, checkpointed: '2026-11-30T11:00:00Z', interfaces: [] });
+    expect((await cedana(['inspect', archive])).stdout).toMatch(/from CRI-O \(Kubernetes\)[\s\S]*in pod shop\/web-0/);
+    const ctl = await execa('checkpointctl', ['inspect', archive], { reject: false });
+    expect(ctl.exitCode, ctl.stderr).toBe(0);
+    expect(ctl.stdout).toMatch(/CRI-O/);
+
+    const id = uniqueName('k');
+    ownArchiveRestore(id);
+    const r = await cedanaOk(['restore', archive, '--container', id, '--rootfs', await imageRootfs(p.image.name)]);
+    expect(r.from).toMatchObject({ engine: 'cri-o', name: 'k8s_web_web-0_shop_1' });
+    expect(r.notes.join('\n')).toMatch(/ipc namespace was shared/);
+    const count = join(HOMES, id, 'rootfs', 'tmp', 'count');
+    await waitFor('counting again', () => lines(readText(count)) > p.atCheckpoint + 5);
+    expect(consecutive(readFileSync(count, 'utf8'))).toBe(true);
+  });
+
   it('dump --format checkpointctl: Podman restores the runc container (--import) and it counts on; checkpointctl reads it', async () => {
     // The "image": a busybox root file system, imported into Podman, and the same files as the
     // overlay's base of a runc container.

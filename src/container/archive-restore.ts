@@ -26,7 +26,8 @@ import type { Reporter } from '../cli/reporter.js';
 import { pathExists } from '../util/paths.js';
 import { CK_DELETED, CK_DEVSHM, CK_DIR, CK_ROOTFS_DIFF, type ArchiveMeta } from './ckpt-archive.js';
 import { overlayLayersAt, restoreConfig } from './bundle.js';
-import { checkContainerId, restoreArgs, Runtime, RUNTIMES, type RuntimeName } from './runtime.js';
+import { checkContainerId, restoreArgs, Runtime, RUNTIMES } from './runtime.js';
+import type { ContainerRestoreResult } from './restore.js';
 
 /** Where containers restored from an archive keep their bundle and root file system. */
 export const ARCHIVE_CONTAINERS = '/var/lib/cedana/containers';
@@ -141,17 +142,8 @@ export interface ArchiveRestoreArgs {
   reporter: Reporter;
 }
 
-export interface ArchiveRestoreResult {
-  command: 'restore';
-  container: string;
-  runtime: RuntimeName;
-  pid: number;
-  image: string;
-  bundle: string;
-  restoreBundle: string;
+export interface ArchiveRestoreResult extends Omit<ContainerRestoreResult, 'bundleCreated'> {
   bundleCreated: 'config+rootfs';
-  processes: number;
-  durationMs: number;
   /** The archive's engine and container (Podman, CRI-O, containerd, cedana). */
   from: { engine: ArchiveMeta['engine']; name: string; id: string; image?: string };
   /** The network namespace cedana made for it (ip netns), if any. */

@@ -19,49 +19,38 @@ export const CHANGES_IMAGE = 'container/rootfs-changes.tar';
 /** Unescapes a mountinfo field (\040 for a space…). Pure. */
 export const unescapeMount = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
 
-/** Where an overlay mounted at `path` keeps its layers, from /proc/self/mountinfo text. Pure. */
-export function overlayAt(mountinfo: string, path: string): { base: string[]; upper: string; work: string } | undefined {
-  let found: { base: string[]; upper: string; work: string } | undefined;
+/** The options of the overlay mounted (last, visibly) at `path`, from /proc/self/mountinfo text. Pure. */
+function overlayOptionsAt(mountinfo: string, path: string): Map<string, string> | undefined {
+  let found: Map<string, string> | undefined;
   for (const line of mountinfo.split('\n')) {
     const [pre, post] = line.split(' - ');
     if (!pre || !post) continue;
     if (unescapeMount(pre.split(' ')[4] ?? '') !== path) continue;
     const [fstype, , opts = ''] = post.split(' ');
-    if (fstype !== 'overlay') {
-      found = undefined; // a later mount over it hides the overlay
-      continue;
-    }
-    const o = new Map(opts.split(',').map((kv) => [kv.split('=')[0]!, unescapeMount(kv.slice(kv.indexOf('=') + 1))]));
-    const lower = o.get('lowerdir');
-    const upper = o.get('upperdir');
-    const work = o.get('workdir');
-    found = lower && upper && work ? { base: lower.split(':'), upper, work } : undefined;
+    // A later mount over it hides the overlay.
+    found = fstype === 'overlay' ? new Map(opts.split(',').map((kv) => [kv.split('=')[0]!, unescapeMount(kv.slice(kv.indexOf('=') + 1))])) : undefined;
   }
   return found;
 }
 
+/** Where an overlay mounted at `path` keeps its layers, from /proc/self/mountinfo text. Pure. */
+export function overlayAt(mountinfo: string, path: string): { base: string[]; upper: string; work: string } | undefined {
+  const o = overlayOptionsAt(mountinfo, path);
+  const lower = o?.get('lowerdir');
+  const upper = o?.get('upperdir');
+  const work = o?.get('workdir');
+  return lower && upper && work ? { base: lower.split(':'), upper, work } : undefined;
+}
+
 /**
  * The directories an overlay mounted at `path` shows, top first (its upper layer, where it has one,
- * then its lower layers), from /proc/self/mountinfo text; undefined when no overlay is mounted there.
- * Pure.
+ * then its lower layers); undefined when no overlay is mounted there. Pure.
  */
 export function overlayLayersAt(mountinfo: string, path: string): string[] | undefined {
-  let found: string[] | undefined;
-  for (const line of mountinfo.split('\n')) {
-    const [pre, post] = line.split(' - ');
-    if (!pre || !post) continue;
-    if (unescapeMount(pre.split(' ')[4] ?? '') !== path) continue;
-    const [fstype, , opts = ''] = post.split(' ');
-    if (fstype !== 'overlay') {
-      found = undefined;
-      continue;
-    }
-    const o = new Map(opts.split(',').map((kv) => [kv.split('=')[0]!, unescapeMount(kv.slice(kv.indexOf('=') + 1))]));
-    const lower = o.get('lowerdir');
-    const upper = o.get('upperdir');
-    found = lower ? [...(upper ? [upper] : []), ...lower.split(':')] : undefined;
-  }
-  return found;
+  const o = overlayOptionsAt(mountinfo, path);
+  const lower = o?.get('lowerdir');
+  const upper = o?.get('upperdir');
+  return lower ? [...(upper ? [upper] : []), ...lower.split(':')] : undefined;
 }
 
 /** Where a restored container's runtime bundle lives: its config for the restore (see restoreConfig). */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { checkpointArgs, parseState, restoreArgs, validContainerId } from '../../../src/container/runtime.js';
-import { overlayAt, restoreConfig } from '../../../src/container/bundle.js';
+import { overlayAt, overlayLayersAt, restoreConfig } from '../../../src/container/bundle.js';
 import { containerCleanupScript, containerRestoreScript, parseContainerPreflight } from '../../../src/container/migrate.js';
 import { validateManifest } from '../../../src/image/manifest.js';
 import { CedanaError } from '../../../src/errors.js';
@@ -99,5 +99,12 @@ describe('overlayAt', () => {
     expect(overlayAt(info, '/srv/b/rootfs')).toEqual({ base: ['/img/l1', '/img/l2'], upper: '/srv/u x', work: '/srv/w' });
     expect(overlayAt(info, '/srv/b')).toBeUndefined();
     expect(overlayAt(`${info}\n46 45 0:40 / /srv/b/rootfs rw - tmpfs tmpfs rw`, '/srv/b/rootfs')).toBeUndefined();
+  });
+
+  it('lists the layers an overlay shows, top first, a read-only one (no upper layer) too', () => {
+    expect(overlayLayersAt(info, '/srv/b/rootfs')).toEqual(['/srv/u x', '/img/l1', '/img/l2']);
+    const ro = `${info}\n50 27 0:41 / /var/lib/containers/storage/overlay/abc/merged ro - overlay overlay ro,lowerdir=/l/A:/l/B`;
+    expect(overlayLayersAt(ro, '/var/lib/containers/storage/overlay/abc/merged')).toEqual(['/l/A', '/l/B']);
+    expect(overlayLayersAt(info, '/srv')).toBeUndefined();
   });
 });

@@ -144,7 +144,7 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     expect(consecutive(readFileSync(count, 'utf8'))).toBe(true);
   });
 
-  it('dump --format checkpointctl: Podman restores the runc container (--import) and it counts on; checkpointctl reads it', async () => {
+  it('dump --format checkpointctl: Podman restores the runc container (--import, and from an image built by cedana) and it counts on; checkpointctl reads it', async () => {
     // The "image": a busybox root file system, imported into Podman, and the same files as the
     // overlay's base of a runc container.
     const parent = await owned.tempDir('cedana-ckarch-', '/var/lib');
@@ -194,6 +194,18 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     await waitFor('counting again under Podman', async () => lines(await inPodman()) > at + 5);
     expect(consecutive(await inPodman())).toBe(true);
     expect((await podman(['exec', id, 'ls', '/bin/ls'])).exitCode, 'deleted.files applied by Podman').not.toBe(0);
+
+    // The same checkpoint as an OCI checkpoint image: Podman restores it from the image.
+    await podmanOk(['rm', '-f', '-t', '0', id]);
+    const ociImage = join(parent, 'ck.oci.tar');
+    const tag = `localhost/${uniqueName('ck')}:v1`;
+    const built = await cedanaOk(['image', 'build', archive, '-o', ociImage, '--tag', tag]);
+    expect(built.annotations).toMatchObject({ 'io.podman.annotations.checkpoint.runtime.name': 'runc', 'io.kubernetes.cri-o.annotations.checkpoint.name': id, 'org.criu.checkpoint.container.name': id, 'io.podman.annotations.checkpoint.rootfsImageName': imageName });
+    ownImage(owned, tag);
+    await podmanOk(['load', '-i', ociImage]);
+    await podmanOk(['container', 'restore', tag]);
+    await waitFor('counting again, restored from the image', async () => lines(await inPodman()) > at + 5);
+    expect(consecutive(await inPodman())).toBe(true);
   });
 
   it('refuses an archive whose rootfs-diff.tar escapes the root file system or links out, and one with a link entry; nothing is left', async () => {

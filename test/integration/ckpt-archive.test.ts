@@ -35,7 +35,7 @@ function ownArchiveRestore(id: string): void {
 }
 
 /** A counting busybox container under Podman, checkpointed with --export (it stops). */
-async function podmanExport(): Promise<{ image: { name: string; id: string }; name: string; archive: string; atCheckpoint: number }> {
+async function podmanExport(compress: 'zstd' | 'gzip' = 'zstd'): Promise<{ image: { name: string; id: string }; name: string; archive: string; atCheckpoint: number }> {
   const image = await busyboxImage(owned);
   const name = uniqueName('ctr');
   ownContainer(owned, name);
@@ -43,9 +43,9 @@ async function podmanExport(): Promise<{ image: { name: string; id: string }; na
   await waitFor('counting under Podman', async () => lines((await podman(['exec', name, 'cat', '/tmp/count'])).stdout) > 3);
   // A deletion, for deleted.files.
   await podmanOk(['exec', name, 'busybox', 'rm', '/bin/ls']);
-  const archive = join(await owned.tempDir(), 'ck.tar.zst');
-  await podmanOk(['container', 'checkpoint', '--export', archive, name]);
-  const diff = await execa('sh', ['-c', `zstd -dc '${archive}' | tar -xO rootfs-diff.tar | tar -xO tmp/count`]);
+  const archive = join(await owned.tempDir(), compress === 'zstd' ? 'ck.tar.zst' : 'ck.tar.gz');
+  await podmanOk(['container', 'checkpoint', '--export', archive, '--compress', compress, name]);
+  const diff = await execa('sh', ['-c', `${compress} -dc '${archive}' | tar -xO rootfs-diff.tar | tar -xO tmp/count`]);
   return { image, name, archive, atCheckpoint: lines(diff.stdout) };
 }
 
@@ -73,14 +73,20 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     expect(root.argv).toEqual(['sh']);
     expect(root.files.map((f: { fd: number; path: string }) => [f.fd, f.path])[0]).toEqual([0, '/dev/null']);
     expect(ins.sizes.pages).toBeGreaterThan(0);
+    // The same archive unpacked: a directory is read in place.
+    const unpacked = await owned.tempDir();
+    await execa('sh', ['-c', `zstd -dc '${p.archive}' | tar -C '${unpacked}' -x`]);
+    const fromDir = await cedanaOk(['inspect', unpacked]);
+    expect(fromDir.containerArchive).toEqual(ins.containerArchive);
+    expect(fromDir.processes).toEqual(ins.processes);
     const human = await cedana(['inspect', p.archive]);
     expect(human.exitCode).toBe(0);
     expect(human.stdout).toMatch(/from Podman, runtime runc/);
     expect(human.stdout).toMatch(/checksums unverified/);
   });
 
-  it('restores a Podman export under runc over the image, with its changes: it counts on from where it was', async () => {
-    const p = await podmanExport();
+  it('restores a Podman export (.tar.gz) under runc over the image, with its changes: it counts on from where it was', async () => {
+    const p = await podmanExport('gzip');
     const base = await imageRootfs(p.image.name);
     const id = uniqueName('r');
     ownArchiveRestore(id);
@@ -205,6 +211,30 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     await podmanOk(['load', '-i', ociImage]);
     await podmanOk(['container', 'restore', tag]);
     await waitFor('counting again, restored from the image', async () => lines(await inPodman()) > at + 5);
+    expect(consecutive(await inPodman())).toBe(true);
+  });
+
+  it('dump --format checkpointctl --rootfs of a container on a plain directory: Podman restores it over the image with all of it', async () => {
+    const image = await busyboxImage(owned);
+    const parent = await owned.tempDir('cedana-ckarch-', '/var/lib');
+    const { makeBundle } = await import('../helpers/containers.js');
+    const bundle = await makeBundle(parent, 'i=0; while true; do echo $i >> /data/count; i=$((i+1)); sleep 0.2; done');
+    chmodSync(join(bundle, 'rootfs'), statSync(await imageRootfs(image.name)).mode & 0o7777);
+    const id = uniqueName('rf');
+    await runContainer(owned, id, bundle);
+    const count = join(bundle, 'rootfs', 'data', 'count');
+    await waitFor('counting under runc', () => lines(readText(count)) > 3);
+    const archive = join(parent, 'ck.tar');
+    const d = await cedanaOk(['dump', '--container', id, '--format', 'checkpointctl', '--rootfs', '--base-image', image.name, '--base-image-id', image.id, '-o', archive]);
+    expect(d).toMatchObject({ format: 'checkpointctl', rootfs: 'full' });
+    expect(d.decisions.join('\n')).toMatch(/the whole root file system/);
+    const at = lines(readText(count));
+    const diff = (await execa('tar', ['-xOf', archive, 'rootfs-diff.tar'], { encoding: 'buffer' })).stdout as unknown as Buffer;
+    expect(diff.length).toBeGreaterThan(statSync('/bin/busybox').size);
+    ownContainer(owned, id);
+    await podmanOk(['container', 'restore', '--import', archive]);
+    const inPodman = async (): Promise<string> => (await podman(['exec', id, 'cat', '/data/count'])).stdout;
+    await waitFor('counting again under Podman', async () => lines(await inPodman()) > at + 5);
     expect(consecutive(await inPodman())).toBe(true);
   });
 

@@ -53,29 +53,41 @@ export async function resolveBaseImage(name: string | undefined, id: string | un
   return { name, id: found };
 }
 
+/**
+ * The directories of an overlay's upper layer that replace the image's whole (opaque: the xattr
+ * trusted.overlay.opaque=y; Node has no xattr call, so python3 reads them, in one walk). Undefined
+ * when python3 is not here to tell.
+ */
+async function opaqueDirs(upper: string): Promise<string[] | undefined> {
+  const py = [
+    'import os, sys',
+    'top = sys.argv[1]',
+    'for d, subdirs, _ in os.walk(top):',
+    '    for s in subdirs:',
+    '        p = os.path.join(d, s)',
+    '        try:',
+    "            if os.getxattr(p, 'trusted.overlay.opaque', follow_symlinks=False) == b'y': print('/' + os.path.relpath(p, top))",
+    '        except OSError: pass',
+  ].join('\n');
+  const r = await execa('python3', ['-c', py, upper], { reject: false });
+  return r.exitCode === 0 ? String(r.stdout).split('\n').filter(Boolean) : undefined;
+}
+
 /** Walks an overlay's upper layer: whiteouts (0:0 character devices) are deletions; the rest the diff. */
-async function upperChanges(upper: string): Promise<{ deleted: string[]; whiteouts: string[]; opaque: string[] }> {
+async function upperChanges(upper: string): Promise<{ deleted: string[]; whiteouts: string[]; opaque: string[] | undefined }> {
   const deleted: string[] = [];
   const whiteouts: string[] = [];
-  const opaque: string[] = [];
   const walk = async (rel: string): Promise<void> => {
     for (const e of await readdir(join(upper, rel), { withFileTypes: true })) {
       const p = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isCharacterDevice()) {
-        const st = await lstat(join(upper, p));
-        if (st.rdev === 0) {
-          deleted.push(`/${p}`);
-          whiteouts.push(p);
-        }
-      } else if (e.isDirectory()) {
-        const x = await execa('getfattr', ['--only-values', '-n', 'trusted.overlay.opaque', join(upper, p)], { reject: false });
-        if (x.exitCode === 0 && String(x.stdout).trim() === 'y') opaque.push(`/${p}`);
-        await walk(p);
-      }
+      if (e.isCharacterDevice() && (await lstat(join(upper, p))).rdev === 0) {
+        deleted.push(`/${p}`);
+        whiteouts.push(p);
+      } else if (e.isDirectory()) await walk(p);
     }
   };
   await walk('');
-  return { deleted, whiteouts, opaque };
+  return { deleted, whiteouts, opaque: await opaqueDirs(upper) };
 }
 
 export interface ExportRequest {
@@ -137,7 +149,8 @@ export async function writeArchiveLayout(r: ExportRequest, imagesDir: string): P
     const bytes = await tar(overlay.upper, changes.whiteouts);
     if (changes.deleted.length > 0) await writeFile(join(imagesDir, CK_DELETED), `${JSON.stringify(changes.deleted, null, 2)}\n`, { mode: 0o600 });
     notes.push(`the root file system is an overlay: its changes (${(bytes / 1048576).toFixed(1)} MiB, ${changes.deleted.length} deletion(s)) go in ${CK_ROOTFS_DIFF}${changes.deleted.length ? ` and ${CK_DELETED}` : ''}, over the image ${r.base?.name ?? '(name it with --base-image)'}`);
-    if (changes.opaque.length > 0) notes.push(`directories replaced whole (opaque) in the overlay are carried as their new contents only, over the image's: ${changes.opaque.join(', ')}`);
+    if (changes.opaque === undefined) notes.push('python3 is not here to find directories the container replaced whole (opaque in the overlay): any such directory is carried as its new contents, merged over the image\'s');
+    else if (changes.opaque.length > 0) notes.push(`directories replaced whole (opaque) in the overlay are carried as their new contents, merged over the image's (the layout has no way to say "replaced"): ${changes.opaque.join(', ')}`);
   } else if (r.rootfs) {
     const bytes = await tar(r.bundle.rootfs, []);
     notes.push(`--rootfs: the whole root file system (${(bytes / 1048576).toFixed(1)} MiB) goes in ${CK_ROOTFS_DIFF}, over the image ${r.base?.name ?? '(name it with --base-image)'}`);

@@ -279,7 +279,7 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
     throw new CedanaError('ROOTFS_MISSING', `--rootfs ${base} is not a directory holding a root file system`, { hint: "give the container image's root file system, unpacked or mounted" });
   }
   const wanted = a.runtime ?? ((RUNTIMES as readonly string[]).includes(meta.runtime ?? '') ? meta.runtime : undefined);
-  const runtimes = await Runtime.available(a.runtime).catch(async (e) => (a.runtime ? Promise.reject(e) : Runtime.available()));
+  const runtimes = await Runtime.available(a.runtime);
   const runtime = runtimes.find((r) => r.name === wanted) ?? runtimes.find((r) => r.name === 'runc') ?? runtimes[0]!;
   for (const r of await Runtime.available().catch(() => [] as Runtime[])) {
     if (await r.state(id)) throw new CedanaError('CONTAINER_EXISTS', `a container ${id} exists already (${r.name})`, { hint: 'restore under another id: --container NEW-ID, or delete that one' });

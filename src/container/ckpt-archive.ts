@@ -58,9 +58,13 @@ export interface ArchiveMeta {
   spec: Record<string, any>;
 }
 
-/** Whether dir holds this layout (checkpoint/inventory.img, config.dump, spec.dump). */
+/**
+ * Whether dir is (meant to be) this layout: a checkpoint/ directory, config.dump or spec.dump (a
+ * cedana image has none of them). readArchiveMeta then says what of it is missing.
+ */
 export async function isCheckpointArchiveDir(dir: string): Promise<boolean> {
-  return (await pathExists(join(dir, CK_DIR, 'inventory.img'))) && (await pathExists(join(dir, CK_SPEC))) && (await pathExists(join(dir, CK_CONFIG)));
+  for (const p of [CK_DIR, CK_SPEC, CK_CONFIG]) if (await pathExists(join(dir, p))) return true;
+  return false;
 }
 
 async function readJson(dir: string, name: string, required: boolean): Promise<any> {

@@ -172,10 +172,13 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     const count = join(bundle, 'rootfs', 'data', 'count');
     await waitFor('counting under runc', () => lines(readText(count)) > 3);
     await execa('rm', [join(bundle, 'rootfs', 'bin', 'ls')]); // (through the overlay: a whiteout in the upper layer)
+    // A directory replaced whole: opaque in the overlay's upper layer.
+    await execa('sh', ['-c', `rm -rf '${join(bundle, 'rootfs', 'tmp')}' && mkdir '${join(bundle, 'rootfs', 'tmp')}'`]);
 
     const archive = join(parent, 'ck.tar.zst');
     const d = await cedanaOk(['dump', '--container', id, '--format', 'checkpointctl', '--base-image', imageName, '-o', archive]);
     expect(d).toMatchObject({ container: id, format: 'checkpointctl', rootfs: 'changes', leftRunning: false });
+    expect(d.decisions.join('\n')).toMatch(/replaced whole \(opaque\)[^\n]*: \/tmp$/m);
     expect(await state(id)).toBeUndefined();
     const at = lines(readText(count));
 

@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { engineOf, interfacesOf } from '../../../src/container/ckpt-archive.js';
+import { engineOf, interfacesOf, isCheckpointArchiveDir, readArchiveMeta } from '../../../src/container/ckpt-archive.js';
 import { checkRootfsTar, defaultIdOf, resolveInRoot, restoreSpecOf } from '../../../src/container/archive-restore.js';
 import { parseFormat } from '../../../src/container/archive-export.js';
 
@@ -53,6 +53,26 @@ describe('archive metadata', () => {
     expect(defaultIdOf({ name: 'web', id: 'a'.repeat(64) })).toBe('web');
     expect(defaultIdOf({ name: 'not ok/name', id: 'b'.repeat(64) })).toBe('b'.repeat(64));
     expect(() => defaultIdOf({ name: '', id: '' })).toThrow(/names no container id/);
+  });
+
+  it('knows the layout by any of its parts, and says which part is missing or malformed', async () => {
+    const a = join(dir, 'partial');
+    mkdirSync(join(a, 'checkpoint'), { recursive: true });
+    writeFileSync(join(a, 'checkpoint', 'inventory.img'), 'x');
+    writeFileSync(join(a, 'config.dump'), '{"name":"web"}');
+    expect(await isCheckpointArchiveDir(a)).toBe(true);
+    await expect(readArchiveMeta(a)).rejects.toMatchObject({ code: 'IMAGE_INVALID', message: expect.stringMatching(/spec\.dump is missing/) });
+    writeFileSync(join(a, 'spec.dump'), '{"annotations":{"io.container.manager":"libpod"},"process":{"args":["sh"]}}');
+    writeFileSync(join(a, 'deleted.files'), '{"not":"a list"}');
+    await expect(readArchiveMeta(a)).rejects.toMatchObject({ message: expect.stringMatching(/deleted\.files must be a JSON array/) });
+    writeFileSync(join(a, 'deleted.files'), '["/bin/ls"]');
+    expect(await readArchiveMeta(a)).toMatchObject({ engine: 'podman', name: 'web', command: ['sh'], deletedFiles: ['/bin/ls'], interfaces: [], devShm: false });
+    rmSync(join(a, 'checkpoint'), { recursive: true });
+    await expect(readArchiveMeta(a)).rejects.toMatchObject({ message: expect.stringMatching(/inventory\.img is missing/) });
+    const plain = join(dir, 'cedana-image');
+    mkdirSync(plain);
+    writeFileSync(join(plain, 'inventory.img'), 'x');
+    expect(await isCheckpointArchiveDir(plain)).toBe(false);
   });
 
   it('--format is cedana or checkpointctl', () => {

@@ -86,6 +86,7 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         `  memory ${formatBytes(r.memoryBytes)}, image ${formatBytes(r.bytes)}, frozen ${formatMs(r.frozenMs)}, total ${formatMs(r.durationMs)}`,
         `  ${r.leftRunning ? 'the process was left running' : 'the process was ended after the dump; `cedana restore` brings it back'}`,
       ];
+      if (r.gpu) lines.push(`  GPU: ${r.gpu.memoryUsedMiB} MiB of device memory moved to host memory by cuda-checkpoint in ${formatMs(r.gpu.checkpointMs)} before the freeze${r.gpu.pausedMs !== undefined ? `; its GPU work was held ${formatMs(r.gpu.pausedMs)} in all` : ''}`);
       for (const d of r.decisions) lines.push(`  ${c.dim('decided')} ${d}`);
       return lines.join('\n');
     }
@@ -111,7 +112,7 @@ export function renderHuman(r: CommandResult, c: ChalkInstance): string {
         ...r.remappedPorts.map((m) => `  ${c.dim('remapped')} port ${m.from} → ${m.to}`),
         ...r.placed.map((p) => `  ${c.dim('put in place')} ${p} (carried by the image)`),
         ...r.decisions.map((d) => `  ${c.dim('decided')} ${d}`),
-        ...(r.gpu ? [`  GPU state of PID ${r.gpu.pids.join(', ')} back on the GPU`] : []),
+        ...(r.gpu ? [`  GPU state of PID ${r.gpu.pids.join(', ')} back on the GPU (${formatMs(r.gpu.restoreMs)} after CRIU's restore)`] : []),
       ].join('\n');
     case 'migrate': {
       if ('container' in r) {

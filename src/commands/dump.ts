@@ -77,7 +77,15 @@ export interface DumpResult {
   /** An incremental checkpoint: its parent, and how many pages it stores and leaves there. */
   incremental?: { parent: string; pagesWritten: number; pagesInParent: number };
   /** The tree's CUDA processes and their device memory, moved through host memory. */
-  gpu?: { pids: number[]; memoryUsedMiB: number; driverVersion: string };
+  gpu?: {
+    pids: number[];
+    memoryUsedMiB: number;
+    driverVersion: string;
+    /** cuda-checkpoint's lock and checkpoint, before CRIU froze the tree (the GPU work was held from then). */
+    checkpointMs: number;
+    /** With --leave-running: from the first lock to the last unlock, the job's real pause (frozenMs is CRIU's part only). */
+    pausedMs?: number;
+  };
 }
 
 export async function dump(args: DumpArgs): Promise<DumpResult> {
@@ -278,7 +286,7 @@ export async function dump(args: DumpArgs): Promise<DumpResult> {
       decisions: decisions.notes,
       shipped: shipped.filter((e) => plan.ship.some((c) => c.path === e.path)).map((e) => e.path),
       ...(incremental ? { incremental } : {}),
-      ...(gpuPlan ? { gpu: { pids: gpuPlan.pids, memoryUsedMiB: gpuPlan.manifest.memoryUsedMiB, driverVersion: gpuPlan.manifest.driverVersion } } : {}),
+      ...(gpuPlan ? { gpu: { pids: gpuPlan.pids, memoryUsedMiB: gpuPlan.manifest.memoryUsedMiB, driverVersion: gpuPlan.manifest.driverVersion, checkpointMs: gpu?.checkpointMs ?? 0, ...(gpu?.pausedMs !== undefined ? { pausedMs: gpu.pausedMs } : {}) } } : {}),
     };
   } catch (e) {
     const err = toCedanaError(e);

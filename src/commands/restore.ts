@@ -78,7 +78,8 @@ export interface RestoreResult {
   /** What was decided for the established connections, and why. */
   decisions: string[];
   /** The CUDA processes whose GPU state went back onto the GPU, and onto which GPUs. */
-  gpu?: { pids: number[]; deviceMap: Record<string, string> };
+  /** restoreMs: cuda-checkpoint's restore and unlock, after CRIU's restore (restoreMs above is CRIU's only). */
+  gpu?: { pids: number[]; deviceMap: Record<string, string>; restoreMs: number };
 }
 
 export async function restore(args: RestoreArgs): Promise<RestoreResult> {
@@ -119,7 +120,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
       await (await import('../image/incremental.js')).verifyChain(dir, manifest);
     }
     checkCompatible(manifest, await facts, criu);
-    let gpu: { cc: CudaCheckpoint; deviceMap: Map<string, string>; notes: string[] } | undefined;
+    let gpu: { cc: CudaCheckpoint; deviceMap: Map<string, string>; notes: string[]; restoreMs?: number } | undefined;
     if (manifest.gpu) {
       report.phase('checking the GPUs and the driver against the image');
       const { CudaCheckpoint, localGpuHost, planGpuRestore } = await import('../gpu/cuda.js');
@@ -159,7 +160,9 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
         const pids = manifest.gpu.processes.map((p) => p.pid);
         try {
           const { deviceMapArg, resumeRestored } = await import('../gpu/cuda.js');
+          const t0 = performance.now();
           gpu.notes.push(...(await resumeRestored(gpu.cc, pids, deviceMapArg(gpu.deviceMap), (m) => report.phase(m))));
+          gpu.restoreMs = Math.round(performance.now() - t0);
         } catch (e) {
           // A tree whose GPU state did not come back would hang on its first CUDA call: end it; the image is intact.
           for (const p of manifest.processes) killQuietly(p.pid);
@@ -184,7 +187,7 @@ export async function restore(args: RestoreArgs): Promise<RestoreResult> {
         remappedPorts,
         placed: placement.created,
         decisions: [...plan.notes, ...restored.notes, ...(gpu?.notes ?? [])],
-        ...(gpu && manifest.gpu ? { gpu: { pids: manifest.gpu.processes.map((p) => p.pid), deviceMap: Object.fromEntries(gpu.deviceMap) } } : {}),
+        ...(gpu && manifest.gpu ? { gpu: { pids: manifest.gpu.processes.map((p) => p.pid), deviceMap: Object.fromEntries(gpu.deviceMap), restoreMs: gpu.restoreMs ?? 0 } } : {}),
       };
     } catch (e) {
       await placement.undo();

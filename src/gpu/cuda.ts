@@ -14,6 +14,9 @@ import { dirname, join } from 'node:path';
 import { CedanaError } from '../errors.js';
 import { findOnPath } from '../util/paths.js';
 
+
+/** Where cuda-checkpoint comes from: not every driver install has it (the H200 image tried had none). */
+export const CUDA_CHECKPOINT_SOURCE = "NVIDIA publishes it at github.com/NVIDIA/cuda-checkpoint, bin/x86_64_Linux or bin/aarch64_Linux; it drives driver ≥ 555, which some driver installs ship it with";
 export type CudaState = 'running' | 'locked' | 'checkpointed' | 'failed';
 export type CudaAction = 'lock' | 'checkpoint' | 'restore' | 'unlock';
 
@@ -133,7 +136,7 @@ export interface GpuHost {
 export async function locateGpuTools(explicit?: string): Promise<{ cudaCheckpoint?: string; nvidiaSmi?: string }> {
   const cudaCheckpoint = await findOnPath(explicit ?? 'cuda-checkpoint');
   if (explicit !== undefined && !cudaCheckpoint) {
-    throw new CedanaError('GPU_UNSUPPORTED', `--cuda-checkpoint ${explicit}: not an executable file`, { hint: 'give the path of NVIDIA\'s cuda-checkpoint (it comes with the driver, ≥ 555)' });
+    throw new CedanaError('GPU_UNSUPPORTED', `--cuda-checkpoint ${explicit}: not an executable file`, { hint: `give the path of NVIDIA's cuda-checkpoint (${CUDA_CHECKPOINT_SOURCE})` });
   }
   const nvidiaSmi = (await findOnPath('nvidia-smi')) ?? (cudaCheckpoint ? await findOnPath(join(dirname(cudaCheckpoint), 'nvidia-smi')) : undefined);
   return { cudaCheckpoint, nvidiaSmi };
@@ -174,7 +177,7 @@ export interface ManifestGpu {
 export function planGpuDump(cudaPids: number[], host: GpuHost): ManifestGpu {
   if (!host.cudaCheckpoint) {
     throw new CedanaError('GPU_UNSUPPORTED', `PID ${cudaPids.join(', ')} use${cudaPids.length === 1 ? 's' : ''} the GPU (CUDA), and cuda-checkpoint is not found`, {
-      hint: "install NVIDIA's cuda-checkpoint (it comes with driver ≥ 555) on PATH, or give --cuda-checkpoint PATH",
+      hint: `install NVIDIA's cuda-checkpoint on PATH (${CUDA_CHECKPOINT_SOURCE}), or give --cuda-checkpoint PATH`,
       details: { cudaPids },
     });
   }
@@ -213,7 +216,7 @@ export function planGpuRestore(m: ManifestGpu, host: GpuHost, where = 'here'): {
     new CedanaError('GPU_MISMATCH', msg, { hint, details });
   if (!host.cudaCheckpoint) {
     throw new CedanaError('GPU_UNSUPPORTED', `the image holds GPU state and cuda-checkpoint is not found ${where}`, {
-      hint: "install NVIDIA's cuda-checkpoint (driver ≥ 555) on PATH, or give --cuda-checkpoint PATH",
+      hint: `install NVIDIA's cuda-checkpoint on PATH (${CUDA_CHECKPOINT_SOURCE}), or give --cuda-checkpoint PATH`,
     });
   }
   if (!host.driver || driverMajor(host.driver) < DRIVER_ACTIONS) {
@@ -256,10 +259,14 @@ export function planGpuRestore(m: ManifestGpu, host: GpuHost, where = 'here'): {
   return { deviceMap, notes };
 }
 
-/** `--device-map` text for cuda-checkpoint (only the GPUs that change). Pure. */
+/**
+ * `--device-map` text for cuda-checkpoint: none where every GPU stays, else every pair, those that
+ * stay too (cuda-checkpoint 580's help: the map "must contain all checkpointed devices if
+ * specified"). Pure.
+ */
 export function deviceMapArg(map: Map<string, string>): string | undefined {
-  const moved = [...map].filter(([a, b]) => a !== b);
-  return moved.length ? moved.map(([a, b]) => `${a}=${b}`).join(',') : undefined;
+  if (![...map].some(([a, b]) => a !== b)) return undefined;
+  return [...map].map(([a, b]) => `${a}=${b}`).join(',');
 }
 
 /** cuda-checkpoint on one host. */
@@ -304,6 +311,11 @@ function gpuFailed(message: string, pid: number, step: string): CedanaError {
  */
 export class GpuSuspension {
   private readonly states = new Map<number, { initial: CudaState; now: CudaState }>();
+  /** When the first lock was asked for, and when the last process was back on the GPU (performance.now()). */
+  private lockedAt?: number;
+  private resumedAt?: number;
+  /** Lock and checkpoint of every process: the GPU part of the pause before CRIU freezes the tree. */
+  checkpointMs = 0;
 
   private constructor(
     private readonly cc: CudaCheckpoint,
@@ -313,6 +325,7 @@ export class GpuSuspension {
   /** `states`: what cuda-checkpoint said while planning (asked again where missing). */
   static async suspend(cc: CudaCheckpoint, pids: number[], opts: { lockTimeoutMs: number; supportsTimeout: boolean; progress?: (m: string) => void; states?: Map<number, CudaState> }): Promise<GpuSuspension> {
     const s = new GpuSuspension(cc, pids);
+    s.lockedAt = performance.now();
     try {
       for (const pid of pids) {
         const initial = opts.states?.get(pid) ?? (await cc.state(pid));
@@ -331,6 +344,7 @@ export class GpuSuspension {
         await cc.action(pid, 'checkpoint');
         s.states.get(pid)!.now = 'checkpointed';
       }
+      s.checkpointMs = Math.round(performance.now() - s.lockedAt);
     } catch (e) {
       const left = await s.resume().then(
         () => undefined,
@@ -341,6 +355,14 @@ export class GpuSuspension {
       throw err;
     }
     return s;
+  }
+
+  /**
+   * How long the GPU work was held, from the first lock to the last unlock: with --leave-running, the
+   * job's real pause (CRIU's frozen time is only its middle part). Undefined until resume() ended.
+   */
+  get pausedMs(): number | undefined {
+    return this.lockedAt !== undefined && this.resumedAt !== undefined ? Math.round(this.resumedAt - this.lockedAt) : undefined;
   }
 
   /**
@@ -367,6 +389,7 @@ export class GpuSuspension {
         errors.push(e instanceof CedanaError ? e : gpuFailed(String(e), pid, 'resume'));
       }
     }
+    if (errors.length === 0) this.resumedAt = performance.now();
     if (errors.length > 0) {
       throw new CedanaError('GPU_FAILED', `the GPU state could not be brought back: ${errors.map((e) => e.message).join('; ')}`, {
         hint: 'the process runs on the CPU but its GPU work is held; try `cuda-checkpoint --action restore` / `--action unlock` on it',

@@ -1,7 +1,7 @@
 /**
  * The GPU side of a migration target, reached through the SSH session: its cuda-checkpoint, driver
  * and GPUs (one round trip), and an Exec so that the same CudaCheckpoint code drives it there.
- * Nothing is installed there: cuda-checkpoint comes with the driver.
+ * Nothing of cedana is installed there: the target needs its own cuda-checkpoint (NVIDIA's).
  */
 import type { SshSession } from '../transport/ssh.js';
 import { shq } from '../transport/ssh.js';

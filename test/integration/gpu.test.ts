@@ -102,7 +102,7 @@ describe('GPU processes (stand-in cuda-checkpoint)', () => {
     const app = await cudaApp(s);
     const img = join(await owned.tempDir(), 'img');
     const d = await cedanaOk(['dump', String(app.pid), '-o', img, '--cuda-checkpoint', s.cc, '--json']);
-    expect(d.gpu).toEqual({ pids: [app.pid], memoryUsedMiB: 8, driverVersion: '580.65.06' });
+    expect(d.gpu).toEqual({ pids: [app.pid], memoryUsedMiB: 8, driverVersion: '580.65.06', checkpointMs: expect.any(Number) });
     expect(d.decisions.join('\n')).toMatch(/8 MiB of device memory/);
     await waitGone(app.pid);
     const atDump = app.status();
@@ -118,7 +118,7 @@ describe('GPU processes (stand-in cuda-checkpoint)', () => {
 
     const r = await cedanaOk(['restore', img, '--cuda-checkpoint', s.cc, '--json']);
     owned.own(r.pid);
-    expect(r.gpu).toEqual({ pids: [app.pid], deviceMap: { [GPU_A]: GPU_A } });
+    expect(r.gpu).toEqual({ pids: [app.pid], deviceMap: { [GPU_A]: GPU_A }, restoreMs: expect.any(Number) });
     expect(s.calls().slice(3)).toEqual([`get-state ${app.pid}`, `restore ${app.pid}`, `unlock ${app.pid}`]);
     await expectComputing(app.status);
     expect(app.status().steps).toBeGreaterThan(atDump.steps);
@@ -128,7 +128,10 @@ describe('GPU processes (stand-in cuda-checkpoint)', () => {
     const s = await standin();
     const app = await cudaApp(s);
     const img = join(await owned.tempDir(), 'img');
-    await cedanaOk(['dump', String(app.pid), '-o', img, '--leave-running', '--cuda-checkpoint', s.cc, '--json']);
+    const d = await cedanaOk(['dump', String(app.pid), '-o', img, '--leave-running', '--cuda-checkpoint', s.cc, '--json']);
+    // The job's pause: from the lock to the unlock, CRIU's freeze in the middle of it.
+    expect(d.gpu.pausedMs).toBeGreaterThanOrEqual(d.gpu.checkpointMs);
+    expect(d.gpu.pausedMs).toBeGreaterThanOrEqual(d.frozenMs);
     expect(s.calls()).toEqual([`get-state ${app.pid}`, `lock ${app.pid} --timeout 10000`, `checkpoint ${app.pid}`, `get-state ${app.pid}`, `restore ${app.pid}`, `unlock ${app.pid}`]);
     expect(alive(app.pid)).toBe(true);
     await expectComputing(app.status);

@@ -74,6 +74,9 @@ describe('planGpuRestore', () => {
     const moved = planGpuRestore(m, host({ gpus: [g(B)] }));
     expect(deviceMapArg(moved.deviceMap)).toBe(`${A}=${B}`);
     expect(moved.notes[0]).toMatch(/other GPUs/);
+    // Two GPUs, one of them moving: the map names both (cuda-checkpoint wants every checkpointed device).
+    expect(deviceMapArg(new Map([[A, A], [B, 'GPU-cccccccc-0000-0000-0000-000000000000']]))).toBe(`${A}=${A},${B}=GPU-cccccccc-0000-0000-0000-000000000000`);
+    expect(deviceMapArg(new Map([[A, A], [B, B]]))).toBeUndefined();
     expect(code(() => planGpuRestore(m, host({ gpus: [g(B, 'NVIDIA A100-SXM4-40GB')] })))).toBe('GPU_MISMATCH');
     expect(code(() => planGpuRestore(m, host({ gpus: [g(A, H100, 500)] })))).toBe('GPU_MISMATCH');
     expect(code(() => planGpuRestore(m, host({ gpus: [g(A)], driver: '570.86.15' })))).toBe('GPU_MISMATCH');
@@ -106,7 +109,12 @@ describe('GpuSuspension', () => {
     const t = fakeTool(states);
     const s = await GpuSuspension.suspend(new CudaCheckpoint('cc', t.exec), [1, 2], { lockTimeoutMs: 5000, supportsTimeout: true });
     expect(t.calls).toEqual(['get-state 1', 'get-state 2', 'lock 1', 'lock 2', 'checkpoint 1', 'checkpoint 2']);
+    expect(s.checkpointMs).toBeGreaterThanOrEqual(0);
+    expect(s.pausedMs, 'held until resume() ends').toBeUndefined();
+    await new Promise((r) => setTimeout(r, 30));
     await s.resume();
+    expect(s.pausedMs!).toBeGreaterThanOrEqual(25);
+    expect(s.pausedMs!).toBeGreaterThanOrEqual(s.checkpointMs);
     expect(t.calls.slice(6)).toEqual(['get-state 2', 'restore 2', 'unlock 2', 'get-state 1', 'restore 1', 'unlock 1']);
     expect(states).toEqual({ 1: 'running', 2: 'running' });
   });

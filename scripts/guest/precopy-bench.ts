@@ -54,7 +54,7 @@ try {
       const pid = proc.pid!;
       while (!existsSync(ready)) await sleep(200);
       await sleep(3000); // let it rewrite for a while, as a running service does
-      const r = await execa('node', [join(root, 'bin/cedana'), 'migrate', String(pid), '--to', host.name, mode, '--json'], { env: { HOME: home }, reject: false, timeout: 1_200_000 });
+      const r = await execa('node', [join(root, 'bin/cedana'), 'migrate', String(pid), '--to', host.name, mode, '--freeze-timeout', '15m', '--json'], { env: { HOME: home }, reject: false, timeout: 1_200_000 });
       const out = JSON.parse(String(r.stdout).trim().split('\n').pop() || '{}') as Record<string, any>;
       runs.push({ mode: mode === '--precopy' ? 'precopy' : mode === '--no-precopy' ? 'stop-and-copy' : 'content', exitCode: r.exitCode, downtimeMs: out.downtimeMs, durationMs: out.durationMs, bytesSent: out.bytesSent, precopy: out.precopy, error: out.error });
       try {

@@ -44,7 +44,7 @@ describe('cedana inspect', () => {
     const r = await cedana(['inspect', img, '--json']);
     expect(r.exitCode, r.stdout + r.stderr).toBe(0);
     const j = r.json!;
-    expect(j).toMatchObject({ ok: true, command: 'inspect', image: img, checksums: { ok: true, algorithm: 'blake3', problems: [] }, gpu: null });
+    expect(j).toMatchObject({ ok: true, command: 'inspect', image: img, checksums: { ok: true, algorithm: 'blake3', problems: [], verified: true }, gpu: null });
     expect(j.manifest).toMatchObject({ pid: facts.appender, criuVersion: expect.stringMatching(/^4\./), arch: expect.any(String), hostname: expect.any(String) });
     expect(j.manifest.files).toBeUndefined();
     expect(j.processes).toHaveLength(1);
@@ -74,7 +74,7 @@ describe('cedana inspect', () => {
     toFormat1(img);
     const r = await cedana(['inspect', img, '--json']);
     expect(r.exitCode, r.stdout + r.stderr).toBe(0);
-    expect(r.json).toMatchObject({ ok: true, checksums: { ok: true, algorithm: 'sha256', problems: [] }, manifest: { formatVersion: 1, pid: facts.appender } });
+    expect(r.json).toMatchObject({ ok: true, checksums: { ok: true, algorithm: 'sha256', problems: [], verified: true }, manifest: { formatVersion: 1, pid: facts.appender } });
     expect((await cedana(['inspect', img])).stdout).toContain('checksums (sha256, image format 1) ok');
     const core = readdirSync(img).find((n) => /^core-\d+\.img$/.test(n))!;
     const buf = readFileSync(join(img, core));
@@ -82,7 +82,7 @@ describe('cedana inspect', () => {
     writeFileSync(join(img, core), buf);
     const bad = await cedana(['inspect', img, '--json']);
     expect(bad.exitCode).toBe(9);
-    expect(bad.json!.checksums).toEqual({ ok: false, algorithm: 'sha256', problems: [`${core} (checksum mismatch)`] });
+    expect(bad.json!.checksums).toEqual({ ok: false, algorithm: 'sha256', problems: [`${core} (checksum mismatch)`], verified: false });
   });
 
   it('shows a listening TCP port, from an archive', async () => {

@@ -209,7 +209,9 @@ export function buildProgram(onInvoke: (inv: Invocation) => void): Command {
     .option('--rootfs <dir>', "with --container, for a Kubernetes/CRI-O/Podman checkpoint archive: the container image's root file system here (the archive carries only its changes)")
     .option('--json', 'print one JSON object on stdout')
     .action((image: string, o: { pidFile?: string; tcpEstablished?: boolean; tcpClose?: boolean; pidWait: number; mapPath: PathMap[]; mapPort: PortMap[]; allowLostLocks?: boolean; cudaCheckpoint?: string; container?: string | boolean; runtime?: string; rootfs?: string; json?: boolean }) => {
-      if (o.rootfs !== undefined && o.container === undefined) throw new CedanaError('USAGE', '--rootfs goes with --container (a container checkpoint archive)', { hint: 'cedana restore ARCHIVE --container [NEW-ID] --rootfs DIR' });
+      if (o.rootfs !== undefined && o.container === undefined) {
+        return refuse('restore', !!o.json, new CedanaError('USAGE', '--rootfs goes with --container (a container checkpoint archive)', { hint: 'cedana restore ARCHIVE --container [NEW-ID] --rootfs DIR' }));
+      }
       if (o.container !== undefined) {
         onInvoke({
           command: 'restore',

@@ -11,8 +11,11 @@ import { CEDANA_VERSION } from '../version.js';
 const rendering = (): Promise<typeof import('./render.js')> => import('./render.js');
 const styleFor = async (stream: NodeJS.WriteStream): Promise<import('chalk').ChalkInstance> => (await import('./style.js')).styleFor(stream);
 
+/** The command's name for usage errors: its first word, and the subcommand of `image`. */
 function commandName(argv: string[]): string {
-  return argv.find((a) => !a.startsWith('-')) ?? 'cedana';
+  const words = argv.filter((a) => !a.startsWith('-'));
+  if (words[0] === 'image' && words[1] === 'build') return 'image build';
+  return words[0] ?? 'cedana';
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -50,6 +50,22 @@ describe('main: usage errors', () => {
     expect(stderr).toBe('');
   });
 
+  it('image build without -o: USAGE named as the subcommand, in text and JSON', async () => {
+    expect(await main(['image', 'build', '/nonexistent'])).toBe(2);
+    expect(stderr).toMatch(/\[USAGE\] cedana image build: .*-o, --output/);
+    stderr = '';
+    expect(await main(['image', 'build', '/nonexistent', '--json'])).toBe(2);
+    expect(jsonOut()).toMatchObject({ ok: false, command: 'image build', error: { code: 'USAGE' } });
+  });
+
+  it('restore --rootfs without --container, and dump --format without --container: USAGE', async () => {
+    expect(await main(['restore', '/nonexistent', '--rootfs', '/tmp', '--json'])).toBe(2);
+    expect(jsonOut()).toMatchObject({ ok: false, command: 'restore', error: { code: 'USAGE', message: expect.stringMatching(/--rootfs goes with --container/) } });
+    stdout = '';
+    expect(await main(['dump', '1', '--format', 'checkpointctl', '--json'])).toBe(2);
+    expect(jsonOut()).toMatchObject({ ok: false, command: 'dump', error: { code: 'USAGE', message: expect.stringMatching(/go with --container/) } });
+  });
+
   it('dump with a non-numeric PID and --json: exit 2 and a JSON USAGE error on stdout', async () => {
     expect(await main(['dump', 'abc', '--json'])).toBe(2);
     const j = jsonOut();

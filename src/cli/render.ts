@@ -190,6 +190,8 @@ function renderInspect(r: InspectResult, c: ChalkInstance): string {
     lines.push(`  container ${a.name || '(unnamed)'} ${c.dim(a.id)}${a.pod ? ` in pod ${a.pod.namespace ?? ''}/${a.pod.name ?? ''}` : ''}`);
     lines.push(`  image ${a.image.name ?? a.image.requested ?? '(not named)'}${a.image.id ?? a.image.ref ? ` ${c.dim(a.image.id ?? a.image.ref ?? '')}` : ''}`);
     if (a.command.length > 0) lines.push(`  command ${a.command.join(' ')}`);
+    const k = a.containerConfig;
+    lines.push(`  runs as ${k.user ? `${k.user.uid}:${k.user.gid}` : 'root'} in ${k.cwd ?? '/'}; ${k.env.length} environment variable(s); mounts ${k.mounts.map((m) => m.destination).join(', ') || 'none'}`);
     if (a.created || a.checkpointed) lines.push(`  created ${a.created ?? 'unknown'}${a.checkpointed ? `, checkpointed ${a.checkpointed}` : ''}`);
     for (const i of a.interfaces) lines.push(`  network ${i.network}: ${i.name} ${i.addresses.join(', ')}${i.mac ? ` ${c.dim(i.mac)}` : ''}`);
     if (a.stats) lines.push(`  CRIU's dump: frozen ${formatMs(a.stats.frozenUs / 1000)}, ${a.stats.pagesWritten} pages written of ${a.stats.pagesScanned} scanned`);

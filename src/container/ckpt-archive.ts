@@ -46,6 +46,14 @@ export interface ArchiveMeta {
   pod?: { name?: string; namespace?: string };
   command: string[];
   hostname?: string;
+  /** The container's config, from spec.dump: what it runs as and with (environment by names only: values may be secrets). */
+  containerConfig: {
+    cwd?: string;
+    user?: { uid: number; gid: number };
+    env: string[];
+    mounts: { destination: string; type?: string; source?: string }[];
+    namespaces: { type: string; path?: string }[];
+  };
   /** From network.status (Podman): the container's interfaces and addresses at the checkpoint. */
   interfaces: ArchiveInterface[];
   /** From stats-dump: CRIU's own figures of the dump. */
@@ -153,6 +161,13 @@ export async function readArchiveMeta(dir: string): Promise<ArchiveMeta> {
     checkpointed: str(config.checkpointedTime),
     ...(podName || podNamespace ? { pod: { name: podName, namespace: podNamespace } } : {}),
     command: Array.isArray(spec.process?.args) ? (spec.process.args as unknown[]).map(String) : [],
+    containerConfig: {
+      cwd: str(spec.process?.cwd),
+      ...(typeof spec.process?.user?.uid === 'number' ? { user: { uid: spec.process.user.uid as number, gid: Number(spec.process.user.gid ?? 0) } } : {}),
+      env: Array.isArray(spec.process?.env) ? (spec.process.env as unknown[]).map((e) => String(e).split('=')[0]!) : [],
+      mounts: Array.isArray(spec.mounts) ? (spec.mounts as Record<string, unknown>[]).map((m) => ({ destination: String(m.destination), ...(str(m.type) ? { type: str(m.type) } : {}), ...(str(m.source) ? { source: str(m.source) } : {}) })) : [],
+      namespaces: Array.isArray(spec.linux?.namespaces) ? (spec.linux.namespaces as Record<string, unknown>[]).map((n) => ({ type: String(n.type), ...(str(n.path) ? { path: str(n.path) } : {}) })) : [],
+    },
     hostname: str(spec.hostname),
     interfaces: interfacesOf(await readJson(dir, CK_NETWORK, false).catch(() => undefined)),
     stats: await readDumpStats(join(dir, CK_STATS)),

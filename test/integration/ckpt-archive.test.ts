@@ -66,6 +66,9 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
       command: ['sh', '-c', COUNT],
     });
     expect(ins.containerArchive.rootfsDiffBytes).toBeGreaterThan(0);
+    expect(ins.containerArchive.containerConfig).toMatchObject({ cwd: '/', user: { uid: 0, gid: 0 }, env: expect.arrayContaining(['PATH']) });
+    expect(ins.containerArchive.containerConfig.mounts.map((m: { destination: string }) => m.destination)).toEqual(expect.arrayContaining(['/proc', '/dev/shm', '/etc/hosts']));
+    expect(JSON.stringify(ins.containerArchive.containerConfig.env)).not.toContain('=');
     expect(ins.containerArchive.stats.pagesWritten).toBeGreaterThan(0);
     expect(ins.containerArchive.interfaces[0]).toMatchObject({ name: 'eth0', addresses: [expect.stringMatching(/^\d+\.\d+\.\d+\.\d+\/\d+$/)] });
     expect(ins.checksums).toMatchObject({ ok: true, verified: false, algorithm: null });

@@ -66,7 +66,7 @@ describe('archive metadata', () => {
     writeFileSync(join(a, 'deleted.files'), '{"not":"a list"}');
     await expect(readArchiveMeta(a)).rejects.toMatchObject({ message: expect.stringMatching(/deleted\.files must be a JSON array/) });
     writeFileSync(join(a, 'deleted.files'), '["/bin/ls"]');
-    expect(await readArchiveMeta(a)).toMatchObject({ engine: 'podman', name: 'web', command: ['sh'], deletedFiles: ['/bin/ls'], interfaces: [], devShm: false });
+    expect(await readArchiveMeta(a)).toMatchObject({ engine: 'podman', name: 'web', command: ['sh'], deletedFiles: ['/bin/ls'], interfaces: [], devShm: false, containerConfig: { env: [], mounts: [], namespaces: [] } });
     rmSync(join(a, 'checkpoint'), { recursive: true });
     await expect(readArchiveMeta(a)).rejects.toMatchObject({ message: expect.stringMatching(/inventory\.img is missing/) });
     const plain = join(dir, 'cedana-image');

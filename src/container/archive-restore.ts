@@ -273,7 +273,11 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
       hint: img ? `unpack or mount that image here, e.g. \`podman image mount ${img}\` prints a directory to give` : 'unpack the image the container ran from, and give its directory',
     });
   }
-  const base = a.rootfs;
+  // An OCI bundle (config.json beside rootfs/) stands for its root file system.
+  const bundleRootfs = join(a.rootfs, 'rootfs');
+  const isBundle = (await pathExists(join(a.rootfs, 'config.json'))) && (await stat(bundleRootfs).catch(() => undefined))?.isDirectory();
+  const base = isBundle ? bundleRootfs : a.rootfs;
+  if (isBundle) notes.push(`--rootfs ${a.rootfs} is an OCI bundle: its root file system ${base} is the base`);
   const baseStat = await stat(base).catch(() => undefined);
   if (!baseStat?.isDirectory() || (await readdir(base)).length === 0) {
     throw new CedanaError('ROOTFS_MISSING', `--rootfs ${base} is not a directory holding a root file system`, { hint: "give the container image's root file system, unpacked or mounted" });

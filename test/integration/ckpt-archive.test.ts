@@ -145,8 +145,12 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
 
     const id = uniqueName('k');
     ownArchiveRestore(id);
-    const r = await cedanaOk(['restore', archive, '--container', id, '--rootfs', await imageRootfs(p.image.name)]);
+    // The base given as an OCI bundle (config.json beside rootfs/), as a kubelet node's tools unpack an image.
+    const bundle = join(work, 'bundle');
+    await execa('sh', ['-c', `mkdir -p '${bundle}/rootfs' && cp -a '${await imageRootfs(p.image.name)}/.' '${bundle}/rootfs/' && echo '{}' > '${bundle}/config.json'`]);
+    const r = await cedanaOk(['restore', archive, '--container', id, '--rootfs', bundle]);
     expect(r.from).toMatchObject({ engine: 'cri-o', name: 'k8s_web_web-0_shop_1' });
+    expect(r.notes.join('\n')).toMatch(/is an OCI bundle/);
     expect(r.notes.join('\n')).toMatch(/ipc namespace was shared/);
     const count = join(HOMES, id, 'rootfs', 'tmp', 'count');
     await waitFor('counting again', () => lines(readText(count)) > p.atCheckpoint + 5);

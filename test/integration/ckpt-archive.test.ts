@@ -112,6 +112,27 @@ describe('Podman and Kubernetes checkpoint archives (checkpointctl layout)', () 
     expect(addr.stdout).toContain(r.notes.join(' ').match(/keeps (\S+)/)![1]);
   });
 
+  it('a Podman container with an established TCP connection (both ends inside) comes back with it: the stream goes on, nothing lost or repeated', async () => {
+    const image = await busyboxImage(owned);
+    const name = uniqueName('tcp');
+    ownContainer(owned, name);
+    // A server that writes what it receives to /tmp/recv, a client sending a number a line.
+    await podmanOk(['run', '-d', '--name', name, image.name, 'sh', '-c', 'sleep 100000 | nc -l -p 7000 > /tmp/recv & sleep 1; i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done | nc 127.0.0.1 7000']);
+    await waitFor('numbers received', async () => lines((await podman(['exec', name, 'cat', '/tmp/recv'])).stdout) > 3);
+    const archive = join(await owned.tempDir(), 'ck.tar.zst');
+    await podmanOk(['container', 'checkpoint', '--export', archive, '--tcp-established', name]);
+    const ins = await cedanaOk(['inspect', archive]);
+    const sockets = ins.processes.flatMap((p: { sockets: { state: string }[] }) => p.sockets);
+    expect(sockets.filter((x: { state: string }) => x.state === 'ESTABLISHED')).toHaveLength(2);
+    const id = uniqueName('tr');
+    ownArchiveRestore(id);
+    await cedanaOk(['restore', archive, '--container', id, '--rootfs', await imageRootfs(image.name)]);
+    const recv = join(HOMES, id, 'rootfs', 'tmp', 'recv');
+    const at = lines(readText(recv));
+    await waitFor('received over the restored connection', () => lines(readText(recv)) > at + 5);
+    expect(consecutive(readFileSync(recv, 'utf8'))).toBe(true);
+  });
+
   it("reads and restores a kubelet/CRI-O-shaped archive (CRI-O's config.dump and spec annotations, the pod's shared namespaces)", async () => {
     // No CRI-O runs here: the archive is a real Podman export given CRI-O's metadata as CRI-O's
     // sources write it (docs/design/checkpoint-archive-format.md §1.3), in a kubelet's file name.

@@ -103,9 +103,9 @@ export interface ExportRequest {
 
 /**
  * Writes everything but checkpoint/ (which the runtime's checkpoint wrote) into imagesDir. Returns
- * the notes for the result's decisions.
+ * the notes for the result's decisions and what of the root file system went in.
  */
-export async function writeArchiveLayout(r: ExportRequest, imagesDir: string): Promise<string[]> {
+export async function writeArchiveLayout(r: ExportRequest, imagesDir: string): Promise<{ notes: string[]; rootfs: 'none' | 'full' | 'changes' }> {
   const notes: string[] = [];
   const spec = structuredClone(r.bundle.config);
   spec.annotations = { ...(spec.annotations ?? {}), 'io.container.manager': 'libpod', 'io.cedana.checkpoint': CEDANA_VERSION };
@@ -151,13 +151,15 @@ export async function writeArchiveLayout(r: ExportRequest, imagesDir: string): P
     notes.push(`the root file system is an overlay: its changes (${(bytes / 1048576).toFixed(1)} MiB, ${changes.deleted.length} deletion(s)) go in ${CK_ROOTFS_DIFF}${changes.deleted.length ? ` and ${CK_DELETED}` : ''}, over the image ${r.base?.name ?? '(name it with --base-image)'}`);
     if (changes.opaque === undefined) notes.push('python3 is not here to find directories the container replaced whole (opaque in the overlay): any such directory is carried as its new contents, merged over the image\'s');
     else if (changes.opaque.length > 0) notes.push(`directories replaced whole (opaque) in the overlay are carried as their new contents, merged over the image's (the layout has no way to say "replaced"): ${changes.opaque.join(', ')}`);
-  } else if (r.rootfs) {
+    return { notes, rootfs: 'changes' };
+  }
+  if (r.rootfs) {
     const bytes = await tar(r.bundle.rootfs, []);
     notes.push(`--rootfs: the whole root file system (${(bytes / 1048576).toFixed(1)} MiB) goes in ${CK_ROOTFS_DIFF}, over the image ${r.base?.name ?? '(name it with --base-image)'}`);
-  } else {
-    notes.push(`the root file system ${r.bundle.rootfs} is not an overlay: no changes are carried (--rootfs carries it whole); the image it is restored over must hold what it holds`);
+    return { notes, rootfs: 'full' };
   }
-  return notes;
+  notes.push(`the root file system ${r.bundle.rootfs} is not an overlay: no changes are carried (--rootfs carries it whole); the image it is restored over must hold what it holds`);
+  return { notes, rootfs: 'none' };
 }
 
 /** The runtime's checkpoint goes into checkpoint/ of the archive's directory. */

@@ -25,8 +25,8 @@ import { decodeImage, type MessageEntry } from '../image/criu/codec.js';
 import type { Reporter } from '../cli/reporter.js';
 import { pathExists } from '../util/paths.js';
 import { CK_DELETED, CK_DEVSHM, CK_DIR, CK_ROOTFS_DIFF, type ArchiveMeta } from './ckpt-archive.js';
-import { overlayLayersAt, restoreConfig } from './bundle.js';
-import { checkContainerId, restoreArgs, Runtime, RUNTIMES } from './runtime.js';
+import { overlayLayersAt, restoreConfig, untarInto } from './bundle.js';
+import { checkContainerId, refuseExistingContainer, restoreArgs, Runtime, RUNTIMES } from './runtime.js';
 import type { ContainerRestoreResult } from './restore.js';
 
 /** Where containers restored from an archive keep their bundle and root file system. */
@@ -285,9 +285,7 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
   const wanted = a.runtime ?? ((RUNTIMES as readonly string[]).includes(meta.runtime ?? '') ? meta.runtime : undefined);
   const runtimes = await Runtime.available(a.runtime);
   const runtime = runtimes.find((r) => r.name === wanted) ?? runtimes.find((r) => r.name === 'runc') ?? runtimes[0]!;
-  for (const r of await Runtime.available().catch(() => [] as Runtime[])) {
-    if (await r.state(id)) throw new CedanaError('CONTAINER_EXISTS', `a container ${id} exists already (${r.name})`, { hint: 'restore under another id: --container NEW-ID, or delete that one' });
-  }
+  await refuseExistingContainer(id);
 
   // Everything that will be unpacked is checked first.
   const diff = join(a.dir, CK_ROOTFS_DIFF);
@@ -320,11 +318,7 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
     report.phase(`putting the root file system together (${base}, with the archive's changes)`);
     for (const d of [upper, workdir, rootfs, shm]) await mkdir(d, { recursive: true, mode: 0o700 });
     await chmod(home, 0o700);
-    const untar = async (tar: string, into: string): Promise<void> => {
-      const x = await execa('tar', ['--extract', '--file', tar, '--numeric-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', '-C', into], { reject: false, all: true });
-      if (x.exitCode !== 0) throw new CedanaError('IO_ERROR', `unpacking ${tar} into ${into} failed: ${String(x.all).trim().split('\n').slice(-2).join(' ')}`);
-    };
-    if (await pathExists(diff)) await untar(diff, upper);
+    if (await pathExists(diff)) await untarInto(diff, upper);
     // The merged root has the upper layer's mode: CRIU checks the root's mode against the image's.
     await chmod(upper, baseStat.mode & 0o7777);
     await chmod(shm, 0o1777);
@@ -340,7 +334,7 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
       if (host && host !== rootfs) await rm(host, { recursive: true, force: true });
     }
     if (meta.deletedFiles.length > 0) notes.push(`${meta.deletedFiles.length} path(s) of deleted.files removed from the root file system`);
-    if (await pathExists(shmTar)) await untar(shmTar, shm);
+    if (await pathExists(shmTar)) await untarInto(shmTar, shm);
 
     const ns = ((meta.spec.linux?.namespaces ?? []) as { type: string; path?: string }[]).find((n) => n.type === 'network');
     let netnsPath: string | undefined;
@@ -350,8 +344,8 @@ export async function restoreFromArchive(a: ArchiveRestoreArgs): Promise<Archive
       netnsPath = `/run/netns/${netns}`;
     }
     const { spec, standIns } = await restoreSpecOf(meta.spec, { id, dir: home, rootfs, netnsPath, shm }, notes);
+    if (standIns.length > 0) await mkdir(join(home, 'mounts'), { mode: 0o700 });
     for (const s of standIns) {
-      await mkdir(join(home, 'mounts'), { recursive: true, mode: 0o700 });
       if (!s.file) await mkdir(s.path, { mode: 0o755 });
       else if (s.dest === '/etc/resolv.conf') await copyFile('/etc/resolv.conf', s.path).catch(() => writeFile(s.path, ''));
       else await writeFile(s.path, standInText(s.dest, meta), { mode: 0o644 });

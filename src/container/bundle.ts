@@ -103,6 +103,12 @@ export async function rootfsPresent(path: string): Promise<boolean> {
   return (await readdir(path).catch(() => [] as string[])).length > 0;
 }
 
+/** Unpacks a root file system's tar into `into` as it was: numeric owners, modes, every xattr (and `extra`). */
+export async function untarInto(tar: string, into: string, extra: string[] = []): Promise<void> {
+  const x = await execa('tar', ['--extract', '--file', tar, '--numeric-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', ...extra, '-C', into], { reject: false, all: true });
+  if (x.exitCode !== 0) throw new CedanaError('IO_ERROR', `unpacking ${tar} into ${into} failed: ${String(x.all).trim().split('\n').slice(-2).join(' ')}`);
+}
+
 /**
  * Puts the bundle where the image says, as far as it is not there: config.json, and the root file
  * system — unpacked from the image (full), rebuilt as an overlay of the image's changes over the base
@@ -138,10 +144,6 @@ export async function placeBundle(dir: string, c: ManifestContainer): Promise<{ 
     await mkdir(d, { recursive: true, mode: 0o755 });
     made.push(top);
   };
-  const unpack = async (tar: string, into: string, extra: string[] = []): Promise<void> => {
-    const x = await execa('tar', ['--extract', '--file', join(dir, tar), '--numeric-owner', '--xattrs', ...extra, '--acls', '--same-permissions', '-C', into], { reject: false, all: true });
-    if (x.exitCode !== 0) throw new CedanaError('IO_ERROR', `unpacking into ${into} failed: ${String(x.all).trim().split('\n').slice(-2).join(' ')}`);
-  };
   let created: ContainerRestoreResult['bundleCreated'] = 'none';
   try {
     if (!existsSync(join(c.bundle, 'config.json'))) {
@@ -153,13 +155,13 @@ export async function placeBundle(dir: string, c: ManifestContainer): Promise<{ 
     if (!present && r.mode === 'full') {
       if (existsSync(r.path)) filled.push(r.path);
       await mk(r.path);
-      await unpack(r.image!, r.path, ['--xattrs-include=*']);
+      await untarInto(join(dir, r.image!), r.path, ['--acls']);
       created = 'config+rootfs';
     }
     if (!present && r.mode === 'changes') {
       for (const d of [r.upper!, r.work!]) if (existsSync(d)) filled.push(d);
       for (const d of [r.upper!, r.work!, r.path]) await mk(d);
-      await unpack(r.image!, r.upper!, ['--xattrs-include=*']);
+      await untarInto(join(dir, r.image!), r.upper!, ['--acls']);
       const m = await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${r.base!.join(':')},upperdir=${r.upper},workdir=${r.work}`, r.path], { reject: false, all: true });
       if (m.exitCode !== 0) throw new CedanaError('IO_ERROR', `mounting the overlay at ${r.path} failed: ${String(m.all).trim()}`);
       mounted = true;

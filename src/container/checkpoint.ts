@@ -136,18 +136,17 @@ export async function writeContainerImage(
 ): Promise<ManifestContainer> {
   report.phase(`checkpointing container ${c.id} (${c.runtime.name}; ${facts.processes.length} process(es))`);
   const log = join(work, 'dump.log');
-  if (c.format === 'checkpointctl') {
-    await c.runtime.run(checkpointArgs(c.id, { imagesDir: await archiveImagesDir(imagesDir), workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
-      log, label: `${c.runtime.name}-dump-${c.id}`,
-    });
-    report.phase('writing the checkpointctl layout (config.dump, spec.dump, the root file system\'s changes)');
-    decisions.notes.push(...(await writeArchiveLayout({ runtime: c.runtime, id: c.id, bundle, rootfs: c.rootfs, base: c.baseImage, criuWork: work }, imagesDir)));
-    const mode = (await stat(join(imagesDir, 'rootfs-diff.tar')).catch(() => undefined)) ? (overlayAt(await readFile('/proc/self/mountinfo', 'utf8'), bundle.rootfs) ? 'changes' : 'full') : 'none';
-    return { id: c.id, runtime: c.runtime.name, bundle: c.bundle, config: CK_SPEC, rootfs: { mode, path: bundle.rootfs } };
-  }
-  await c.runtime.run(checkpointArgs(c.id, { imagesDir, workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
+  // The checkpointctl layout keeps CRIU's images under checkpoint/.
+  const criuImages = c.format === 'checkpointctl' ? await archiveImagesDir(imagesDir) : imagesDir;
+  await c.runtime.run(checkpointArgs(c.id, { imagesDir: criuImages, workDir: work, leaveRunning: true, tcpEstablished: decisions.tcpEstablished, fileLocks: decisions.fileLocks, externalUnix: decisions.externalUnix.length > 0 }), {
     log, label: `${c.runtime.name}-dump-${c.id}`,
   });
+  if (c.format === 'checkpointctl') {
+    report.phase('writing the checkpointctl layout (config.dump, spec.dump, the root file system\'s changes)');
+    const layout = await writeArchiveLayout({ runtime: c.runtime, id: c.id, bundle, rootfs: c.rootfs, base: c.baseImage, criuWork: work }, imagesDir);
+    decisions.notes.push(...layout.notes);
+    return { id: c.id, runtime: c.runtime.name, bundle: c.bundle, config: CK_SPEC, rootfs: { mode: layout.rootfs, path: bundle.rootfs } };
+  }
   await mkdir(join(imagesDir, 'container'), { mode: 0o700 });
   await copyFile(join(c.bundle, 'config.json'), join(imagesDir, CONFIG_IMAGE));
   const extra: ManifestContainer = { id: c.id, runtime: c.runtime.name, bundle: c.bundle, config: CONFIG_IMAGE, rootfs: { mode: 'none', path: bundle.rootfs } };
@@ -207,9 +206,7 @@ export async function dumpContainer(args: ContainerDumpArgs): Promise<ContainerD
     if (args.signal?.aborted) throw new CedanaError('INTERRUPTED', 'dump interrupted; the container was resumed');
     report.phase('writing the manifest and checksums (container paused)');
     const files = await checksumDir(imagesDir);
-    const memoryBytes = format === 'checkpointctl'
-      ? Object.entries(files).filter(([n]) => n.startsWith(`${CK_DIR}/pages-`)).reduce((a, [, f]) => a + f.size, 0)
-      : pagesBytes(files);
+    const memoryBytes = pagesBytes(files, format === 'checkpointctl' ? CK_DIR : '');
     const manifest = makeManifest({
       criuVersion: criu.version.text, host: await hostFacts(), pid: state.pid, facts: ck.facts, decisions: ck.decisions, leaveRunning: args.leaveRunning,
       networkLock: 'iptables', files, memoryBytes, container: ck.manifestExtra, ...(format === 'checkpointctl' ? { layout: 'checkpointctl' as const } : {}),

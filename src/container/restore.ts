@@ -12,7 +12,7 @@ import { verifyDir } from '../image/checksum.js';
 import { openImage, readManifest } from '../image/open.js';
 import { silentReporter, type Reporter } from '../cli/reporter.js';
 import { privateTempDir } from '../util/paths.js';
-import { checkContainerId, restoreArgs, Runtime, type RuntimeName } from './runtime.js';
+import { checkContainerId, refuseExistingContainer, restoreArgs, Runtime, type RuntimeName } from './runtime.js';
 import { checkCompatible } from '../commands/restore.js';
 import { RESTORE_BUNDLES, placeBundle, restoreConfig } from './bundle.js';
 import { isCheckpointArchiveDir, readArchiveMeta } from './ckpt-archive.js';
@@ -80,9 +80,7 @@ export async function restoreContainer(args: ContainerRestoreArgs): Promise<Cont
     checkContainerId(id);
     const runtimes = await Runtime.available(args.runtime);
     const runtime = runtimes.find((r) => r.name === c.runtime) ?? runtimes[0]!;
-    for (const r of await Runtime.available().catch(() => [] as Runtime[])) {
-      if (await r.state(id)) throw new CedanaError('CONTAINER_EXISTS', `a container ${id} exists already (${r.name})`, { hint: 'restore under another id: --container NEW-ID, or delete that one' });
-    }
+    await refuseExistingContainer(id);
     const placed = await placeBundle(dir, c);
     const restoreBundle = join(RESTORE_BUNDLES, id);
     try {

@@ -150,6 +150,13 @@ export class Runtime {
   }
 }
 
+/** Refuses an id some installed runtime already has a container under (CONTAINER_EXISTS). */
+export async function refuseExistingContainer(id: string): Promise<void> {
+  for (const r of await Runtime.available().catch(() => [] as Runtime[])) {
+    if (await r.state(id)) throw new CedanaError('CONTAINER_EXISTS', `a container ${id} exists already (${r.name})`, { hint: 'restore under another id: --container NEW-ID, or delete that one' });
+  }
+}
+
 /**
  * Finds a container by id among the runtimes (or the one given). Refuses an unknown id
  * (CONTAINER_NOT_FOUND) and one that is not running or paused (CONTAINER_NOT_RUNNING).

@@ -60,8 +60,9 @@ export function makeManifest(i: ManifestInput): Manifest {
 }
 
 /** The pages images' share of a checksum table: the process memory dumped. */
-export function pagesBytes(files: Record<string, FileEntry>): number {
+export function pagesBytes(files: Record<string, FileEntry>, dir = ''): number {
+  const prefix = dir ? `${dir}/` : '';
   return Object.entries(files)
-    .filter(([n]) => /^pages-\d+\.img$/.test(n))
+    .filter(([n]) => n.startsWith(prefix) && /^pages-\d+\.img$/.test(n.slice(prefix.length)))
     .reduce((a, [, f]) => a + f.size, 0);
 }
